@@ -1,0 +1,475 @@
+"""Vision models: ViT / DeiT with a pluggable positional encoding per block (iRPE first).
+
+    image [B, C, H, W] --patch_embed--> [B, h*w, D] --cat cls--> [B, 1+h*w, D] (+ learned pos_embed)
+        --blocks(x, Positions.grid_2d(h, w, num_prefix=1))--> norm --> cls token (or mean) --> head
+
+Key names follow timm's ViT (``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.i.{norm1, attn.qkv,
+attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm``, ``head``); an encoding sits at ``blocks.i.attn.pe``.
+`checkpoint_filter_fn` reads the official iRPE DeiT checkpoints (microsoft/Cream, ``{'model': sd}`` with
+``blocks.i.attn.rpe_{q,k,v}.*``), DeiT/timm ViT state dicts, and adapts them to the model being built
+(position table and patch kernel resampled, input channels adapted, head dropped when the class count differs,
+extra blocks dropped for a shallower model).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.errors import CheckpointError
+from zoo.nn import Block
+from zoo.pe.irpe import IRPE
+from zoo.positions import Positions
+from zoo.registry import PretrainedCfg, register_model
+
+__all__ = ["VisionTransformer", "PatchEmbed", "IRPEFactory", "checkpoint_filter_fn", "resample_patch_kernel",
+           "adapt_input_conv"]
+
+_log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IRPE_PAPER = "https://arxiv.org/abs/2107.14222"
+
+
+def _pair(x: Union[int, Tuple[int, int]], name: str) -> Tuple[int, int]:
+    if isinstance(x, int):
+        x = (x, x)
+    try:
+        a, b = (int(v) for v in x)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an int or (height, width), got {x!r}") from None
+    if a <= 0 or b <= 0:
+        raise ValueError(f"{name} must be positive, got {x!r}")
+    return a, b
+
+
+# ---- layers -----------------------------------------------------------------------------------------------------
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens: ``[B, C, H, W] -> [B, (H/p)*(W/p), D]`` (key ``proj`` as in timm)."""
+
+    def __init__(self, patch_size: Tuple[int, int], in_chans: int, embed_dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)                            # [B, h*w, D]
+
+
+class IRPEFactory:
+    """``pe_factory`` building the same `IRPE` in every block: ``factory(layer_index, head_dim, num_heads)``."""
+
+    def __init__(self, method: str = "product", mode: str = "contextual", ratio: float = 1.9,
+                 shared_head: bool = True, skip: int = 1, rpe_on: str = "k"):
+        self.config = dict(kind="irpe", method=method, mode=mode, ratio=ratio, shared_head=shared_head, skip=skip,
+                           rpe_on=rpe_on)
+
+    def __call__(self, layer_index: int, head_dim: int, num_heads: int) -> IRPE:
+        kw = {k: v for k, v in self.config.items() if k != "kind"}
+        return IRPE(head_dim, num_heads, **kw)
+
+    def __repr__(self) -> str:
+        return "IRPEFactory(" + ", ".join(f"{k}={v!r}" for k, v in self.config.items() if k != "kind") + ")"
+
+
+# ---- model ------------------------------------------------------------------------------------------------------
+
+class VisionTransformer(nn.Module):
+    """ViT / DeiT (Dosovitskiy et al., 2021; Touvron et al., 2021) whose attention takes a positional encoding.
+
+    Args:
+        img_size: training image size, int or (H, W).
+        patch_size: int or (ph, pw).
+        in_chans, num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: as in timm.
+        class_token: prepend a cls token (the iRPE prefix bucket serves it).
+        global_pool: "token" (cls token) or "avg" (mean of patch tokens).
+        drop_rate, attn_drop_rate, drop_path_rate: dropout, attention dropout, stochastic depth (linear rule).
+        norm_eps: LayerNorm epsilon (1e-6 as DeiT).
+        ape: keep a learned absolute position table ``pos_embed [1, num_prefix + h*w, D]`` (DeiT-iRPE keeps it).
+        pe_factory: ``callable(layer_index, head_dim, num_heads) -> PositionalEncoding | None`` for each block.
+        dynamic_img_size: accept other image sizes (the position table is resampled per size).
+    """
+
+    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: Union[int, Tuple[int, int]] = 16,
+                 in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 768, depth: int = 12,
+                 num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True, class_token: bool = True,
+                 global_pool: str = "token", drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, norm_eps: float = 1e-6, ape: bool = True,
+                 pe_factory: Optional[Callable[[int, int, int], Optional[nn.Module]]] = None,
+                 dynamic_img_size: bool = False):
+        super().__init__()
+        self.config: Dict[str, Any] = dict(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+            class_token=class_token, global_pool=global_pool, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate, norm_eps=norm_eps, ape=ape,
+            pe_factory=None if pe_factory is None else getattr(pe_factory, "config", repr(pe_factory)),
+            dynamic_img_size=dynamic_img_size)
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
+        if in_chans <= 0 or depth < 0 or num_classes < 0:
+            raise ValueError(f"in_chans must be > 0, depth and num_classes >= 0; got in_chans={in_chans}, "
+                             f"depth={depth}, num_classes={num_classes}")
+        self.img_size = _pair(img_size, "img_size")
+        self.patch_size = _pair(patch_size, "patch_size")
+        if self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]:
+            raise ValueError(f"img_size {self.img_size[0]}x{self.img_size[1]} is not divisible by patch_size "
+                             f"{self.patch_size[0]}x{self.patch_size[1]}")
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.in_chans, self.num_classes, self.global_pool = in_chans, num_classes, global_pool
+        self.embed_dim = self.num_features = embed_dim
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.dynamic_img_size = dynamic_img_size
+
+        self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        num_tokens = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim)) if ape else None
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist() if depth else []
+        head_dim = embed_dim // num_heads
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
+                  attn_drop=attn_drop_rate, drop_path=dpr[i], norm_eps=norm_eps,
+                  pe=pe_factory(i, head_dim, num_heads) if pe_factory is not None else None)
+            for i in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        self._pos_cache: Dict[tuple, Positions] = {}
+        self._ape_cache: Dict[tuple, Tensor] = {}
+        self.init_weights()
+
+    # ---- init (DeiT / timm 0.3.2: trunc-normal .02 on linears, cls and pos tables; iRPE tables stay zero) ----
+    def init_weights(self) -> None:
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        # as the official DeiT-iRPE recipe (timm optimizer): the iRPE tables are weight-decayed
+        return {"pos_embed", "cls_token"}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def train(self, mode: bool = True):
+        self._ape_cache.clear()
+        return super().train(mode)
+
+    # ---- geometry ---------------------------------------------------------------------------------------------
+    def _grid_for(self, x: Tensor) -> Tuple[int, int]:
+        if x.ndim != 4:
+            raise ValueError(f"expected images [B, {self.in_chans}, H, W], got a tensor of shape {tuple(x.shape)}")
+        c, hh, ww = x.shape[1:]
+        if c != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channel(s), got {c} (input shape {tuple(x.shape)}); "
+                             f"build the model with in_chans={c} to change it")
+        if not self.dynamic_img_size:
+            if (hh, ww) != self.img_size:
+                raise ValueError(
+                    f"expected a {self.img_size[0]}x{self.img_size[1]} image, got {hh}x{ww}; build the model with "
+                    f"dynamic_img_size=True to accept other sizes, or with img_size=({hh}, {ww}) to change its "
+                    f"size (pretrained position tables are resampled on load)")
+            return self.grid_size
+        ph, pw = self.patch_size
+        if hh % ph or ww % pw:
+            raise ValueError(f"image size {hh}x{ww} is not divisible by the patch size {ph}x{pw}")
+        return hh // ph, ww // pw
+
+    def positions(self, h: int, w: int, device) -> Positions:
+        """The `Positions` of an ``h x w`` patch grid after the prefix tokens (cached per grid and device)."""
+        key = (h, w, str(device))
+        pos = self._pos_cache.get(key)
+        if pos is None:
+            with torch.inference_mode(False):
+                pos = Positions.grid_2d(h, w, num_prefix=self.num_prefix_tokens, device=device)
+            self._pos_cache[key] = pos
+        return pos
+
+    def _pos_embed_for(self, h: int, w: int) -> Tensor:
+        pe = self.pos_embed
+        if (h, w) == self.grid_size:
+            return pe
+        from zoo.pe.learned import resample_abs_pos_embed
+        cacheable = not self.training and not (torch.is_grad_enabled() and pe.requires_grad)
+        if not cacheable:
+            return resample_abs_pos_embed(pe, (h, w), self.grid_size, num_prefix=self.num_prefix_tokens)
+        key = (h, w, pe.device, pe.dtype, pe.data_ptr(), pe._version)
+        out = self._ape_cache.get(key)
+        if out is None:
+            with torch.inference_mode(False), torch.no_grad():
+                out = resample_abs_pos_embed(pe, (h, w), self.grid_size, num_prefix=self.num_prefix_tokens)
+            self._ape_cache.clear()  # one entry per parameter version; sizes rarely alternate in eval
+            self._ape_cache[key] = out
+        return out
+
+    # ---- forward ----------------------------------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W] -> [B, num_prefix + h*w, D]`` (after the final norm)."""
+        h, w = self._grid_for(x)
+        x = self.patch_embed(x)                                                   # [B, h*w, D]
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1+h*w, D]
+        if self.pos_embed is not None:
+            x = x + self._pos_embed_for(h, w)
+        x = self.pos_drop(x)
+        pos = self.positions(h, w, x.device)
+        for blk in self.blocks:
+            x = blk(x, pos)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        else:
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---- checkpoint conversion --------------------------------------------------------------------------------------
+
+def resample_patch_kernel(weight: Tensor, new_size: Tuple[int, int], mode: str = "bicubic",
+                          antialias: bool = True) -> Tensor:
+    """Resize a patch-embedding kernel ``[O, I, ph, pw] -> [O, I, *new_size]`` so that it sees a resized patch
+    as the old kernel saw the original one (FlexiViT, Beyer et al., 2023: pseudo-inverse of the resize map;
+    the same rule as timm's ``resample_patch_embed``)."""
+    old = tuple(weight.shape[-2:])
+    new = tuple(int(s) for s in new_size)
+    if old == new:
+        return weight
+    n_old = old[0] * old[1]
+    basis = torch.eye(n_old, dtype=torch.float32, device=weight.device).reshape(n_old, 1, *old)
+    resized = F.interpolate(basis, size=new, mode=mode, antialias=antialias and mode in ("bilinear", "bicubic"),
+                            align_corners=False if mode in ("bilinear", "bicubic") else None)  # [n_old, 1, *new]
+    m = resized.reshape(n_old, -1).T                                               # [n_new, n_old] resize map
+    pinv = torch.linalg.pinv(m.double()).float()                                  # [n_old, n_new]
+    o, i = weight.shape[:2]
+    out = weight.float().reshape(o, i, n_old) @ pinv                              # [O, I, n_new]
+    return out.reshape(o, i, *new).to(weight.dtype)
+
+
+def adapt_input_conv(in_chans: int, weight: Tensor) -> Tensor:
+    """Adapt a first-conv kernel ``[O, I, kh, kw]`` to ``in_chans`` inputs (timm's rule: sum the channels for one
+    input channel; otherwise repeat them and rescale by ``I / in_chans``)."""
+    o, i = weight.shape[:2]
+    if in_chans == i:
+        return weight
+    w = weight.float()
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    else:
+        reps = math.ceil(in_chans / i)
+        w = w.repeat(1, reps, 1, 1)[:, :in_chans] * (i / in_chans)
+    return w.to(weight.dtype)
+
+
+_OFFICIAL_RPE_KEY = re.compile(r"^(blocks\.\d+\.attn\.)(rpe_[qkv]\..+)$")
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+
+
+def _unwrap(state_dict: dict) -> dict:
+    sd = state_dict
+    for key in ("model", "state_dict", "model_ema"):
+        inner = sd.get(key) if isinstance(sd, dict) else None
+        if isinstance(inner, dict) and inner and all(isinstance(k, str) for k in inner):
+            sd = inner
+            break
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"expected a state dict (or {{'model': state_dict}}), got {type(sd).__name__}")
+    keys = list(sd)
+    if keys and all(k.startswith("module.") for k in keys):  # saved from DistributedDataParallel
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def checkpoint_filter_fn(state_dict: dict, model: VisionTransformer) -> dict:
+    """Convert an official iRPE DeiT / DeiT / timm ViT state dict to ``model``'s layout and geometry.
+
+    - ``{'model': sd}`` / ``{'state_dict': sd}`` (else ``{'model_ema': sd}``) are unwrapped, ``module.`` stripped;
+    - official ``blocks.i.attn.rpe_{q,k,v}.*`` -> ``blocks.i.attn.pe.rpe_{q,k,v}.*``;
+    - blocks beyond the model's depth are dropped;
+    - ``pos_embed`` is resampled to the model's grid (bicubic, prefix tokens kept);
+    - ``patch_embed.proj.weight`` is adapted to ``in_chans`` and resampled to the patch size;
+    - a head of another class count is replaced by the model's freshly initialised one (warning);
+    - an iRPE table of another size (other method / ratio / head sharing) raises `CheckpointError`.
+    Missing and unexpected keys are left for `zoo.load_checkpoint` to report.
+    """
+    sd = _unwrap(state_dict)
+    own = model.state_dict()
+    depth = len(model.blocks)
+    out: Dict[str, Any] = {}
+    dropped_blocks = set()
+    for k, v in sd.items():
+        m = _OFFICIAL_RPE_KEY.match(k)
+        if m:
+            k = m.group(1) + "pe." + m.group(2)
+        b = _BLOCK_KEY.match(k)
+        if b and int(b.group(1)) >= depth:
+            dropped_blocks.add(int(b.group(1)))
+            continue
+        out[k] = v
+    if dropped_blocks:
+        _log.info("checkpoint blocks %s dropped: the model has depth %d", sorted(dropped_blocks), depth)
+
+    # absolute position table
+    if "pos_embed" in out:
+        if getattr(model, "pos_embed", None) is None:
+            _log.warning("checkpoint pos_embed dropped: the model was built with ape=False")
+            del out["pos_embed"]
+        elif tuple(out["pos_embed"].shape) != tuple(own["pos_embed"].shape):
+            pe = out["pos_embed"]
+            npre = model.num_prefix_tokens
+            if pe.ndim != 3 or pe.shape[-1] != own["pos_embed"].shape[-1]:
+                raise CheckpointError(f"pos_embed: checkpoint {tuple(pe.shape)} vs model "
+                                      f"{tuple(own['pos_embed'].shape)}: the embedding width differs")
+            ngrid = pe.shape[1] - npre
+            side = math.isqrt(max(ngrid, 0))
+            if ngrid <= 0 or side * side != ngrid:
+                raise CheckpointError(
+                    f"pos_embed: checkpoint {tuple(pe.shape)} holds {ngrid} grid tokens after {npre} prefix "
+                    f"token(s), not a square grid, and cannot be resampled to the model's "
+                    f"{model.grid_size[0]}x{model.grid_size[1]} grid {tuple(own['pos_embed'].shape)}")
+            from zoo.pe.learned import resample_abs_pos_embed
+            out["pos_embed"] = resample_abs_pos_embed(pe, model.grid_size, (side, side), num_prefix=npre)
+            _log.info("pos_embed resampled from %dx%d to %dx%d", side, side, *model.grid_size)
+
+    # patch embedding: input channels, then kernel size
+    key = "patch_embed.proj.weight"
+    if key in out and key in own and out[key].ndim == 4:
+        w = out[key]
+        if w.shape[1] != own[key].shape[1]:
+            w = adapt_input_conv(own[key].shape[1], w)
+            _log.info("%s adapted from %d to %d input channels", key, out[key].shape[1], w.shape[1])
+        if tuple(w.shape[-2:]) != tuple(own[key].shape[-2:]):
+            _log.info("%s resampled from %s to %s", key, tuple(w.shape[-2:]), tuple(own[key].shape[-2:]))
+            w = resample_patch_kernel(w, tuple(own[key].shape[-2:]))
+        out[key] = w
+
+    # classifier
+    head_keys = ("head.weight", "head.bias")
+    if any(k in out for k in head_keys):
+        mismatch = any(k in out and (k not in own or tuple(out[k].shape) != tuple(own[k].shape)) for k in head_keys)
+        if mismatch:
+            _log.warning("checkpoint head %s does not fit the model's %d classes: keeping the model's freshly "
+                         "initialised head", tuple(out["head.weight"].shape) if "head.weight" in out else "?",
+                         model.num_classes)
+            for k in head_keys:
+                out.pop(k, None)
+                if k in own:
+                    out[k] = own[k]
+
+    # iRPE tables must match: a different bucket count means another method, ratio or head sharing
+    for k, v in out.items():
+        if "lookup_table_" in k and k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape):
+            pe = model.get_submodule(k.split(".rpe_")[0]) if ".rpe_" in k else None
+            desc = (f" (model: method={pe.method}, ratio={pe.ratio}, shared_head={pe.shared_head}, skip={pe.skip}, "
+                    f"{pe.num_buckets} buckets)") if isinstance(pe, IRPE) else ""
+            raise CheckpointError(
+                f"iRPE table {k}: checkpoint shape {tuple(v.shape)} vs model shape {tuple(own[k].shape)}{desc}; the "
+                f"checkpoint was trained with another iRPE method, ratio or head sharing")
+    return out
+
+
+# ---- builders ---------------------------------------------------------------------------------------------------
+
+_IRPE_DEFAULTS = dict(method="product", mode="contextual", ratio=1.9, shared_head=True, rpe_on="k")
+
+
+def _create_vit(variant_kwargs: dict, irpe: Optional[dict] = None, **kwargs) -> VisionTransformer:
+    args = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000, mlp_ratio=4.0, qkv_bias=True,
+                norm_eps=1e-6, ape=True)
+    args.update(variant_kwargs)
+    args.update(kwargs)
+    if irpe is not None:
+        cfg = dict(_IRPE_DEFAULTS)
+        cfg.update(irpe)
+        cfg.setdefault("skip", 1 if args.get("class_token", True) else 0)
+        args.setdefault("pe_factory", IRPEFactory(**cfg))
+    return VisionTransformer(**args)
+
+
+def _create_vit_irpe(variant_kwargs: dict, **kwargs) -> VisionTransformer:
+    """DeiT with iRPE; ``irpe=dict(method=, mode=, ratio=, shared_head=, skip=, rpe_on=)`` overrides the encoding."""
+    return _create_vit(variant_kwargs, irpe=kwargs.pop("irpe", None) or {}, **kwargs)
+
+
+def _irpe_cfg(name: str, top1: float) -> Dict[str, PretrainedCfg]:
+    return {"in1k": PretrainedCfg(
+        url=f"https://github.com/wkcn/iRPE-model-zoo/releases/download/1.0/{name}.pth", sha256=None,
+        license="MIT", paper=IRPE_PAPER, source="microsoft/Cream iRPE", num_classes=1000, input_size=(3, 224, 224),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, notes=f"official checkpoint {name}", metrics={"top1": top1})}
+
+
+def _deit_cfg(url: str, top1: float) -> Dict[str, PretrainedCfg]:
+    return {"in1k": PretrainedCfg(
+        url=url, license="Apache-2.0", paper="https://arxiv.org/abs/2012.12877", source="facebookresearch/deit",
+        num_classes=1000, input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, metrics={"top1": top1})}
+
+
+@register_model(cfgs=_irpe_cfg("deit_tiny_patch16_224_ctx_product_50_shared_k", 73.7),
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+def vit_irpe_tiny(**kwargs) -> VisionTransformer:
+    """DeiT-Tiny/16 with contextual product iRPE on keys (ratio 1.9, 50 shared buckets), learned APE kept."""
+    return _create_vit_irpe(dict(embed_dim=192, depth=12, num_heads=3), **kwargs)
+
+
+@register_model(cfgs=_irpe_cfg("deit_small_patch16_224_ctx_product_50_shared_k", 80.9),
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+def vit_irpe_small(**kwargs) -> VisionTransformer:
+    """DeiT-Small/16 with contextual product iRPE on keys (ratio 1.9, 50 shared buckets), learned APE kept."""
+    return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), **kwargs)
+
+
+@register_model(cfgs=_irpe_cfg("deit_base_patch16_224_ctx_product_50_shared_k", 82.3),
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+def vit_irpe_base(**kwargs) -> VisionTransformer:
+    """DeiT-Base/16 with contextual product iRPE on keys (ratio 1.9, 50 shared buckets), learned APE kept."""
+    return _create_vit_irpe(dict(embed_dim=768, depth=12, num_heads=12), **kwargs)
+
+
+@register_model(cfgs=_deit_cfg("https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth", 72.2),
+                filter_fn=checkpoint_filter_fn, paper="https://arxiv.org/abs/2012.12877")
+def vit_ape_tiny(**kwargs) -> VisionTransformer:
+    """DeiT-Tiny/16 with a learned absolute position table only (the iRPE paper's baseline)."""
+    return _create_vit(dict(embed_dim=192, depth=12, num_heads=3), **kwargs)
+
+
+@register_model(cfgs=_deit_cfg("https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth", 79.8),
+                filter_fn=checkpoint_filter_fn, paper="https://arxiv.org/abs/2012.12877")
+def vit_ape_small(**kwargs) -> VisionTransformer:
+    """DeiT-Small/16 with a learned absolute position table only (the iRPE paper's baseline)."""
+    return _create_vit(dict(embed_dim=384, depth=12, num_heads=6), **kwargs)

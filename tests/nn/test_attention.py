@@ -1,0 +1,133 @@
+"""Attention: fused and slow paths against a naive softmax reference; masks; the bias is built once per forward."""
+import math
+
+import pytest
+import torch
+
+from zoo import Positions
+from zoo.nn import Attention, Block
+from zoo.pe import PositionalEncoding
+
+
+@torch.no_grad()
+def naive(attn: Attention, x, bias=None, key_valid=None, causal=False, value_fn=None):
+    b, n, c = x.shape
+    h, d = attn.num_heads, attn.head_dim
+    qkv = x @ attn.qkv.weight.T + attn.qkv.bias
+    q, k, v = qkv.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+    out = torch.zeros(b, h, n, d)
+    weights = torch.zeros(b, h, n, n)
+    for bi in range(b):
+        for hi in range(h):
+            for i in range(n):
+                logits = []
+                for j in range(n):
+                    s = float(q[bi, hi, i] @ k[bi, hi, j]) / math.sqrt(d)
+                    if bias is not None:
+                        s += float(bias[bi if bias.shape[0] > 1 else 0, hi if bias.shape[1] > 1 else 0, i, j])
+                    if key_valid is not None and not key_valid[bi, j]:
+                        s = -math.inf
+                    if causal and j > i:
+                        s = -math.inf
+                    logits.append(s)
+                w = torch.softmax(torch.tensor(logits), dim=0)
+                weights[bi, hi, i] = w
+                out[bi, hi, i] = w @ v[bi, hi]
+    if value_fn is not None:
+        out = out + value_fn(weights)
+    out = out.transpose(1, 2).reshape(b, n, c)
+    return out @ attn.proj.weight.T + attn.proj.bias
+
+
+class FixedBias(PositionalEncoding):
+    def __init__(self, bias):
+        super().__init__()
+        self.b = bias
+        self.calls = 0
+
+    def bias(self, q, k, pos, scale):
+        self.calls += 1
+        return self.b
+
+
+class ValueTerm(PositionalEncoding):
+    """Adds weights @ table (a toy encoding that needs the attention weights)."""
+
+    def __init__(self, n, d):
+        super().__init__()
+        self.table = torch.randn(n, d)
+
+    def value(self, attn, pos):
+        return attn @ self.table
+
+
+@pytest.fixture
+def x():
+    torch.manual_seed(0)
+    return torch.randn(2, 5, 8)
+
+
+def test_plain_matches_naive(x):
+    a = Attention(8, 2).eval()
+    torch.testing.assert_close(a(x), naive(a, x), atol=1e-5, rtol=1e-5)
+
+
+def test_bias_goes_to_sdpa_once_per_forward(x):
+    bias = torch.randn(1, 2, 5, 5)
+    pe = FixedBias(bias)
+    a = Attention(8, 2, pe=pe).eval()
+    assert not pe.needs_weights and pe.has_bias
+    torch.testing.assert_close(a(x), naive(a, x, bias=bias), atol=1e-5, rtol=1e-5)
+    assert pe.calls == 1
+
+
+def test_padding_and_causal_masks(x):
+    a = Attention(8, 2).eval()
+    valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    pos = Positions(mask=valid)
+    torch.testing.assert_close(a(x, pos), naive(a, x, key_valid=valid), atol=1e-5, rtol=1e-5)
+    ac = Attention(8, 2, causal=True).eval()
+    torch.testing.assert_close(ac(x), naive(ac, x, causal=True), atol=1e-5, rtol=1e-5)
+    # causal + padding + bias all summed into one mask
+    bias = torch.randn(2, 1, 5, 5)
+    ab = Attention(8, 2, pe=FixedBias(bias), causal=True).eval()
+    torch.testing.assert_close(ab(x, Positions(mask=valid)), naive(ab, x, bias=bias, key_valid=valid, causal=True),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_slow_path_only_when_weights_needed(x, monkeypatch):
+    pe = ValueTerm(5, 4)
+    assert pe.needs_weights and not FixedBias(None).needs_weights
+    a = Attention(8, 2, pe=pe).eval()
+    calls = []
+    orig = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a_, **k_: calls.append(1) or orig(*a_, **k_))
+    out = a(x)
+    assert calls == []  # the slow path ran
+    torch.testing.assert_close(out, naive(a, x, value_fn=lambda w: w @ pe.table), atol=1e-5, rtol=1e-5)
+    Attention(8, 2).eval()(x)
+    assert calls == [1]
+
+
+def test_block_shapes_and_grad():
+    blk = Block(16, 4, pe=FixedBias(torch.zeros(1, 4, 3, 3)))
+    x = torch.randn(2, 3, 16, requires_grad=True)
+    blk(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert {"norm1.weight", "attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight"} <= \
+        set(blk.state_dict())
+
+
+def test_dim_not_divisible():
+    with pytest.raises(ValueError, match="not divisible"):
+        Attention(10, 3)
+
+
+def test_positions_grid_checks():
+    p = Positions.grid_2d(3, 4, num_prefix=1)
+    assert p.grid.shape == (12, 2) and p.grid[5].tolist() == [1, 1]
+    with pytest.raises(ValueError, match=r"3x4.*13 tokens.*14 tokens"):
+        p.check_tokens(14)
+    with pytest.raises(ValueError, match="needs Positions.boxes"):
+        p.require("boxes", by="LayoutLM")

@@ -1,0 +1,532 @@
+"""The fine-tuning loop: config -> task -> model -> AdamW + warmup/cosine -> metrics, checkpoints, summary.
+
+    zoo finetune configs/vision/vit_irpe_tiny_fmnist.yaml train.epochs=1 [--resume]
+
+Everything a run writes lives in ``output.dir``:
+
+    config.yaml          the resolved config
+    metrics.jsonl        one JSON object per line: {"event": "train"|"eval", "step", "epoch", ...}
+    last.pt              checkpoint (model, optimizer, scheduler, position in the epoch, RNG states, config)
+    model.safetensors    final weights, loadable with zoo.create(name, pretrained_file=...)
+    summary.json         final and best metrics, steps, wall time, params, throughput
+
+Exact resume: the data order and augmentation of an epoch are drawn from a generator seeded by (seed, epoch),
+the checkpoint stores the micro-batch position inside the epoch and the global RNG states (dropout), so the steps
+after ``--resume`` compute the same losses as an uninterrupted run. Ctrl-C stops after the current step (a second
+Ctrl-C stops at once, losing only that step), saves ``last.pt`` and prints the command that resumes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shlex
+import signal
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError, ZooError
+from ..io import atomic_write, atomic_write_text
+from .config import build_config, load_config
+from .tasks import Task, get_task
+
+__all__ = ["finetune", "run_from_cli", "param_groups", "lr_lambda", "load_checkpoint", "save_checkpoint",
+           "TrainingDivergedError", "RESUME_MUTABLE_KEYS", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "zoo.finetune/1"
+# config keys that may differ between a checkpoint and the run resuming it (they do not change the trajectory)
+RESUME_MUTABLE_KEYS = frozenset({
+    "train.epochs", "train.steps", "train.eval_every", "train.eval_batch_size", "train.device", "train.amp",
+    "train.num_threads", "train.progress", "train.log_every", "train.save_every",
+    "data.root", "data.download", "data.eval_limit", "data.eval_split", "output.dir", "output.overwrite",
+})
+
+
+class TrainingDivergedError(ZooError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+# ---- small helpers --------------------------------------------------------------------------------------------
+
+def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out.update(_flatten(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+    return out
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # SeedSequence mixes (seed, epoch) into independent streams: epoch e of seed s != epoch e+1 of seed s-1
+    state = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> Dict[str, Any]:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"invalid value for config key 'train.device': {name!r} (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
+    return dev
+
+
+def _autocast(amp: str, device: torch.device):
+    """A factory of autocast contexts: bf16 on CUDA for "auto", bf16 on any device for "bf16", none for "off"."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return nullcontext, None
+    return (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)), "bf16"
+
+
+_NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "reg_token", "register_tokens", "relative_position",
+                   "rel_pos", "lookup_table", "rpe")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
+    """AdamW groups: decay on weight matrices / kernels; none on biases, norms, 1-D params, position tables and
+    every parameter of a positional encoding module, cls/register tokens, and ``model.no_weight_decay()``."""
+    from ..pe.base import PositionalEncoding
+
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    exempt = set()
+    for _, m in model.named_modules():
+        if isinstance(m, (PositionalEncoding, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)) \
+                or type(m).__name__.endswith("Norm"):
+            exempt.update(id(p) for p in m.parameters())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if (p.ndim <= 1 or id(p) in exempt or name in skip or name.split(".")[-1] in skip
+                or any(k in name for k in _NO_DECAY_NAMES)):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, min_lr_ratio: float):
+    """Multiplier of the peak lr for the step with 0-based index ``s``: linear warmup to 1 over ``warmup_steps``
+    steps, then cosine down to ``min_lr_ratio`` at the last step."""
+    def fn(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps - 1)
+        progress = min(1.0, (s - warmup_steps) / span)
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return fn
+
+
+def save_checkpoint(path: Path, state: Dict[str, Any]) -> Path:
+    """Write ``state`` with torch.save to a temporary file next to ``path``, then rename: never half-written."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    return atomic_write(path, write)
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else e!r}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a zoo fine-tuning checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def _config_diff(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+    a, b = _flatten(saved), _flatten(now)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in RESUME_MUTABLE_KEYS:
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            out.append(f"{key}: {a.get(key, '<unset>')!r} in the checkpoint, {b.get(key, '<unset>')!r} now")
+    return out
+
+
+class _GracefulInterrupt:
+    """First Ctrl-C: finish the current step, then stop. Second Ctrl-C: KeyboardInterrupt at once."""
+
+    def __init__(self, say) -> None:
+        self.requested = False
+        self._say = say
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._say("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to stop now)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class _Stop(Exception):
+    pass
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------
+
+def finetune(cfg: Any, resume: bool = False, resume_command: Optional[str] = None) -> Dict[str, Any]:
+    """Fine-tune ``cfg.model`` on ``cfg.data`` as ``cfg.task`` says; returns the run summary (also written to
+    ``output.dir/summary.json``). ``cfg`` is a config from :func:`load_config`, a dict or a ``FinetuneCfg``.
+
+    With ``resume=True`` the run continues from ``output.dir/last.pt`` exactly where it stopped. Ctrl-C saves
+    ``last.pt`` and returns a summary with ``"interrupted": True``."""
+    t_start = time.perf_counter()
+    cfg = build_config(cfg, where="finetune() config")
+    get_task(cfg.task)                            # an unknown task fails before anything is read or written
+    t_cfg = cfg.train
+    out_dir = Path(cfg.output.dir).expanduser()
+    ckpt_path = out_dir / "last.pt"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if resume_command is None:
+        resume_command = f"zoo finetune <config> output.dir={shlex.quote(str(out_dir))} --resume"
+
+    ckpt = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise ConfigError(f"--resume: no checkpoint to resume in {out_dir} (expected {ckpt_path}); "
+                              f"check output.dir, or start the run without --resume")
+        ckpt = load_checkpoint(ckpt_path)
+        diff = _config_diff(ckpt["config"], resolved)
+        if diff:
+            raise ConfigError(f"cannot resume {ckpt_path}: the config differs from the checkpoint's:\n  "
+                              + "\n  ".join(diff) + "\nUse the original values, or start a new run in another "
+                              "output.dir (model.pretrained_file= can start it from the weights).")
+    elif ckpt_path.exists() and not cfg.output.overwrite:
+        raise ConfigError(f"{out_dir} already holds a run ({ckpt_path.name}); continue it with --resume, or pass "
+                          f"output.overwrite=true to replace it, or choose another output.dir=...")
+
+    device = _resolve_device(t_cfg.device)
+    threads_before = torch.get_num_threads()
+    if t_cfg.num_threads:
+        torch.set_num_threads(t_cfg.num_threads)
+    try:
+        return _run(cfg, resume, ckpt, device, resume_command, t_start)
+    finally:
+        torch.set_num_threads(threads_before)     # a library call leaves the process as it found it
+
+
+def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: torch.device,
+         resume_command: str, t_start: float) -> Dict[str, Any]:
+    t_cfg, o_cfg = cfg.train, cfg.optim
+    out_dir = Path(cfg.output.dir).expanduser()
+    ckpt_path, metrics_path = out_dir / "last.pt", out_dir / "metrics.jsonl"
+    summary_path, weights_path = out_dir / "summary.json", out_dir / "model.safetensors"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    task_cls = get_task(cfg.task)
+    autocast, amp_name = _autocast(t_cfg.amp, device)
+
+    _seed_everything(t_cfg.seed)
+    task: Task = task_cls()
+    task.build_data(cfg)
+    model_kwargs = task.model_kwargs(cfg)
+    import zoo
+    model = zoo.create(cfg.model.name, pretrained=cfg.model.pretrained, pretrained_file=cfg.model.pretrained_file,
+                       **model_kwargs).to(device)
+    task.to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, o_cfg.weight_decay), lr=o_cfg.lr,
+                                  betas=tuple(o_cfg.betas), eps=o_cfg.eps)
+
+    accum, nb = t_cfg.accumulation, task.num_train_batches()
+    steps_per_epoch = math.ceil(nb / accum)
+    total_steps = t_cfg.steps if t_cfg.steps is not None else t_cfg.epochs * steps_per_epoch
+    warmup = o_cfg.warmup_steps or int(round(o_cfg.warmup_ratio * total_steps))
+    schedule = lr_lambda(total_steps, warmup, o_cfg.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    step, epoch, batch_pos = 0, 0, 0
+    best: Dict[str, Any] = {}
+    last_eval: Dict[str, Any] = {}
+    elapsed_before, train_time_before, samples_before = 0.0, 0.0, 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        # the schedule may have a new horizon (train.steps changed): recompute the lr of the next step
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * schedule(scheduler.last_epoch)
+        step, epoch, batch_pos = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        best, last_eval = dict(ckpt.get("best") or {}), dict(ckpt.get("last_eval") or {})
+        elapsed_before, train_time_before = ckpt.get("elapsed_s", 0.0), ckpt.get("train_time_s", 0.0)
+        samples_before = ckpt.get("samples", 0)
+        _set_rng_state(ckpt["rng"])
+        if batch_pos >= nb:
+            raise CheckpointError(f"{ckpt_path}: position {batch_pos} in an epoch of {nb} micro-batches; "
+                                  "the training data changed since the checkpoint")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if ckpt is not None and metrics_path.exists():
+        # drop lines logged after the checkpoint by a run that was killed: they are about to be redone
+        keep = [ln for ln in metrics_path.read_text().splitlines() if _logged_step(ln) <= step]
+        atomic_write_text(metrics_path, "".join(ln + "\n" for ln in keep))
+    elif ckpt is None:
+        for p in (metrics_path, summary_path, weights_path):
+            if p.exists():
+                p.unlink()
+
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    bar = None
+    if t_cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=step, desc=f"finetune {cfg.model.name}", dynamic_ncols=True,
+                   unit="step", disable=not t_cfg.progress)
+
+    def say(msg: str) -> None:
+        if bar is not None:
+            bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+    metrics_file = open(metrics_path, "a", encoding="utf-8")
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - t_start
+
+    def log(event: str, **fields: Any) -> None:
+        rec = {"event": event, "step": step, "epoch": round(step / steps_per_epoch, 4), **fields,
+               "elapsed_s": round(elapsed(), 3)}
+        metrics_file.write(json.dumps(rec) + "\n")
+        metrics_file.flush()
+
+    def checkpoint_state(rng: Dict[str, Any]) -> Dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_pos,
+                "rng": rng, "config": resolved, "model_kwargs": _plain(model_kwargs), "best": best,
+                "last_eval": last_eval, "elapsed_s": elapsed(), "train_time_s": train_time, "samples": samples}
+
+    def run_eval() -> Dict[str, float]:
+        nonlocal best, last_eval
+        t0 = time.perf_counter()
+        with autocast():
+            metrics = task.evaluate(model, batch_size=t_cfg.eval_batch_size)
+        model.train()
+        metrics = {k: float(v) for k, v in metrics.items()}
+        last_eval = {"step": step, **metrics}
+        key, mode = task.main_metric, task.main_mode
+        if key in metrics and (not best or (metrics[key] > best[key] if mode == "max" else metrics[key] < best[key])):
+            best = {"step": step, **metrics}
+        log("eval", **{f"eval_{k}": v for k, v in metrics.items()}, eval_time_s=round(time.perf_counter() - t0, 3))
+        say(f"step {step}/{total_steps} epoch {step / steps_per_epoch:.2f}: "
+            + ", ".join(f"eval {k} {v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    samples, train_time = samples_before, train_time_before
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_steps, log_samples, log_time = 0, 0, 0.0
+    interrupted = False
+    in_update = False
+    rng_boundary = _rng_state()
+    clip = o_cfg.clip_grad
+    model.train()
+    batches = None
+    try:
+        with _GracefulInterrupt(say) as stop:
+            while step < total_steps:
+                if batches is None:
+                    batches = task.train_batches(epoch, _epoch_generator(t_cfg.seed, epoch), start=batch_pos)
+                t0 = time.perf_counter()
+                k = min(accum, nb - batch_pos)
+                optimizer.zero_grad(set_to_none=True)
+                step_loss = torch.zeros((), dtype=torch.float64, device=device)
+                step_n = 0
+                for _ in range(k):
+                    with autocast():
+                        loss, n = task.loss(model, next(batches))
+                    (loss * n if k > 1 else loss).backward()
+                    step_loss += loss.detach().double() * n
+                    step_n += n
+                if k > 1:
+                    for p in model.parameters():
+                        if p.grad is not None:
+                            p.grad.div_(step_n)
+                grad_norm = None
+                if clip is not None:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                lr = optimizer.param_groups[0]["lr"]
+                in_update = True
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                batch_pos += k
+                samples += step_n
+                epoch_end = batch_pos >= nb
+                if epoch_end:
+                    epoch, batch_pos, batches = epoch + 1, 0, None
+                in_update = False
+                rng_boundary = _rng_state()
+                loss_sum += step_loss / step_n
+                loss_steps += 1
+                log_samples += step_n
+                dt = time.perf_counter() - t0
+                train_time += dt
+                log_time += dt
+
+                if step % t_cfg.log_every == 0 or step == total_steps or epoch_end:
+                    mean_loss = loss_sum.item() / loss_steps
+                    if not math.isfinite(mean_loss):
+                        raise TrainingDivergedError(
+                            f"training loss is {mean_loss} at step {step}; lower optim.lr (now {o_cfg.lr}) or keep "
+                            f"optim.clip_grad set. The last good checkpoint is {ckpt_path}")
+                    fields = {"loss": mean_loss, "lr": lr, "samples_per_s": round(log_samples / max(log_time, 1e-9), 2)}
+                    if grad_norm is not None:
+                        fields["grad_norm"] = float(grad_norm)
+                    log("train", **fields)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ep=f"{step / steps_per_epoch:.2f}")
+                    loss_sum.zero_()
+                    loss_steps, log_samples, log_time = 0, 0, 0.0
+                if bar is not None:
+                    bar.update(1)
+                if (t_cfg.eval_every and step % t_cfg.eval_every == 0) or (t_cfg.eval_every is None and epoch_end):
+                    run_eval()
+                if (t_cfg.save_every and step % t_cfg.save_every == 0) or epoch_end:
+                    save_checkpoint(ckpt_path, checkpoint_state(rng_boundary))
+                if stop.requested:
+                    raise _Stop
+            if last_eval.get("step") != step:
+                run_eval()
+    except (KeyboardInterrupt, _Stop):
+        interrupted = True
+        if loss_steps:                       # the steps since the last log line (all of them completed)
+            log("train", loss=loss_sum.item() / loss_steps, lr=optimizer.param_groups[0]["lr"],
+                samples_per_s=round(log_samples / max(log_time, 1e-9), 2))
+    finally:
+        if bar is not None:
+            bar.close()
+        metrics_file.close()
+
+    if interrupted:
+        if in_update:
+            say(f"interrupted while updating the weights at step {step + 1}: the previous checkpoint "
+                f"{ckpt_path} is kept")
+        else:
+            save_checkpoint(ckpt_path, checkpoint_state(rng_boundary))
+        say(f"interrupted at step {step}/{total_steps}; checkpoint saved to {ckpt_path}\n"
+            f"resume with: {resume_command}")
+    else:
+        save_checkpoint(ckpt_path, checkpoint_state(rng_boundary))
+        from ..hub import save_state_dict
+        save_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights_path)
+
+    wall = elapsed()
+    summary = {
+        "model": cfg.model.name, "task": cfg.task, "data": task.describe(), "model_kwargs": _plain(model_kwargs),
+        "steps": step, "total_steps": total_steps, "epochs": round(step / steps_per_epoch, 4),
+        "steps_per_epoch": steps_per_epoch, "final": {k: v for k, v in last_eval.items() if k != "step"},
+        "final_step": last_eval.get("step"), "best": best, "main_metric": task.main_metric,
+        "params": n_params, "trainable_params": n_trainable, "wall_time_s": round(wall, 3),
+        "train_time_s": round(train_time, 3), "samples_per_s": round((samples - samples_before) /
+                                                                      max(train_time - train_time_before, 1e-9), 2),
+        "device": str(device), "amp": amp_name or "off", "interrupted": interrupted, "output_dir": str(out_dir),
+        "checkpoint": str(ckpt_path), "weights": None if interrupted else str(weights_path),
+    }
+    if interrupted:
+        summary["resume_command"] = resume_command
+    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    _print_summary(summary, say)
+    return summary
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; inf for a line that cannot be read (cut off by a kill)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def _plain(d: Any) -> Any:
+    if isinstance(d, DictConfig):
+        return OmegaConf.to_container(d, resolve=True)
+    if isinstance(d, dict):
+        return {k: _plain(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)) or OmegaConf.is_list(d):
+        return [_plain(v) for v in d]
+    return d
+
+
+def _print_summary(s: Dict[str, Any], say) -> None:
+    head = "interrupted" if s["interrupted"] else "done"
+    lines = [f"{head}: {s['model']} on {s['data'].get('dataset', '?')}, step {s['steps']}/{s['total_steps']} "
+             f"({s['epochs']} epochs), {s['params']:,} params, {s['wall_time_s']:.1f} s wall, "
+             f"{s['samples_per_s']:.0f} samples/s on {s['device']}"]
+    if s["final"]:
+        lines.append("  final (step {}): {}".format(s["final_step"], ", ".join(
+            f"{k} {v:.4f}" for k, v in s["final"].items())))
+    if s["best"]:
+        lines.append("  best  (step {}): {}".format(s["best"]["step"], ", ".join(
+            f"{k} {v:.4f}" for k, v in s["best"].items() if k != "step")))
+    lines.append(f"  outputs: {s['output_dir']} (summary.json, metrics.jsonl, last.pt"
+                 + (", model.safetensors)" if s["weights"] else ")"))
+    say("\n".join(lines))
+
+
+def run_from_cli(config_path: str, overrides: Iterable[str] = (), resume: bool = False) -> Dict[str, Any]:
+    """``zoo finetune CONFIG [key=value ...] [--resume]``: load, check and run; returns the summary
+    (``summary["interrupted"]`` is True after Ctrl-C; the CLI exits 130 then)."""
+    overrides = list(overrides)
+    cfg = load_config(config_path, overrides)
+    command = " ".join(["zoo", "finetune", shlex.quote(str(config_path)), *map(shlex.quote, overrides),
+                        "--resume"])
+    return finetune(cfg, resume=resume, resume_command=command)

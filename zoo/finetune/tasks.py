@@ -1,0 +1,106 @@
+"""Fine-tuning tasks: what the engine needs to know about a domain's data, loss and metrics.
+
+A task is registered under a name (``cfg.task``) by its domain module, which is imported the first time the
+task is asked for, so ``import zoo`` never imports a domain.
+
+The engine drives a task like this::
+
+    task = get_task(cfg.task)()
+    train, evaluation = task.build_data(cfg)        # also remembers cfg
+    model = zoo.create(cfg.model.name, **task.model_kwargs(cfg))
+    task.to(device)
+    for batch in task.train_batches(epoch, generator, start=k):   # deterministic given (seed, epoch)
+        loss, n = task.loss(model, batch)
+    metrics = task.evaluate(model)                  # over the whole eval split, no grad, eval mode
+
+``train_batches`` must draw all of its randomness (order, augmentation) from ``generator`` and must be able to
+start at micro-batch ``start`` producing exactly the batches an uninterrupted pass would produce there: that is
+what makes ``--resume`` exact.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, Iterator, Tuple, Type
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+__all__ = ["Task", "register_task", "get_task", "list_tasks", "TASK_MODULES"]
+
+# task name -> module that registers it (imported lazily)
+TASK_MODULES: Dict[str, str] = {
+    "image_classification": "domains.vision.task",
+}
+
+_TASKS: Dict[str, Type["Task"]] = {}
+
+
+class Task:
+    """Base class. Subclasses implement every method below except ``to`` and ``describe``."""
+
+    name: str = "task"
+    main_metric: str = "loss"        # the metric that defines "best"
+    main_mode: str = "min"           # "min" or "max"
+
+    def build_data(self, cfg) -> Tuple[Any, Any]:
+        """Load the train and eval data named by ``cfg.data``; returns ``(train, eval)``."""
+        raise NotImplementedError
+
+    def model_kwargs(self, cfg) -> Dict[str, Any]:
+        """Builder kwargs: defaults from the data (classes, channels, size), overridden by ``cfg.model.kwargs``."""
+        return dict(cfg.model.kwargs)
+
+    def to(self, device: torch.device) -> "Task":
+        """Move in-memory data to ``device`` (no-op by default)."""
+        return self
+
+    def num_train_batches(self) -> int:
+        """Micro-batches in one pass over the training data."""
+        raise NotImplementedError
+
+    def num_train_samples(self) -> int:
+        raise NotImplementedError
+
+    def train_batches(self, epoch: int, generator: torch.Generator, start: int = 0) -> Iterator[Any]:
+        """Micro-batches of epoch ``epoch`` from index ``start`` on; all randomness from ``generator``."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> Tuple[Tensor, int]:
+        """Mean loss over the batch (a scalar tensor with grad) and the number of samples it averages."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, batch_size: int = 512) -> Dict[str, float]:
+        """Metrics over the whole eval split: batched, no grad, ``model.eval()``."""
+        raise NotImplementedError
+
+    def describe(self) -> Dict[str, Any]:
+        """A few facts about the data, for the run summary."""
+        return {}
+
+
+def register_task(name: str):
+    """Class decorator: ``@register_task("image_classification")``."""
+
+    def deco(cls: Type[Task]) -> Type[Task]:
+        if name in _TASKS and _TASKS[name] is not cls:
+            raise ValueError(f"task {name!r} is already registered by {_TASKS[name].__module__}")
+        cls.name = name
+        _TASKS[name] = cls
+        return cls
+
+    return deco
+
+
+def list_tasks():
+    return sorted(set(_TASKS) | set(TASK_MODULES))
+
+
+def get_task(name: str) -> Type[Task]:
+    """The task class registered as ``name`` (importing its domain module on first use)."""
+    if name not in _TASKS and name in TASK_MODULES:
+        importlib.import_module(TASK_MODULES[name])
+    if name not in _TASKS:
+        raise ConfigError(f"unknown task {name!r} (config key 'task'); available tasks: {', '.join(list_tasks())}")
+    return _TASKS[name]

@@ -1,0 +1,6 @@
+"""Attention, blocks and shared layers (torch only)."""
+from .attention import Attention, build_attn_mask
+from .block import Block
+from .layers import DropPath, LayerScale, Mlp
+
+__all__ = ["Attention", "Block", "build_attn_mask", "DropPath", "LayerScale", "Mlp"]

@@ -1,0 +1,110 @@
+"""One softmax attention for every model.
+
+    x [b, n, c] --qkv--> q, k, v [b, h, n, d] --pe.rotate--> q, k
+        fast path : SDPA(q, k, v, attn_mask = pe.bias + padding/causal mask)   (or is_causal=True)
+        slow path : softmax(q k^T * scale + bias) @ v  + pe.value(weights)    (only when the PE reads weights)
+
+The bias of a layer is built once per forward (the PE returns all heads at once) and handed to SDPA as a float
+``attn_mask``. Key names (``qkv``, ``proj``) follow timm's ViT so that ViT checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..positions import Positions
+
+__all__ = ["Attention", "build_attn_mask"]
+
+
+def build_attn_mask(bias: Optional[Tensor], pos: Optional[Positions], nq: int, nk: int, causal: bool,
+                    dtype: torch.dtype, device) -> Optional[Tensor]:
+    """Sum a logit bias with the padding and causal masks into one additive float mask ``[b|1, h|1, nq, nk]``.
+
+    Returns None when there is nothing to add."""
+    mask = None if bias is None else bias.to(dtype)
+    neg = torch.finfo(dtype).min
+    if pos is not None and pos.mask is not None:
+        pad = ~pos.mask.to(device=device, dtype=torch.bool)[:, None, None, :]          # [b, 1, 1, nk]
+        pad = torch.zeros(pad.shape, dtype=dtype, device=device).masked_fill(pad, neg)
+        mask = pad if mask is None else mask + pad
+    if causal:
+        # queries are the last nq of nk positions (KV caches put earlier keys first)
+        keep = torch.ones(nq, nk, dtype=torch.bool, device=device).tril(diagonal=nk - nq)
+        c = torch.zeros(nq, nk, dtype=dtype, device=device).masked_fill(~keep, neg)
+        mask = c if mask is None else mask + c
+    if mask is not None:
+        mask = mask.clamp_min(neg)  # two -inf-like terms must not overflow
+    return mask
+
+
+class Attention(nn.Module):
+    """Multi-head softmax attention with a pluggable positional encoding ``pe``.
+
+    Args:
+        dim: model width ``c``.
+        num_heads: ``h``; ``d = c // h``.
+        qkv_bias: bias on the fused qkv projection.
+        pe: a `PositionalEncoding` (or None for no relative encoding in attention).
+        causal: always apply a causal mask (decoder LMs); ``Positions.causal`` also switches it on.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, pe: Optional[nn.Module] = None, causal: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.causal = causal
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.pe = pe
+
+    def forward(self, x: Tensor, pos: Optional[Positions] = None) -> Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, b, h, n, d]
+        q, k, v = qkv.unbind(0)
+        out = self.attend(q, k, v, pos)                                           # [b, h, n, d]
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(out))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions]) -> Tensor:
+        """Attention on ``[b, h, n, d]`` tensors, with the PE hooks applied."""
+        pe = self.pe
+        causal = self.causal or (pos is not None and pos.causal)
+        bias = None
+        if pe is not None:
+            q, k = pe.rotate(q, k, pos)
+            bias = pe.bias(q, k, pos, self.scale)
+        nq, nk = q.shape[-2], k.shape[-2]
+        needs_weights = pe is not None and pe.needs_weights
+        has_pad = pos is not None and pos.mask is not None
+
+        if not needs_weights:
+            drop = self.attn_drop.p if self.training else 0.0
+            if bias is None and not has_pad:
+                return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=causal and nq == nk) \
+                    if (not causal or nq == nk) else F.scaled_dot_product_attention(
+                        q, k, v, attn_mask=build_attn_mask(None, None, nq, nk, True, q.dtype, q.device),
+                        dropout_p=drop)
+            mask = build_attn_mask(bias, pos, nq, nk, causal, q.dtype, q.device)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+
+        # slow path: the encoding needs the attention weights
+        attn = (q * self.scale) @ k.transpose(-2, -1)                            # [b, h, nq, nk]
+        mask = build_attn_mask(bias, pos, nq, nk, causal, attn.dtype, attn.device)
+        if mask is not None:
+            attn = attn + mask
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        out = attn @ v
+        extra = pe.value(attn, pos)
+        if extra is not None:
+            out = out + extra.to(out.dtype)
+        return out

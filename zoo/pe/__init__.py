@@ -1,0 +1,66 @@
+"""Positional encodings: one file per family, torch only.
+
+``zoo.pe.create(kind, **kwargs)`` builds an encoding by name; ``register_pe(kind, cls)`` adds a name.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Dict
+
+from .base import PositionalEncoding, overrides
+
+__all__ = ["PositionalEncoding", "overrides", "create", "register_pe", "list_pe"]
+
+# ---- classic absolute / rotary / bias encodings --------------------------------------------------------------
+from .alibi import ALiBi, alibi_bias, alibi_slopes
+from .learned import LearnedAPE, resample_abs_pos_embed
+from .rope import RoPE, apply_rotary, half_to_interleaved, interleaved_to_half, rope_angles, rope_inv_freq
+from .sincos import SinCosAPE, sincos_1d, sincos_2d
+
+# ---- vision relative encodings -------------------------------------------------------------------------------
+from .irpe import IRPE, irpe_bucket_ids, irpe_num_buckets, piecewise_index
+
+__all__ += [
+    "SinCosAPE", "sincos_1d", "sincos_2d",
+    "LearnedAPE", "resample_abs_pos_embed",
+    "RoPE", "rope_inv_freq", "rope_angles", "apply_rotary", "interleaved_to_half", "half_to_interleaved",
+    "ALiBi", "alibi_slopes", "alibi_bias",
+    "IRPE", "irpe_bucket_ids", "irpe_num_buckets", "piecewise_index",
+]
+
+# ---- string factory ------------------------------------------------------------------------------------------
+_FACTORY: Dict[str, Callable[..., PositionalEncoding]] = {
+    "sincos": SinCosAPE,
+    "learned": LearnedAPE,
+    "rope": RoPE,
+    "alibi": ALiBi,
+    "irpe": IRPE,
+}
+
+
+def register_pe(kind: str, cls: Callable[..., PositionalEncoding], overwrite: bool = False) -> Callable:
+    """Make ``create(kind, ...)`` build ``cls(...)``.  Returns ``cls`` (usable as a decorator argument)."""
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"kind must be a non-empty string, got {kind!r}")
+    if not callable(cls):
+        raise ValueError(f"cls for kind {kind!r} must be callable, got {cls!r}")
+    if kind in _FACTORY and _FACTORY[kind] is not cls and not overwrite:
+        raise ValueError(f"positional encoding kind {kind!r} is already registered to {_FACTORY[kind]!r}; "
+                         f"pass overwrite=True to replace it")
+    _FACTORY[kind] = cls
+    return cls
+
+
+def list_pe() -> list:
+    """Registered kinds, sorted."""
+    return sorted(_FACTORY)
+
+
+def create(kind: str, **kwargs) -> PositionalEncoding:
+    """Build a positional encoding by name, e.g. ``create("rope", head_dim=64)``."""
+    cls = _FACTORY.get(kind)
+    if cls is None:
+        close = difflib.get_close_matches(str(kind), list(_FACTORY), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown positional encoding kind {kind!r}.{hint} Known kinds: {', '.join(list_pe())}")
+    return cls(**kwargs)

@@ -1,0 +1,139 @@
+"""ALiBi: Press, Smith & Lewis, "Train Short, Test Long: Attention with Linear Biases Enables Input Length
+Extrapolation", ICLR 2022 (official code: ofirpress/attention_with_linear_biases).
+
+Each head adds ``-m_h * distance`` to the scaled logits ``q.k / sqrt(d)``; there is no embedding and no parameter.
+Slopes are a geometric sequence: for ``h`` a power of two, ``m_k = 2^(-8k/h)``, k = 1..h (section 3: 8 heads ->
+1/2, 1/4, ..., 1/256).  Otherwise the official ``get_slopes`` takes the ``P = 2^floor(log2 h)`` slopes plus every
+other slope of ``2P`` (the first ``h - P`` of them); x-transformers and the KERPLE/DeepMind code use the same.
+
+Distance, with queries aligned to the last ``nq`` keys (KV caches put earlier keys first)::
+
+    bidirectional:  bias[h, i, j] = -m_h * |j - i|                 (x-transformers AlibiPositionalBias)
+    causal:         bias[h, i, j] = -m_h * (i - j)   for j <= i,   0 for j > i (the causal mask removes those)
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor
+
+from ..positions import Positions
+from .base import PositionalEncoding
+
+__all__ = ["alibi_slopes", "alibi_bias", "ALiBi"]
+
+
+def _geometric_slopes(n: int) -> list:
+    # n a power of two: start = 2^(-2^-(log2 n - 3)) = 2^(-8/n), slopes start^1 .. start^n
+    start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+    return [start ** (i + 1) for i in range(n)]
+
+
+def alibi_slopes(num_heads: int) -> Tensor:
+    """Per-head ALiBi slopes of Press et al. (2022), float32 ``[num_heads]``."""
+    if not isinstance(num_heads, int) or num_heads <= 0:
+        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    p = 2 ** int(math.floor(math.log2(num_heads)))
+    slopes = _geometric_slopes(p)
+    if p != num_heads:
+        # interleave the slopes of 2P between the P ones, as the official code does for non-powers of two
+        slopes += _geometric_slopes(2 * p)[0::2][: num_heads - p]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def _bias_from_rel(rel: Tensor, slopes: Tensor, causal: bool) -> Tensor:
+    """rel = pos_k - pos_q ``[..., nq, nk]`` -> bias ``[..., h, nq, nk]`` float32."""
+    rel = rel.to(torch.float32)
+    dist = rel.clamp(max=0) if causal else -rel.abs()                          # -(i - j) on and below the diagonal
+    return dist.unsqueeze(-3) * slopes.to(device=rel.device, dtype=torch.float32)[:, None, None]
+
+
+def alibi_bias(nq: int, nk: int, slopes: Tensor, causal: bool = False, device=None) -> Tensor:
+    """ALiBi logit bias ``[1, h, nq, nk]`` float32 for token indices, queries = the last ``nq`` of ``nk`` keys.
+
+    Args:
+        nq, nk: query and key counts (``nq <= nk``).
+        slopes: ``[h]`` (see `alibi_slopes`).
+        causal: ``-(i - j) * m`` below the diagonal and 0 above (pair with a causal mask); else ``-|j - i| * m``.
+    """
+    if nq <= 0 or nk <= 0 or nq > nk:
+        raise ValueError(f"need 0 < nq <= nk, got nq={nq}, nk={nk}")
+    if slopes.ndim != 1:
+        raise ValueError(f"slopes must be [h], got shape {tuple(slopes.shape)}")
+    i = torch.arange(nk - nq, nk, device=device)                                 # [nq] query positions
+    j = torch.arange(nk, device=device)                                          # [nk]
+    return _bias_from_rel(j[None, :] - i[:, None], slopes, causal)[None]         # [1, h, nq, nk]
+
+
+class ALiBi(PositionalEncoding):
+    """Attention with Linear Biases (Press et al., ICLR 2022) on the ``bias`` hook.
+
+    Args:
+        num_heads: heads of the attention it serves.
+        causal: causal form (see the module docstring); the attention must still apply the causal mask.
+        num_alibi_heads: only the first ``num_alibi_heads`` heads get a bias (slopes of that many heads); the
+            others get zero, as x-transformers' ``alibi_num_heads``.
+
+    ``bias(q, k, pos, scale)`` returns ``[1, h, nq, nk]`` from token indices, or ``[b|1, h, nq, nk]`` from the
+    differences of ``pos.ids`` (``[b, nk]`` or ``[nk]``, floats allowed) when given.  ``scale`` is unused: the bias
+    is added to logits already scaled by ``1/sqrt(d)``.  Index-based biases are cached per (nq, nk, device) in eval.
+    """
+
+    max_cache = 8
+
+    def __init__(self, num_heads: int, causal: bool = False, num_alibi_heads: Optional[int] = None):
+        super().__init__()
+        if not isinstance(num_heads, int) or num_heads <= 0:
+            raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+        na = num_heads if num_alibi_heads is None else num_alibi_heads
+        if not isinstance(na, int) or na <= 0 or na > num_heads:
+            raise ValueError(f"num_alibi_heads must be in 1..num_heads={num_heads}, got {num_alibi_heads!r}")
+        self.num_heads, self.num_alibi_heads, self.causal = num_heads, na, bool(causal)
+        # a plain attribute, not a buffer: module.half() must not round the slopes
+        self._slopes: Dict[torch.device, Tensor] = {
+            torch.device("cpu"): torch.cat([alibi_slopes(na), torch.zeros(num_heads - na)])}
+        self._cache: Dict[tuple, Tensor] = {}
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, num_alibi_heads={self.num_alibi_heads}, causal={self.causal}"
+
+    def slopes(self, device=None) -> Tensor:
+        """float32 ``[num_heads]``, zeros for heads beyond ``num_alibi_heads``."""
+        device = torch.device("cpu" if device is None else device)
+        hit = self._slopes.get(device)
+        if hit is None:
+            # one host-to-device copy per device, not one per forward
+            hit = self._slopes[device] = self._slopes[torch.device("cpu")].to(device)
+        return hit
+
+    def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
+        # q [b, h, nq, d], k [b, h, nk, d]
+        if q.shape[1] != self.num_heads:
+            raise ValueError(f"q has {q.shape[1]} heads but ALiBi was built with num_heads={self.num_heads}")
+        nq, nk = q.shape[-2], k.shape[-2]
+        if nq > nk:
+            raise ValueError(f"q has {nq} positions but k only {nk}: queries must be the last nq of the keys")
+        ids = pos.ids if pos is not None else None
+        if ids is not None:
+            if ids.shape[-1] != nk:
+                raise ValueError(f"pos.ids has {ids.shape[-1]} positions but k has {nk}")
+            if ids.ndim == 2 and ids.shape[0] > 1 and ids.stride(0) == 0:
+                ids = ids[0]                                                     # expanded batch: one bias
+            if ids.ndim not in (1, 2):
+                raise ValueError(f"pos.ids must be [b, n] or [n], got shape {tuple(ids.shape)}")
+            ids = ids.to(q.device)
+            rel = ids[..., None, :] - ids[..., nk - nq:, None]                   # [b?, nq, nk]  pos_j - pos_i
+            b = _bias_from_rel(rel, self.slopes(q.device), self.causal)          # [b?, h, nq, nk]
+            return b if b.ndim == 4 else b[None]
+        if self.training:
+            return alibi_bias(nq, nk, self.slopes(q.device), self.causal, q.device)
+        key = (nq, nk, q.device, torch.is_inference_mode_enabled())
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = alibi_bias(nq, nk, self.slopes(q.device), self.causal, q.device)
+            while len(self._cache) >= self.max_cache:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = hit
+        return hit

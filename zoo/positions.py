@@ -1,0 +1,82 @@
+"""`Positions`: what is where. Built by a domain's data pipeline, consumed by positional encodings.
+
+Every field is optional; an encoding reads the fields it needs and raises a clear error when one is missing.
+Shapes (b = batch, n = tokens):
+
+    ids       [b, n]      1D positions (float allowed: V2PE's fractional visual steps)
+    grid      [n, 2]      (row, col) of every token of a regular grid, prefix tokens excluded
+    grid_size (h, w)      size of that grid
+    levels    [b, n, l]   hierarchical ids (file / class / function / statement / token)
+    segments  [b, n]      segment ids (BiPE)
+    boxes     [b, n, 4]   word boxes (x0, y0, x1, y1), normalised to 0..1000
+    mask      [b, n]      True where a token is real (False = padding)
+    num_prefix int        leading special tokens (cls, registers) that are not on the grid
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["Positions"]
+
+
+@dataclass
+class Positions:
+    ids: Optional[Tensor] = None
+    grid: Optional[Tensor] = None
+    grid_size: Optional[Tuple[int, int]] = None
+    levels: Optional[Tensor] = None
+    segments: Optional[Tensor] = None
+    boxes: Optional[Tensor] = None
+    mask: Optional[Tensor] = None
+    num_prefix: int = 0
+    causal: bool = False
+
+    # ---- constructors -------------------------------------------------------------------------------------
+    @classmethod
+    def sequence(cls, n: int, batch: int = 1, device=None, causal: bool = False, offset: int = 0) -> "Positions":
+        """1D positions ``offset .. offset+n-1`` for ``batch`` sequences."""
+        ids = torch.arange(offset, offset + n, device=device).unsqueeze(0).expand(batch, n)
+        return cls(ids=ids, causal=causal)
+
+    @classmethod
+    def grid_2d(cls, height: int, width: int, num_prefix: int = 0, device=None) -> "Positions":
+        """A row-major ``height x width`` grid after ``num_prefix`` special tokens."""
+        if height <= 0 or width <= 0:
+            raise ValueError(f"grid size must be positive, got {height}x{width}")
+        rows = torch.arange(height, device=device).repeat_interleave(width)
+        cols = torch.arange(width, device=device).repeat(height)
+        return cls(grid=torch.stack([rows, cols], dim=-1), grid_size=(height, width), num_prefix=num_prefix)
+
+    # ---- helpers ------------------------------------------------------------------------------------------
+    @property
+    def grid_tokens(self) -> int:
+        if self.grid_size is None:
+            raise ValueError("these Positions carry no grid (grid_size is None)")
+        return self.grid_size[0] * self.grid_size[1]
+
+    def check_tokens(self, n: int) -> None:
+        """Raise a clear error when the token count ``n`` does not match the grid plus prefix tokens."""
+        if self.grid_size is not None and self.grid_tokens + self.num_prefix != n:
+            h, w = self.grid_size
+            raise ValueError(
+                f"grid {h}x{w} with {self.num_prefix} prefix token(s) describes {h * w + self.num_prefix} tokens, "
+                f"but the sequence has {n} tokens")
+
+    def to(self, device=None, dtype=None) -> "Positions":
+        """Move tensor fields to ``device`` (dtype applies to float fields only)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                v = v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None)
+            out[f.name] = v
+        return replace(self, **out)
+
+    def require(self, *names: str, by: str = "this encoding") -> None:
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"{by} needs Positions.{', '.join(missing)}, which the input does not provide")
