@@ -71,14 +71,18 @@ def test_list_models_pattern_and_tags():
 
 def test_register_model_rejects_duplicates():
     import zoo
+    from zoo.registry import _REGISTRY
 
-    @zoo.register_model(name="_test_dup_model", timm=False)
-    def a(**kw):
-        return None
-    with pytest.raises(ValueError, match="already registered"):
+    try:
         @zoo.register_model(name="_test_dup_model", timm=False)
-        def b(**kw):
+        def a(**kw):
             return None
+        with pytest.raises(ValueError, match="already registered"):
+            @zoo.register_model(name="_test_dup_model", timm=False)
+            def b(**kw):
+                return None
+    finally:
+        _REGISTRY.pop("_test_dup_model", None)
 
 
 def test_cli_list_and_info():
