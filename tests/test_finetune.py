@@ -270,6 +270,9 @@ def test_wrong_value_types_name_the_key_and_the_value(tmp_path):
         load_config(_write(tmp_path, GOOD + "optim: 3\n"), [])
     with pytest.raises(ConfigError, match=r"'train\.amp': 'fp8'"):
         load_config(_write(tmp_path, GOOD), ["train.amp=fp8"])
+    # YAML reads a bare `off` as a boolean: it still means "off", in the file and on the command line
+    assert load_config(_write(tmp_path, GOOD + "train:\n  amp: off\n"), []).train.amp == "off"
+    assert load_config(_write(tmp_path, GOOD), ["train.amp=off"]).train.amp == "off"
     with pytest.raises(ConfigError, match=r"'model\.name' is required"):
         load_config(_write(tmp_path, "data:\n  name: digits\n"), [])
 

@@ -11,7 +11,7 @@ uninterrupted epoch would have produced from ``k`` on.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Tuple
 
 import torch
 import torch.nn.functional as F

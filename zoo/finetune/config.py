@@ -206,6 +206,8 @@ def _validate(cfg: DictConfig, where: str) -> None:
             raise bad(key, value, "must be >= 1")
     if t.seed < 0:
         raise bad("train.seed", t.seed, "must be >= 0")
+    if t.amp in ("False", "false"):      # YAML reads a bare `off` as false: amp=off means "off"
+        t.amp = "off"
     if t.amp not in AMP_MODES:
         raise bad("train.amp", t.amp, f"one of {', '.join(AMP_MODES)}")
     if not (0.0 <= t.label_smoothing < 1.0):

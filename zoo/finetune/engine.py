@@ -23,12 +23,11 @@ import os
 import random
 import shlex
 import signal
-import sys
 import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -40,7 +39,7 @@ from ..io import atomic_write, atomic_write_text
 from .config import build_config, load_config
 from .tasks import Task, get_task
 
-__all__ = ["finetune", "run_from_cli", "param_groups", "lr_lambda", "load_checkpoint", "save_checkpoint",
+__all__ = ["finetune", "run_from_cli", "param_groups", "lr_lambda", "read_checkpoint", "save_checkpoint",
            "TrainingDivergedError", "RESUME_MUTABLE_KEYS", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "zoo.finetune/1"
@@ -173,7 +172,7 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> Path:
     return atomic_write(path, write)
 
 
-def load_checkpoint(path: Path) -> Dict[str, Any]:
+def read_checkpoint(path: Path) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -245,7 +244,7 @@ def finetune(cfg: Any, resume: bool = False, resume_command: Optional[str] = Non
         if not ckpt_path.is_file():
             raise ConfigError(f"--resume: no checkpoint to resume in {out_dir} (expected {ckpt_path}); "
                               f"check output.dir, or start the run without --resume")
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = read_checkpoint(ckpt_path)
         diff = _config_diff(ckpt["config"], resolved)
         if diff:
             raise ConfigError(f"cannot resume {ckpt_path}: the config differs from the checkpoint's:\n  "
@@ -280,8 +279,9 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     task.build_data(cfg)
     model_kwargs = task.model_kwargs(cfg)
     import zoo
-    model = zoo.create(cfg.model.name, pretrained=cfg.model.pretrained, pretrained_file=cfg.model.pretrained_file,
-                       **model_kwargs).to(device)
+    fresh = ckpt is None                  # on resume the checkpoint has the weights: skip the pretrained ones
+    model = zoo.create(cfg.model.name, pretrained=cfg.model.pretrained and fresh,
+                       pretrained_file=cfg.model.pretrained_file if fresh else None, **model_kwargs).to(device)
     task.to(device)
     optimizer = torch.optim.AdamW(param_groups(model, o_cfg.weight_decay), lr=o_cfg.lr,
                                   betas=tuple(o_cfg.betas), eps=o_cfg.eps)
@@ -298,7 +298,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     last_eval: Dict[str, Any] = {}
     elapsed_before, train_time_before, samples_before = 0.0, 0.0, 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        zoo.load_checkpoint(model, ckpt["model"], source=str(ckpt_path))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         # the schedule may have a new horizon (train.steps changed): recompute the lr of the next step
@@ -320,7 +320,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
         keep = [ln for ln in metrics_path.read_text().splitlines() if _logged_step(ln) <= step]
         atomic_write_text(metrics_path, "".join(ln + "\n" for ln in keep))
     elif ckpt is None:
-        for p in (metrics_path, summary_path, weights_path):
+        for p in (metrics_path, summary_path, weights_path, ckpt_path):   # output.overwrite: a clean slate
             if p.exists():
                 p.unlink()
 
@@ -449,7 +449,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     except (KeyboardInterrupt, _Stop):
         interrupted = True
         if loss_steps:                       # the steps since the last log line (all of them completed)
-            log("train", loss=loss_sum.item() / loss_steps, lr=optimizer.param_groups[0]["lr"],
+            log("train", loss=loss_sum.item() / loss_steps, lr=lr,
                 samples_per_s=round(log_samples / max(log_time, 1e-9), 2))
     finally:
         if bar is not None:

@@ -27,16 +27,19 @@ def build_attn_mask(bias: Optional[Tensor], pos: Optional[Positions], nq: int, n
     Returns None when there is nothing to add."""
     mask = None if bias is None else bias.to(dtype)
     neg = torch.finfo(dtype).min
+    masked = False
     if pos is not None and pos.mask is not None:
         pad = ~pos.mask.to(device=device, dtype=torch.bool)[:, None, None, :]          # [b, 1, 1, nk]
         pad = torch.zeros(pad.shape, dtype=dtype, device=device).masked_fill(pad, neg)
         mask = pad if mask is None else mask + pad
+        masked = True
     if causal:
         # queries are the last nq of nk positions (KV caches put earlier keys first)
         keep = torch.ones(nq, nk, dtype=torch.bool, device=device).tril(diagonal=nk - nq)
         c = torch.zeros(nq, nk, dtype=dtype, device=device).masked_fill(~keep, neg)
         mask = c if mask is None else mask + c
-    if mask is not None:
+        masked = True
+    if masked and bias is not None or (pos is not None and pos.mask is not None and causal):
         mask = mask.clamp_min(neg)  # two -inf-like terms must not overflow
     return mask
 
