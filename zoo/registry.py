@@ -22,8 +22,8 @@ __all__ = ["PretrainedCfg", "register_model", "create", "list_models", "model_in
            "split_tag", "DOMAIN_MODULES"]
 
 # domain model modules, imported lazily (their top level imports torch and zoo only)
-DOMAIN_MODULES: Dict[str, str] = {
-    "vision": "domains.vision.models",
+DOMAIN_MODULES: Dict[str, List[str]] = {
+    "vision": ["domains.vision.models"],
 }
 
 
@@ -126,9 +126,10 @@ def _register_with_timm(model_name: str) -> None:
 
 
 def _load_domains(domains=None) -> None:
-    for dom, mod in DOMAIN_MODULES.items():
+    for dom, mods in DOMAIN_MODULES.items():
         if (domains is None or dom in domains) and dom not in _DOMAINS_LOADED:
-            importlib.import_module(mod)
+            for mod in mods:
+                importlib.import_module(mod)
             _DOMAINS_LOADED.add(dom)
 
 

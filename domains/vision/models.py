@@ -103,7 +103,9 @@ class VisionTransformer(nn.Module):
                  global_pool: str = "token", drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, norm_eps: float = 1e-6, ape: bool = True,
                  pe_factory: Optional[Callable[[int, int, int], Optional[nn.Module]]] = None,
-                 dynamic_img_size: bool = False):
+                 dynamic_img_size: bool = False,
+                 pos_block_factory: Optional[Callable[[int], nn.Module]] = None,
+                 pos_block_after: Tuple[int, ...] = (0,)):
         super().__init__()
         self.config: Dict[str, Any] = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
@@ -111,7 +113,10 @@ class VisionTransformer(nn.Module):
             class_token=class_token, global_pool=global_pool, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate, norm_eps=norm_eps, ape=ape,
             pe_factory=None if pe_factory is None else getattr(pe_factory, "config", repr(pe_factory)),
-            dynamic_img_size=dynamic_img_size)
+            dynamic_img_size=dynamic_img_size,
+            pos_block_factory=None if pos_block_factory is None else getattr(pos_block_factory, "config",
+                                                                              repr(pos_block_factory)),
+            pos_block_after=tuple(pos_block_after))
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if global_pool == "token" and not class_token:
@@ -142,6 +147,14 @@ class VisionTransformer(nn.Module):
                   attn_drop=attn_drop_rate, drop_path=dpr[i], norm_eps=norm_eps,
                   pe=pe_factory(i, head_dim, num_heads) if pe_factory is not None else None)
             for i in range(depth)])
+        # encodings applied to the token stream between blocks (PEG after the first block, as CPVT):
+        # keys pos_block.<i>.* where i is the block they follow
+        self.pos_block = nn.ModuleDict()
+        if pos_block_factory is not None:
+            for i in pos_block_after:
+                if not 0 <= i < depth:
+                    raise ValueError(f"pos_block_after {i} is outside the {depth} blocks")
+                self.pos_block[str(i)] = pos_block_factory(embed_dim)
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -244,8 +257,10 @@ class VisionTransformer(nn.Module):
             x = x + self._pos_embed_for(h, w)
         x = self.pos_drop(x)
         pos = self.positions(h, w, x.device)
-        for blk in self.blocks:
+        for i, blk in enumerate(self.blocks):
             x = blk(x, pos)
+            if str(i) in self.pos_block:
+                x = self.pos_block[str(i)].embed(x, pos)
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

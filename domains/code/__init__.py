@@ -1,0 +1,1 @@
+"""Code domain: models, data and tasks register here (imported lazily by zoo.registry)."""

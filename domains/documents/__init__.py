@@ -1,0 +1,1 @@
+"""Documents domain: models, data and tasks register here (imported lazily by zoo.registry)."""
