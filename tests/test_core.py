@@ -100,5 +100,8 @@ def test_cli_list_and_info():
 def test_models_md_is_up_to_date():
     from zoo.cli import models_markdown
 
-    assert (ROOT / "MODELS.md").read_text() == models_markdown(), \
-        "MODELS.md is out of date: run `zoo list --markdown > MODELS.md`"
+    import difflib
+
+    have, want = (ROOT / "MODELS.md").read_text(), models_markdown()
+    diff = "".join(list(difflib.unified_diff(have.splitlines(True), want.splitlines(True), "MODELS.md", "registry"))[:40])
+    assert have == want, f"MODELS.md is out of date: run `zoo list --markdown > MODELS.md`\n{diff}"

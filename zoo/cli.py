@@ -11,7 +11,7 @@ __all__ = ["main", "models_markdown"]
 
 def models_markdown() -> str:
     """The text of MODELS.md, generated from the registry."""
-    from .registry import _REGISTRY, list_models
+    from .registry import _REGISTRY, count_params, list_models
 
     names = list_models()
     lines = [
@@ -24,7 +24,7 @@ def models_markdown() -> str:
     ]
     for name in names:
         e = _REGISTRY[name]
-        params = sum(p.numel() for p in e.fn().parameters())
+        params = count_params(e)
         doc = (e.fn.__doc__ or "").strip().splitlines()
         tags = ", ".join(f"`{name}.{t}`" for t, c in e.cfgs.items() if c.has_weights) or "-"
         measured = "; ".join(f"{k}: {v}" for c in e.cfgs.values() for k, v in c.metrics.items())

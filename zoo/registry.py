@@ -23,7 +23,8 @@ __all__ = ["PretrainedCfg", "register_model", "create", "list_models", "model_in
 
 # domain model modules, imported lazily (their top level imports torch and zoo only)
 DOMAIN_MODULES: Dict[str, List[str]] = {
-    "vision": ["domains.vision.models"],
+    "vision": ["domains.vision.models", "domains.vision.cpvt", "domains.vision.rmt", "domains.vision.rope_vit",
+               "domains.vision.lightnet"],
 }
 
 
@@ -234,11 +235,27 @@ def list_models(pattern: str = "*", pretrained: bool = False, domain: Optional[s
     return out
 
 
+def count_params(entry_or_name, **kwargs) -> int:
+    """Parameter count of a model built with default arguments, on the meta device (no memory, no init)."""
+    entry = entry_or_name if isinstance(entry_or_name, ModelEntry) else _entry(entry_or_name)
+    return sum(p.numel() for p in _build_meta(entry, **kwargs).parameters())
+
+
+def _build_meta(entry: ModelEntry, **kwargs) -> nn.Module:
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return entry.fn(**kwargs)
+    except Exception:  # a builder that cannot run on meta: build on the CPU
+        return entry.fn(**kwargs)
+
+
 def model_info(name: str) -> Dict[str, Any]:
     """What a model is: domain, doc, parameters, default geometry and pretrained sources."""
     entry = _entry(name)
     _, tag = split_tag(name)
-    model = entry.fn()
+    model = _build_meta(entry)
     doc = (entry.fn.__doc__ or "").strip().splitlines()
     info = {
         "name": entry.name,

@@ -35,6 +35,8 @@ _log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IRPE_PAPER = "https://arxiv.org/abs/2107.14222"
+IRPE_ZOO_URL = "https://github.com/wkcn/iRPE-model-zoo/releases/download/1.0/"
+_APE_CACHE_SIZE = 8   # image sizes whose resampled position table is kept (eval only)
 
 
 def _pair(x: Union[int, Tuple[int, int]], name: str) -> Tuple[int, int]:
@@ -160,7 +162,8 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
         self._pos_cache: Dict[tuple, Positions] = {}
-        self._ape_cache: Dict[tuple, Tensor] = {}
+        self._ape_cache: Dict[tuple, Tensor] = {}      # eval-time resampled pos_embed per (h, w, device, dtype)
+        self._ape_version: Optional[tuple] = None      # the pos_embed (storage, version) those entries came from
         self.init_weights()
 
     # ---- init (DeiT / timm 0.3.2: trunc-normal .02 on linears, cls and pos tables; iRPE tables stay zero) ----
@@ -237,12 +240,17 @@ class VisionTransformer(nn.Module):
         cacheable = not self.training and not (torch.is_grad_enabled() and pe.requires_grad)
         if not cacheable:
             return resample_abs_pos_embed(pe, (h, w), self.grid_size, num_prefix=self.num_prefix_tokens)
-        key = (h, w, pe.device, pe.dtype, pe.data_ptr(), pe._version)
+        version = (pe.data_ptr(), pe._version)
+        if version != self._ape_version:      # the table was loaded or trained since: every entry is stale
+            self._ape_cache.clear()
+            self._ape_version = version
+        key = (h, w, pe.device, pe.dtype)
         out = self._ape_cache.get(key)
         if out is None:
             with torch.inference_mode(False), torch.no_grad():
                 out = resample_abs_pos_embed(pe, (h, w), self.grid_size, num_prefix=self.num_prefix_tokens)
-            self._ape_cache.clear()  # one entry per parameter version; sizes rarely alternate in eval
+            if len(self._ape_cache) >= _APE_CACHE_SIZE:
+                self._ape_cache.pop(next(iter(self._ape_cache)))                  # oldest size out
             self._ape_cache[key] = out
         return out
 
@@ -340,7 +348,9 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionTransformer) -> dict:
     - ``pos_embed`` is resampled to the model's grid (bicubic, prefix tokens kept);
     - ``patch_embed.proj.weight`` is adapted to ``in_chans`` and resampled to the patch size;
     - a head of another class count is replaced by the model's freshly initialised one (warning);
-    - an iRPE table of another size (other method / ratio / head sharing) raises `CheckpointError`.
+    - iRPE tables other than the model's (another method, ratio, mode, head sharing or placement: a cross
+      checkpoint into a product model, a ratio-20 table into a ratio-1.9 model, q/k/v tables into a k model)
+      raise `CheckpointError` naming the first differing table key and both shapes.
     Missing and unexpected keys are left for `zoo.load_checkpoint` to report.
     """
     sd = _unwrap(state_dict)
@@ -407,16 +417,61 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionTransformer) -> dict:
                 if k in own:
                     out[k] = own[k]
 
-    # iRPE tables must match: a different bucket count means another method, ratio or head sharing
-    for k, v in out.items():
-        if "lookup_table_" in k and k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape):
-            pe = model.get_submodule(k.split(".rpe_")[0]) if ".rpe_" in k else None
-            desc = (f" (model: method={pe.method}, ratio={pe.ratio}, shared_head={pe.shared_head}, skip={pe.skip}, "
-                    f"{pe.num_buckets} buckets)") if isinstance(pe, IRPE) else ""
-            raise CheckpointError(
-                f"iRPE table {k}: checkpoint shape {tuple(v.shape)} vs model shape {tuple(own[k].shape)}{desc}; the "
-                f"checkpoint was trained with another iRPE method, ratio or head sharing")
+    _check_irpe_tables(out, own, model)
     return out
+
+
+_IRPE_TABLE_KEY = re.compile(
+    r"^blocks\.\d+\.attn\.pe\.rpe_([qkv])\.(?:(rp_rows|rp_cols)\.)?lookup_table_(weight|bias)$")
+
+
+def _describe_tables(tables: Dict[str, tuple]) -> str:
+    """What a set of iRPE table keys says about the encoding that made them (bucket count, not method: 82
+    buckets is product at ratio 2 or euclidean/quant at ratio 20)."""
+    found = [(_IRPE_TABLE_KEY.match(k), shape) for k, shape in tables.items()]
+    on = "".join(c for c in "qkv" if any(m.group(1) == c for m, _ in found))
+    cross = any(m.group(2) for m, _ in found)
+    mode = "bias" if any(m.group(3) == "bias" for m, _ in found) else "contextual"
+    m, shape = found[0]
+    nb = shape[-1] if (mode == "bias" or m.group(1) != "v") else shape[-2]
+    heads = "shared" if shape[0] == 1 else f"{shape[0]} heads"
+    return (f"rpe_on={on!r}, {'cross (rp_rows + rp_cols)' if cross else 'one table'} per place, {mode}, "
+            f"{heads}, {nb} buckets")
+
+
+def _check_irpe_tables(out: dict, own: dict, model: nn.Module) -> None:
+    """The checkpoint's iRPE tables must be the model's, key for key and shape for shape; otherwise say which
+    table differs and how, instead of a generic missing/unexpected-keys error."""
+    ck = {k: tuple(v.shape) for k, v in out.items() if _IRPE_TABLE_KEY.match(k) and hasattr(v, "shape")}
+    mine = {k: tuple(v.shape) for k, v in own.items() if _IRPE_TABLE_KEY.match(k)}
+    if not ck or ck == mine:
+        return
+    pe = next((m for m in model.modules() if isinstance(m, IRPE)), None)
+    model_desc = (f"model: method={pe.method}, mode={pe.mode}, ratio={pe.ratio}, shared_head={pe.shared_head}, "
+                  f"skip={pe.skip}, rpe_on={pe.rpe_on!r}, {pe.num_buckets} buckets") if pe is not None \
+        else "model: no iRPE"
+    hint = ("the checkpoint was trained with another iRPE method, ratio, mode, head sharing or placement; build "
+            "the model with the checkpoint's settings, e.g. irpe=dict(method=..., ratio=..., rpe_on=...), or "
+            "pick the matching entrypoint")
+    for k, shape in ck.items():
+        if k in mine and shape != mine[k]:
+            raise CheckpointError(f"iRPE table {k}: checkpoint shape {shape} vs model shape {mine[k]} "
+                                  f"({model_desc}; checkpoint: {_describe_tables(ck)}); {hint}")
+    extra = sorted(set(ck) - set(mine), key=_natural)
+    lacking = sorted(set(mine) - set(ck), key=_natural)
+    parts = []
+    if extra:
+        parts.append(f"the checkpoint has {extra[0]} {ck[extra[0]]}"
+                     + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else "") + " which the model lacks")
+    if lacking:
+        parts.append(f"the model expects {lacking[0]} {mine[lacking[0]]}"
+                     + (f" (+{len(lacking) - 1} more)" if len(lacking) > 1 else "") + " which the checkpoint lacks")
+    raise CheckpointError(f"iRPE tables differ: {'; '.join(parts)} ({model_desc}; checkpoint: "
+                          f"{_describe_tables(ck)}); {hint}")
+
+
+def _natural(key: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
 # ---- builders ---------------------------------------------------------------------------------------------------
@@ -437,14 +492,17 @@ def _create_vit(variant_kwargs: dict, irpe: Optional[dict] = None, **kwargs) -> 
     return VisionTransformer(**args)
 
 
-def _create_vit_irpe(variant_kwargs: dict, **kwargs) -> VisionTransformer:
-    """DeiT with iRPE; ``irpe=dict(method=, mode=, ratio=, shared_head=, skip=, rpe_on=)`` overrides the encoding."""
-    return _create_vit(variant_kwargs, irpe=kwargs.pop("irpe", None) or {}, **kwargs)
+def _create_vit_irpe(variant_kwargs: dict, irpe_kwargs: Optional[dict] = None, **kwargs) -> VisionTransformer:
+    """DeiT with iRPE. ``irpe_kwargs`` is the variant's encoding; the caller's
+    ``irpe=dict(method=, mode=, ratio=, shared_head=, skip=, rpe_on=)`` overrides any of it."""
+    irpe = dict(irpe_kwargs or {})
+    irpe.update(kwargs.pop("irpe", None) or {})
+    return _create_vit(variant_kwargs, irpe=irpe, **kwargs)
 
 
 def _irpe_cfg(name: str, top1: float) -> Dict[str, PretrainedCfg]:
     return {"in1k": PretrainedCfg(
-        url=f"https://github.com/wkcn/iRPE-model-zoo/releases/download/1.0/{name}.pth", sha256=None,
+        url=f"{IRPE_ZOO_URL}{name}.pth", sha256=None,
         license="MIT", paper=IRPE_PAPER, source="microsoft/Cream iRPE", num_classes=1000, input_size=(3, 224, 224),
         mean=IMAGENET_MEAN, std=IMAGENET_STD, notes=f"official checkpoint {name}", metrics={"top1": top1})}
 
@@ -474,6 +532,48 @@ def vit_irpe_small(**kwargs) -> VisionTransformer:
 def vit_irpe_base(**kwargs) -> VisionTransformer:
     """DeiT-Base/16 with contextual product iRPE on keys (ratio 1.9, 50 shared buckets), learned APE kept."""
     return _create_vit_irpe(dict(embed_dim=768, depth=12, num_heads=12), **kwargs)
+
+
+@register_model(cfgs=_irpe_cfg("deit_small_patch16_224_ctx_product_50_shared_qk", 81.0),
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+def vit_irpe_small_qk(**kwargs) -> VisionTransformer:
+    """DeiT-Small/16 with contextual product iRPE on queries and keys (ratio 1.9, 50 shared buckets)."""
+    return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(rpe_on="qk"), **kwargs)
+
+
+@register_model(cfgs=_irpe_cfg("deit_small_patch16_224_ctx_product_50_shared_qkv", 81.2),
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+def vit_irpe_small_qkv(**kwargs) -> VisionTransformer:
+    """DeiT-Small/16 with contextual product iRPE on queries, keys and values (ratio 1.9, 50 shared buckets)."""
+    return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(rpe_on="qkv"), **kwargs)
+
+
+@register_model(cfgs=_irpe_cfg("deit_base_patch16_224_ctx_product_50_shared_qkv", 82.8),
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+def vit_irpe_base_qkv(**kwargs) -> VisionTransformer:
+    """DeiT-Base/16 with contextual product iRPE on queries, keys and values (ratio 1.9, 50 shared buckets)."""
+    return _create_vit_irpe(dict(embed_dim=768, depth=12, num_heads=12), dict(rpe_on="qkv"), **kwargs)
+
+
+# the paper's other methods on keys (official configs deit_small_patch16_224_ctx_{euc_20,quant_51,cross_56}_shared_k,
+# whose weights were not released): the number in the official name counts the buckets used at 14x14 + cls
+
+@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+def vit_irpe_small_euc(**kwargs) -> VisionTransformer:
+    """DeiT-Small/16 with contextual euclidean iRPE on keys (ratio 20: 82 shared buckets, 20 used at 224)."""
+    return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(method="euclidean", ratio=20), **kwargs)
+
+
+@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+def vit_irpe_small_quant(**kwargs) -> VisionTransformer:
+    """DeiT-Small/16 with contextual quantization iRPE on keys (ratio 33: 134 shared buckets, 51 used at 224)."""
+    return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(method="quant", ratio=33), **kwargs)
+
+
+@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+def vit_irpe_small_cross(**kwargs) -> VisionTransformer:
+    """DeiT-Small/16 with contextual cross iRPE on keys (ratio 20: rows + cols tables of 82 shared buckets)."""
+    return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(method="cross", ratio=20), **kwargs)
 
 
 @register_model(cfgs=_deit_cfg("https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth", 72.2),

@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from zoo.nn import Attention
@@ -164,6 +163,12 @@ def test_bucket_ids_cached_and_alias():
     a, _ = irpe_bucket_ids("product", 7, 9, 1)
     b, _ = irpe_bucket_ids("product", 7, 9, 1)
     assert a is b
+    # the encoding's flat gather index is cached too, also for a prefix-free grid under a table with a prefix bucket
+    pe = IRPE(8, 2, skip=1)
+    for prefix in (1, 0):
+        first = pe._index("product", prefix + 35, Positions.grid_2d(5, 7, num_prefix=prefix), "cpu")
+        again = pe._index("product", prefix + 35, Positions.grid_2d(5, 7, num_prefix=prefix), "cpu")
+        assert first[1] is again[1] and int(first[1].max()) < (prefix + 35) * 50
     assert irpe_bucket_ids("euc", 5, 5, 0, 20)[0] is irpe_bucket_ids("euclidean", 5, 5, 0, 20)[0]
     with pytest.raises(ValueError, match="unknown iRPE bucket method"):
         irpe_bucket_ids("bogus", 3, 3)
@@ -216,10 +221,21 @@ def test_contextual_product_matches_naive(rpe_on, shared):
 
 @pytest.mark.parametrize("method,mode,ratio,rpe_on,shared", [
     ("cross", "bias", 2.0, "qk", False),
+    ("cross", "bias", 1.9, "k", True),
     ("cross", "contextual", 1.9, "kv", True),
+    ("cross", "contextual", 20, "k", True),            # the paper's cross_56 model
+    ("cross", "contextual", 2.5, "qkv", False),
     ("euclidean", "contextual", 1.9, "qk", False),
+    ("euclidean", "contextual", 20, "k", True),        # euc_20
+    ("euclidean", "contextual", 1.9, "qkv", True),
+    ("euclidean", "bias", 3.0, "qk", False),
     ("quant", "bias", 1.9, "k", True),
+    ("quant", "contextual", 33, "k", True),            # quant_51
+    ("quant", "contextual", 1.9, "qkv", False),
     ("product", "bias", 1.9, "q", False),
+    ("product", "bias", 2.0, "qk", True),
+    ("product", "contextual", 3.0, "qv", False),       # any ratio, any placement
+    ("product", "contextual", 1.2, "v", True),
 ])
 def test_other_methods_and_bias_mode_match_naive(method, mode, ratio, rpe_on, shared):
     h, w, skip, nh, d = 5, 6, 2, 4, 8
@@ -230,6 +246,68 @@ def test_other_methods_and_bias_mode_match_naive(method, mode, ratio, rpe_on, sh
     want = ref_attention(q.double(), k.double(), v.double(), h, w, skip, ratio, method=method, mode=mode,
                          **_tables(pe, method))
     torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-5)
+
+
+ALL_COMBINATIONS = [(method, mode, on, shared)
+                    for method in ("euclidean", "quant", "cross", "product")
+                    for mode in ("contextual", "bias")
+                    for on in ("q", "k", "v", "qk", "qv", "kv", "qkv") if not (mode == "bias" and "v" in on)
+                    for shared in (True, False)]
+
+
+@pytest.mark.parametrize("method,mode,rpe_on,shared", ALL_COMBINATIONS)
+def test_every_combination_matches_naive(method, mode, rpe_on, shared):
+    """Every method x mode x placement x head sharing, on a 3x4 grid after 0, 1 or 2 prefix tokens; ratio 1.2
+    reaches the logarithmic range of g (|x| >= 2) even on this small grid."""
+    h, w, nh, d, ratio = 3, 4, 2, 4, 1.2
+    skip = ALL_COMBINATIONS.index((method, mode, rpe_on, shared)) % 3
+    pe = _random_irpe(d, nh, method=method, mode=mode, ratio=ratio, shared=shared, skip=skip, rpe_on=rpe_on, seed=9)
+    assert pe.needs_weights == ("v" in rpe_on)
+    q, k, v = _qkv(1, nh, skip + h * w, d, seed=10)
+    got = Attention(nh * d, nh, pe=pe).attend(q, k, v, Positions.grid_2d(h, w, num_prefix=skip))
+    want = ref_attention(q.double(), k.double(), v.double(), h, w, skip, ratio, method=method, mode=mode,
+                         **_tables(pe, method))
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method,mode,rpe_on,table_skip", [
+    ("product", "contextual", "qkv", 0),
+    ("euclidean", "contextual", "qkv", 1),
+    ("quant", "contextual", "qkv", 0),
+    ("cross", "contextual", "qkv", 1),
+    ("product", "bias", "qk", 1),
+    ("cross", "bias", "qk", 0),
+    ("euclidean", "bias", "qk", 0),
+])
+def test_per_head_tables_on_a_7x9_grid_match_naive(method, mode, rpe_on, table_skip):
+    """Four heads with their own tables on a prefix-free 7x9 grid; a table built with a prefix bucket
+    (table_skip=1) also serves it, its last bucket unused."""
+    h, w, nh, d, ratio = 7, 9, 4, 8, 1.9
+    pe = _random_irpe(d, nh, method=method, mode=mode, ratio=ratio, shared=False, skip=table_skip, rpe_on=rpe_on,
+                      seed=7)
+    assert pe.num_buckets == ref_num_buckets(method if method != "cross" else "cross_rows", ratio, table_skip)
+    for t in _tables(pe, method).values():
+        for tt in (t.values() if isinstance(t, dict) else [t] if t is not None else []):
+            assert tt.shape[0] == nh
+    q, k, v = _qkv(2, nh, h * w, d, seed=8)
+    got = Attention(nh * d, nh, pe=pe).attend(q, k, v, Positions.grid_2d(h, w, num_prefix=0))
+    want = ref_attention(q.double(), k.double(), v.double(), h, w, 0, ratio, method=method, mode=mode,
+                         **_tables(pe, method))
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-5)
+    heads_differ = (got[:, 0] - got[:, 1]).abs().max()
+    assert heads_differ > 1e-3
+
+
+def test_rpe_q_is_rpe_k_with_roles_swapped():
+    """Official: rpe_q(k * s).transpose(2, 3). With the same table, the q-term for (q, k) is the transposed
+    k-term for (k, q)."""
+    nh, d, h, w = 2, 8, 4, 6
+    on_k = _random_irpe(d, nh, rpe_on="k", shared=False, seed=11)
+    on_q = IRPE(d, nh, rpe_on="q", shared_head=False)
+    on_q.load_state_dict({"rpe_q.lookup_table_weight": on_k.rpe_k.lookup_table_weight.detach()})
+    q, k, _ = _qkv(2, nh, 1 + h * w, d, seed=12)
+    pos = Positions.grid_2d(h, w, num_prefix=1)
+    torch.testing.assert_close(on_q.bias(q, k, pos, 0.3), on_k.bias(k, q, pos, 0.3).transpose(-2, -1))
 
 
 def test_full_attention_module_and_table_gradients_match_naive():
@@ -331,6 +409,21 @@ def test_value_path_never_builds_an_LxLxD_tensor():
     uniform = torch.full((1, nh, n, n), 1.0 / n)
     torch.testing.assert_close(pe.value(uniform, pos).double(), want, atol=1e-5, rtol=1e-5)
     assert out.shape == (1, nh, n, d)
+
+
+@pytest.mark.parametrize("method", ["product", "cross"])
+def test_contextual_logits_are_matmul_then_gather(method):
+    """q/k contextual: (x @ W) -> [b, h, n, nb], then one gather; no [b, h, n, n, d] tensor."""
+    h, w, nh, d = 7, 9, 2, 64
+    n = 1 + h * w
+    pe = _random_irpe(d, nh, method=method, rpe_on="qk", shared=False)
+    q, k, _ = _qkv(2, nh, n, d)
+    pos = Positions.grid_2d(h, w, num_prefix=1)
+    pe.bias(q, k, pos, 0.125)  # warm the bucket cache
+    with _MaxNumel() as spy:
+        out = pe.bias(q, k, pos, 0.125)
+    assert out.shape == (2, nh, n, n)
+    assert spy.max <= 2 * nh * n * n < 2 * nh * n * n * d
 
 
 def test_only_value_encodings_force_the_slow_path():

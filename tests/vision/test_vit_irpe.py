@@ -31,19 +31,31 @@ def ref_g(x, ratio=1.9):
     return int(math.copysign(v, x))
 
 
-def ref_product_buckets(h, w, skip=1, ratio=1.9):
+def ref_buckets(method, h, w, skip=1, ratio=1.9):
+    """Bucket of every token pair (paper Eq. 18 + the official 2D methods), prefix pairs in the last bucket."""
     b = int(2 * ratio)
     n = skip + h * w
-    out = [[(2 * b + 1) ** 2] * n for _ in range(n)]   # prefix pairs: the extra, last bucket
+    extra = (2 * b + 1) ** 2 if method == "product" else 2 * b + 1
+    out = [[extra] * n for _ in range(n)]
     for i in range(skip, n):
         for j in range(skip, n):
             (ri, ci), (rj, cj) = divmod(i - skip, w), divmod(j - skip, w)
-            out[i][j] = (ref_g(ri - rj, ratio) + b) * (2 * b + 1) + (ref_g(ci - cj, ratio) + b)
+            dr, dc = ri - rj, ci - cj
+            out[i][j] = {"product": lambda: (ref_g(dr, ratio) + b) * (2 * b + 1) + (ref_g(dc, ratio) + b),
+                         "euclidean": lambda: ref_g(round(math.sqrt(dr * dr + dc * dc)), ratio) + b,
+                         "quant": lambda: ref_g(dr * dr + dc * dc, ratio) + b,
+                         "rp_rows": lambda: ref_g(dr, ratio) + b,
+                         "rp_cols": lambda: ref_g(dc, ratio) + b}[method]()
     return out
 
 
-def ref_deit_irpe(sd, x, num_heads, patch, pre_logits=False):
-    """Official DeiT-iRPE forward (rpe on k, contextual product, shared head, skip 1) on an official state dict."""
+def ref_product_buckets(h, w, skip=1, ratio=1.9):
+    return ref_buckets("product", h, w, skip, ratio)
+
+
+def ref_deit_irpe(sd, x, num_heads, patch, pre_logits=False, method="product", ratio=1.9, tokens=False):
+    """Official DeiT-iRPE forward (contextual, shared head, skip 1) on an official state dict, with iRPE on
+    whichever of q, k, v the state dict has tables for (``attn.rpe_{q,k,v}.[rp_rows.|rp_cols.]lookup_table_weight``)."""
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     x = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch)
     gh, gw = x.shape[-2:]
@@ -51,31 +63,48 @@ def ref_deit_irpe(sd, x, num_heads, patch, pre_logits=False):
     x = x.flatten(2).transpose(1, 2)
     x = torch.cat([sd["cls_token"].expand(bsz, -1, -1), x], dim=1) + sd["pos_embed"]
     n, d = x.shape[1], c // num_heads
-    bucket = ref_product_buckets(gh, gw)
+    s = d ** -0.5
+    parts = {"rp_rows.": "rp_rows", "rp_cols.": "rp_cols"} if method == "cross" else {"": method}
+    bucket = {sub: ref_buckets(m, gh, gw, 1, ratio) for sub, m in parts.items()}
     for i in range(depth):
         p = f"blocks.{i}."
         y = F.layer_norm(x, (c,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps=1e-6)
         qkv = (y @ sd[p + "attn.qkv.weight"].T + sd[p + "attn.qkv.bias"]).reshape(bsz, n, 3, num_heads, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        q = q * d ** -0.5                                          # scaled BEFORE rpe_k, as official
+        q = q * s                                                  # scaled BEFORE rpe_k, as official
         attn = q @ k.transpose(-2, -1)
-        table = sd[p + "attn.rpe_k.lookup_table_weight"]          # (1, D, nb)
-        rel = torch.empty_like(attn)
-        for a in range(n):
-            for b in range(n):
-                rel[:, :, a, b] = (q[:, :, a, :] * table[:, :, bucket[a][b]]).sum(-1)
+        rel = torch.zeros_like(attn)
+        for sub, ids in bucket.items():
+            tq, tk = (sd.get(p + f"attn.rpe_{where}.{sub}lookup_table_weight") for where in "qk")
+            for a in range(n):                                     # query a against every key b
+                if tk is not None:   # (1, D, nb): rel[a, b] += (q_a * s) . tk[:, bucket(a, b)]
+                    rel[:, :, a, :] += (q[:, :, a, :, None] * tk[:, :, ids[a]]).sum(-2)
+                if tq is not None:   # (1, D, nb): rel[a, b] += (k_b * s) . tq[:, bucket(b, a)]
+                    col = [ids[b][a] for b in range(n)]
+                    rel[:, :, a, :] += (k.transpose(-2, -1) * s * tq[:, :, col]).sum(-2)
         attn = (attn + rel).softmax(dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(bsz, n, c)
+        out = attn @ v
+        for sub, ids in bucket.items():
+            tv = sd.get(p + f"attn.rpe_v.{sub}lookup_table_weight")   # (1, nb, D)
+            if tv is not None:       # out[a] += sum_b attn[a, b] tv[bucket(a, b)]
+                for a in range(n):
+                    out[:, :, a, :] += (attn[:, :, a, :, None] * tv[:, ids[a], :]).sum(-2)
+        out = out.transpose(1, 2).reshape(bsz, n, c)
         x = x + out @ sd[p + "attn.proj.weight"].T + sd[p + "attn.proj.bias"]
         y = F.layer_norm(x, (c,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-6)
         y = F.gelu(y @ sd[p + "mlp.fc1.weight"].T + sd[p + "mlp.fc1.bias"])
         x = x + y @ sd[p + "mlp.fc2.weight"].T + sd[p + "mlp.fc2.bias"]
-    x = F.layer_norm(x, (c,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)[:, 0]
+    x = F.layer_norm(x, (c,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)
+    if tokens:                                                     # every token after the final norm
+        return x
+    x = x[:, 0]
     return x if pre_logits else x @ sd["head.weight"].T + sd["head.bias"]
 
 
-def official_sd(embed=192, heads=3, depth=2, img=56, patch=8, num_classes=1000, in_chans=3, nb=50, seed=0):
-    """A random state dict in the official DeiT-iRPE (``..._shared_k``) layout; rpe tables far from zero."""
+def official_sd(embed=192, heads=3, depth=2, img=56, patch=8, num_classes=1000, in_chans=3, nb=50, seed=0,
+                rpe_on="k", cross=False, mode="contextual", table_heads=1, table_std=1.0):
+    """A random state dict in the official DeiT-iRPE layout (``..._shared_k`` by default; ``rpe_on`` picks the
+    tables, ``cross`` the ``rp_rows``/``rp_cols`` pairs); rpe tables far from zero."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape, std=0.05, mean=0.0):
@@ -90,11 +119,17 @@ def official_sd(embed=192, heads=3, depth=2, img=56, patch=8, num_classes=1000, 
         sd.update({
             p + "norm1.weight": r(c, std=0.1, mean=1.0), p + "norm1.bias": r(c),
             p + "attn.qkv.weight": r(3 * c, c, std=0.1), p + "attn.qkv.bias": r(3 * c),
-            p + "attn.rpe_k.lookup_table_weight": r(1, d, nb, std=1.0),
             p + "attn.proj.weight": r(c, c), p + "attn.proj.bias": r(c),
             p + "norm2.weight": r(c, std=0.1, mean=1.0), p + "norm2.bias": r(c),
             p + "mlp.fc1.weight": r(4 * c, c), p + "mlp.fc1.bias": r(4 * c),
             p + "mlp.fc2.weight": r(c, 4 * c), p + "mlp.fc2.bias": r(c)})
+        for where in rpe_on:
+            for sub in (("rp_rows.", "rp_cols.") if cross else ("",)):
+                key = p + f"attn.rpe_{where}.{sub}lookup_table_"
+                if mode == "bias":
+                    sd[key + "bias"] = r(table_heads, nb, std=table_std)
+                else:
+                    sd[key + "weight"] = r(table_heads, *((nb, d) if where == "v" else (d, nb)), std=table_std)
     sd.update({"norm.weight": r(c, std=0.1, mean=1.0), "norm.bias": r(c),
                "head.weight": r(num_classes, c), "head.bias": r(num_classes)})
     return sd
@@ -386,3 +421,156 @@ def test_own_state_dict_round_trip(tmp_path):
     x = images(h=32, w=32)
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x), atol=0, rtol=0)
+
+
+# ---- (i) the other official configurations -----------------------------------------------------------------------
+
+PREFIX = "https://github.com/wkcn/iRPE-model-zoo/releases/download/1.0/"
+RELEASED = {  # entrypoint -> (official checkpoint, top-1 in the official README)
+    "vit_irpe_tiny": ("deit_tiny_patch16_224_ctx_product_50_shared_k", 73.7),
+    "vit_irpe_small": ("deit_small_patch16_224_ctx_product_50_shared_k", 80.9),
+    "vit_irpe_small_qk": ("deit_small_patch16_224_ctx_product_50_shared_qk", 81.0),
+    "vit_irpe_small_qkv": ("deit_small_patch16_224_ctx_product_50_shared_qkv", 81.2),
+    "vit_irpe_base": ("deit_base_patch16_224_ctx_product_50_shared_k", 82.3),
+    "vit_irpe_base_qkv": ("deit_base_patch16_224_ctx_product_50_shared_qkv", 82.8),
+}
+# entrypoint -> (method, ratio, rpe_on, table size): official rpe_models.py configs, all contextual, shared, skip 1
+VARIANTS = {
+    "vit_irpe_small_qk": ("product", 1.9, "qk", 50),
+    "vit_irpe_small_qkv": ("product", 1.9, "qkv", 50),
+    "vit_irpe_base_qkv": ("product", 1.9, "qkv", 50),
+    "vit_irpe_small_euc": ("euclidean", 20, "k", 82),
+    "vit_irpe_small_quant": ("quant", 33, "k", 134),
+    "vit_irpe_small_cross": ("cross", 20, "k", 82),
+}
+
+
+def test_cfgs_urls_and_reported_top1():
+    from zoo import registry
+    for name, (ckpt, top1) in RELEASED.items():
+        cfg = registry._entry(name).cfgs["in1k"]
+        assert cfg.url == PREFIX + ckpt + ".pth" and cfg.metrics == {"top1": top1}, name
+    for name in ("vit_irpe_small_euc", "vit_irpe_small_quant", "vit_irpe_small_cross"):
+        assert registry._entry(name).cfgs == {}                    # official configs, weights never released
+        with pytest.raises(zoo.errors.UnknownModelError, match="no pretrained weights"):
+            zoo.create(name, pretrained=True, depth=1)
+    assert set(zoo.list_models("vit_irpe_*", pretrained=True)) == {f"{n}.in1k" for n in RELEASED}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variant_encoding_at_full_size(name):
+    method, ratio, rpe_on, nb = VARIANTS[name]
+    with torch.device("meta"):
+        model = zoo.create(name)
+    pe = model.blocks[11].attn.pe
+    assert (pe.method, pe.ratio, pe.rpe_on, pe.mode, pe.shared_head, pe.skip, pe.num_buckets) == \
+        (method, ratio, rpe_on, "contextual", True, 1, nb)
+    d = 64
+    tables = {k.split("attn.pe.")[1]: tuple(v.shape) for k, v in model.state_dict().items()
+              if k.startswith("blocks.0.attn.pe.")}
+    subs = ("rp_rows.", "rp_cols.") if method == "cross" else ("",)
+    assert tables == {f"rpe_{w}.{s}lookup_table_weight": ((1, nb, d) if w == "v" else (1, d, nb))
+                      for w in rpe_on for s in subs}
+
+
+def test_state_dict_matches_the_official_qkv_model_layout():
+    with torch.device("meta"):
+        model = zoo.create("vit_irpe_small_qkv")
+    ours = {k.replace(".attn.pe.rpe_", ".attn.rpe_"): tuple(v.shape) for k, v in model.state_dict().items()}
+    assert len(ours) == 188
+    assert ours["blocks.3.attn.rpe_q.lookup_table_weight"] == (1, 64, 50)
+    assert ours["blocks.3.attn.rpe_k.lookup_table_weight"] == (1, 64, 50)
+    assert ours["blocks.3.attn.rpe_v.lookup_table_weight"] == (1, 50, 64)
+    assert ours["pos_embed"] == (1, 197, 384) and ours["blocks.0.attn.qkv.bias"] == (1152,)
+
+
+@pytest.mark.parametrize("name,file_depth,model_depth", [
+    ("vit_irpe_small_qk", 2, 2),
+    ("vit_irpe_small_qkv", 3, 2),
+    ("vit_irpe_base_qkv", 2, 2),
+    ("vit_irpe_small_euc", 3, 2),          # depth 1 would be vacuous: rpe_k cannot move the cls row
+    ("vit_irpe_small_quant", 3, 2),
+    ("vit_irpe_small_cross", 2, 2),
+])
+def test_variant_parity_with_naive_official_forward(name, file_depth, model_depth, tmp_path):
+    """An official-format file of each configuration (6x6 grid: quant's log range is reached) loads with
+    pretrained_file= and gives the naive official forward's logits; a deeper file loads into depth=."""
+    method, ratio, rpe_on, nb = VARIANTS[name]
+    sd = official_sd(embed=48, heads=3, depth=file_depth, img=48, patch=8, nb=nb, rpe_on=rpe_on,
+                     cross=method == "cross", seed=21)
+    path = tmp_path / "official.pth"
+    torch.save({"model": sd, "epoch": 299}, path)
+    model = zoo.create(name, pretrained_file=str(path), img_size=48, patch_size=8, embed_dim=48, num_heads=3,
+                       depth=model_depth).eval()
+    kept = {k: v for k, v in sd.items() if not k.startswith("blocks.") or int(k.split(".")[1]) < model_depth}
+    x = images(h=48, w=48, seed=22)
+    with torch.no_grad():
+        got = model(x)
+        want = ref_deit_irpe(kept, x, 3, 8, method=method, ratio=ratio)
+        feats = model.forward_features(x)
+        want_feats = ref_deit_irpe(kept, x, 3, 8, method=method, ratio=ratio, tokens=True)
+        no_rpe = ref_deit_irpe({k: v for k, v in kept.items() if "rpe_" not in k}, x, 3, 8, tokens=True)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(feats, want_feats, atol=1e-4, rtol=1e-4)
+    assert (want_feats - no_rpe).abs().max() > 1e-1                # the tables matter on the patch tokens
+    assert len(model.blocks) == model_depth
+    assert model.blocks[0].attn.pe.needs_weights == ("v" in rpe_on)
+
+
+def test_pretrained_qkv_download_from_loopback(tmp_path, monkeypatch):
+    sd = official_sd(embed=48, heads=3, depth=2, img=32, patch=8, rpe_on="qkv", seed=23)
+    served = tmp_path / "srv"
+    served.mkdir()
+    name = RELEASED["vit_irpe_small_qkv"][0] + ".pth"
+    torch.save({"model": sd, "epoch": 299, "args": None}, served / name)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from zoo import registry
+        cfg = registry._entry("vit_irpe_small_qkv").cfgs["in1k"]
+        monkeypatch.setattr(cfg, "url", f"http://127.0.0.1:{server.server_address[1]}/{name}")
+        monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
+        monkeypatch.delenv("ZOO_OFFLINE", raising=False)
+        model = zoo.create("vit_irpe_small_qkv", pretrained=True, img_size=32, patch_size=8, embed_dim=48,
+                           num_heads=3, depth=2).eval()
+    finally:
+        server.shutdown()
+        server.server_close()
+    x = images(h=32, w=32, seed=24)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref_deit_irpe(sd, x, 3, 8), atol=1e-4, rtol=1e-4)
+
+
+# ---- (j) a checkpoint of another iRPE configuration ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name,file_kw,pattern", [
+    # a cross checkpoint into a product model: names the cross table and the table the model wanted
+    ("vit_irpe_small", dict(cross=True, nb=82),
+     r"blocks\.0\.attn\.pe\.rpe_k\.rp_(rows|cols)\.lookup_table_weight \(1, 16, 82\).*model lacks.*"
+     r"blocks\.0\.attn\.pe\.rpe_k\.lookup_table_weight \(1, 16, 50\).*method=product"),
+    # a product checkpoint into the cross model
+    ("vit_irpe_small_cross", dict(nb=50),
+     r"checkpoint has blocks\.0\.attn\.pe\.rpe_k\.lookup_table_weight \(1, 16, 50\).*"
+     r"blocks\.0\.attn\.pe\.rpe_k\.rp_cols\.lookup_table_weight \(1, 16, 82\)"),
+    # a ratio-20 (82-bucket) table into a ratio-1.9 model, and back
+    ("vit_irpe_small", dict(nb=82),
+     r"blocks\.0\.attn\.pe\.rpe_k\.lookup_table_weight: checkpoint shape \(1, 16, 82\) vs model shape "
+     r"\(1, 16, 50\).*ratio=1\.9"),
+    ("vit_irpe_small_euc", dict(nb=50),
+     r"rpe_k\.lookup_table_weight: checkpoint shape \(1, 16, 50\) vs model shape \(1, 16, 82\).*ratio=20"),
+    # quant's 134 buckets into euclidean's 82
+    ("vit_irpe_small_euc", dict(nb=134), r"\(1, 16, 134\) vs model shape \(1, 16, 82\)"),
+    # tables on q, k, v into a model with iRPE on k only
+    ("vit_irpe_small", dict(rpe_on="qkv"),
+     r"checkpoint has blocks\.0\.attn\.pe\.rpe_q\.lookup_table_weight \(1, 16, 50\) \(\+3 more\).*rpe_on='qkv'"),
+    # per-head tables into a shared-head model; bias-mode tables into a contextual model
+    ("vit_irpe_small", dict(table_heads=3), r"rpe_k\.lookup_table_weight: checkpoint shape \(3, 16, 50\) vs model "
+                                            r"shape \(1, 16, 50\).*shared_head=True"),
+    ("vit_irpe_small", dict(mode="bias"),
+     r"rpe_k\.lookup_table_bias \(1, 50\).*mode=contextual.*checkpoint: .*, bias,"),
+])
+def test_checkpoint_of_another_irpe_configuration(name, file_kw, pattern, tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"model": official_sd(embed=48, heads=3, depth=2, img=32, patch=8, **file_kw)}, path)
+    with pytest.raises(CheckpointError, match=pattern):
+        zoo.create(name, pretrained_file=str(path), img_size=32, patch_size=8, embed_dim=48, num_heads=3, depth=2)

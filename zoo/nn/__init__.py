@@ -2,5 +2,6 @@
 from .attention import Attention, build_attn_mask
 from .block import Block
 from .layers import DropPath, LayerScale, Mlp
+from .linear_attention import LinearAttention
 
-__all__ = ["Attention", "Block", "build_attn_mask", "DropPath", "LayerScale", "Mlp"]
+__all__ = ["Attention", "Block", "build_attn_mask", "DropPath", "LayerScale", "Mlp", "LinearAttention"]

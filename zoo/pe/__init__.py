@@ -19,6 +19,11 @@ from .sincos import SinCosAPE, sincos_1d, sincos_2d
 
 # ---- vision relative encodings -------------------------------------------------------------------------------
 from .irpe import IRPE, irpe_bucket_ids, irpe_num_buckets, piecewise_index
+from .peg import PEG
+from .rmt import ManhattanDecay, manhattan_decay_bias, manhattan_log_decay
+from .rope2d import AxialRoPE2d, MixedRoPE2d, axial_angles, axial_inv_freq, mixed_angles, mixed_freqs_init
+from .lrpe import MdLrpeCosine, lrpe_theta, md_lrpe_angles
+from .tpe import MdTpe, Tpe
 
 __all__ += [
     "SinCosAPE", "sincos_1d", "sincos_2d",
@@ -26,6 +31,9 @@ __all__ += [
     "RoPE", "rope_inv_freq", "rope_angles", "apply_rotary", "interleaved_to_half", "half_to_interleaved",
     "ALiBi", "alibi_slopes", "alibi_bias",
     "IRPE", "irpe_bucket_ids", "irpe_num_buckets", "piecewise_index",
+    "PEG", "ManhattanDecay", "manhattan_decay_bias", "manhattan_log_decay",
+    "AxialRoPE2d", "MixedRoPE2d", "axial_angles", "axial_inv_freq", "mixed_angles", "mixed_freqs_init",
+    "MdLrpeCosine", "lrpe_theta", "md_lrpe_angles", "MdTpe", "Tpe",
 ]
 
 # ---- string factory ------------------------------------------------------------------------------------------
@@ -35,6 +43,12 @@ _FACTORY: Dict[str, Callable[..., PositionalEncoding]] = {
     "rope": RoPE,
     "alibi": ALiBi,
     "irpe": IRPE,
+    "peg": PEG,
+    "manhattan_decay": ManhattanDecay,
+    "rope2d_axial": AxialRoPE2d,
+    "rope2d_mixed": MixedRoPE2d,
+    "md_lrpe_cosine": MdLrpeCosine,
+    "md_tpe": MdTpe,
 }
 
 

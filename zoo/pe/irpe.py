@@ -137,14 +137,15 @@ def irpe_bucket_ids(method: str, height: int, width: int, skip: int = 0, ratio: 
 
 
 @functools.lru_cache(maxsize=32)
-def _flat_index_cached(method: str, height: int, width: int, skip: int, ratio: float,
-                       device: torch.device) -> Tuple[Tensor, Tensor, int]:
-    ids, nb = _bucket_ids_cached(method, height, width, skip, ratio, device)
+def _flat_index_cached(method: str, height: int, width: int, skip: int, ratio: float, table_buckets: int,
+                       device: torch.device) -> Tuple[Tensor, Tensor]:
+    ids, _ = _bucket_ids_cached(method, height, width, skip, ratio, device)
     n = ids.shape[0]
     with torch.inference_mode(False), torch.no_grad():
-        # flat[i*n + j] = i*nb + ids[i, j]: position of (i, bucket[i, j]) in a row-major [n, nb] table
-        flat = (ids + torch.arange(n, device=device)[:, None] * nb).reshape(-1)
-    return ids, flat, nb
+        # flat[i*n + j] = i*nb + ids[i, j]: position of (i, bucket[i, j]) in a row-major [n, nb] table, where nb
+        # is the table's size (a table with a prefix bucket also serves prefix-free grids: its last row unused)
+        flat = (ids + torch.arange(n, device=device)[:, None] * table_buckets).reshape(-1)
+    return ids, flat
 
 
 # ---- tables -----------------------------------------------------------------------------------------------------
@@ -295,11 +296,7 @@ class IRPE(PositionalEncoding):
 
     def _index(self, method: str, n: int, pos: Optional[Positions], device) -> Tuple[Tensor, Tensor]:
         h, w, skip = self.grid(n, pos)
-        ids, flat, nb = _flat_index_cached(method, h, w, skip, self.ratio, torch.device(device))
-        # a table built with a prefix bucket also serves prefix-free grids (its last bucket is then unused)
-        if nb != self.num_buckets:
-            flat = (ids + torch.arange(n, device=ids.device)[:, None] * self.num_buckets).reshape(-1)
-        return ids, flat
+        return _flat_index_cached(method, h, w, skip, self.ratio, self.num_buckets, torch.device(device))
 
     def _logits(self, table: nn.Module, x: Tensor, pos: Optional[Positions]) -> Tensor:
         n = x.shape[-2]
