@@ -20,8 +20,29 @@ __all__ = ["run_bench", "SUITES"]
 
 # suite -> (baseline, candidates); "timm:" names are built with timm.create_model, others with zoo.create
 SUITES: Dict[str, tuple] = {
-    "vision": ("timm:vit_small_patch16_224", ["vit_irpe_small", "vit_ape_small"]),
+    # every vision family at the Small geometry against timm's plain ViT-S/16
+    "vision": ("timm:vit_small_patch16_224", ["vit_ape_small", "vit_irpe_small", "vit_irpe_small_qkv", "cpvt_small",
+                                              "vit_rope_small", "vit_rope_mixed_small", "vit_rmt_small",
+                                              "lightnet_small"]),
 }
+
+
+def run_linear_scaling(args) -> int:
+    """LightNet block (linear attention + MD-LRPE) vs a softmax block at growing token counts."""
+    from domains.vision.lightnet import linear_scaling_bench
+
+    rows = linear_scaling_bench(sizes=(64, 256, 1024, 4096), device="cuda" if args.device == "cuda" else "cpu")
+    print("\nzoo bench linear: forward+backward of one block (dim 192, 3 heads), batch 1")
+    print(f"{'tokens':>7s} {'grid':>9s} {'linear ms':>10s} {'softmax ms':>11s} {'tokens x':>9s} {'linear x':>9s} "
+          f"{'softmax x':>10s}")
+    for r in rows:
+        g = "x".join(str(v) for v in r["grid"])
+        print(f"{r['tokens']:7d} {g:>9s} {r['linear_ms']:10.2f} {r['softmax_ms']:11.2f} {r['token_growth']:9.1f} "
+              f"{r['linear_growth']:9.1f} {r['softmax_growth']:10.1f}")
+    if getattr(args, "json", None):
+        from .io import atomic_write_text
+        atomic_write_text(args.json, json.dumps(rows, indent=2))
+    return 0
 
 
 def _worker(spec: str, batch: int, iters: int, warmup: int, img: int, device: str) -> dict:
@@ -82,6 +103,8 @@ def _run_one(spec: str, args) -> dict:
 def run_bench(suite: str, args, rounds: int = 2) -> int:
     from tqdm import tqdm
 
+    if suite == "linear":
+        return run_linear_scaling(args)
     baseline, candidates = SUITES[suite]
     if getattr(args, "models", None):
         candidates = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.set_defaults(func=_cmd_finetune)
 
     pb = sub.add_parser("bench", help="speed and memory as ratios against a baseline in the same run")
-    pb.add_argument("suite", choices=["vision"])
+    pb.add_argument("suite", choices=["vision", "linear"])
     pb.add_argument("--batch-size", type=int, default=8)
     pb.add_argument("--iters", type=int, default=6)
     pb.add_argument("--warmup", type=int, default=2)

@@ -24,7 +24,7 @@ __all__ = ["PretrainedCfg", "register_model", "create", "list_models", "model_in
 # domain model modules, imported lazily (their top level imports torch and zoo only)
 DOMAIN_MODULES: Dict[str, List[str]] = {
     "vision": ["domains.vision.models", "domains.vision.cpvt", "domains.vision.rmt", "domains.vision.rope_vit",
-               "domains.vision.lightnet"],
+               "domains.vision.lightnet", "domains.vision.detr"],
 }
 
 

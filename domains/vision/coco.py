@@ -78,7 +78,8 @@ class CocoDetection(Dataset):
         on_invalid: "raise" (default): a malformed annotation, an unknown id or a missing image file raises
             `CocoFormatError` / `DatasetNotFoundError` naming the file and the annotation (or image) id;
             "skip": drop it and count it in ``self.skipped`` (keys ``bad_bbox``, ``unknown_category``,
-            ``unknown_image``, ``missing_file``; annotations of an image skipped for its missing file: ``of_missing_file``).
+            ``unknown_image``, ``missing_file``; annotations of an image skipped for its missing file:
+            ``of_missing_file``).
         skip_crowd: drop ``iscrowd=1`` annotations (DETR trains on non-crowd boxes only); counted as ``crowd``.
         ignore_categories: category names that are not classes (labelme writes an unused ``_background_``).
         box_tolerance: pixels a box may stick out of its image (it is then clipped); more is an invalid box.

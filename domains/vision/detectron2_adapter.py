@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Any, Dict, Optional
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["ZooViTBackbone", "build_zoo_vit_backbone", "add_zoo_vit_config", "ShapeSpec", "HAS_DETECTRON2",

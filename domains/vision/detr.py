@@ -343,7 +343,8 @@ class MLP(nn.Module):
 
 # ---- model ------------------------------------------------------------------------------------------------------
 
-_RPE_STRING = re.compile(r"^rpe-(?P<ratio>[0-9.]+)-(?P<method>[a-z]+)-(?P<mode>[a-z]+)-(?P<shared>[01])-(?P<on>[qkv]+)$")
+_RPE_STRING = re.compile(r"^rpe-(?P<ratio>[0-9.]+)-(?P<method>[a-z]+)-(?P<mode>[a-z]+)-(?P<shared>[01])"
+                         r"-(?P<on>[qkv]+)$")
 
 
 def parse_rpe_string(s: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -380,9 +381,13 @@ class DETR(nn.Module):
 
     def __init__(self, backbone: Any = "resnet50", num_classes: int = 91, num_queries: int = 100,
                  hidden_dim: int = 256, nheads: int = 8, enc_layers: int = 6, dec_layers: int = 6,
-                 dim_feedforward: int = 2048, dropout: float = 0.1, enc_rpe2d: Optional[str] = "rpe-1.9-product-ctx-1-k",
+                 dim_feedforward: int = 2048, dropout: float = 0.1,
+                 enc_rpe2d: Optional[str] = "rpe-1.9-product-ctx-1-k",
                  aux_loss: bool = True, backbone_kwargs: Optional[Dict[str, Any]] = None):
         super().__init__()
+        if hidden_dim % 4:
+            raise ConfigError(f"hidden_dim must be a multiple of 4 (the sine embedding gives each axis hidden_dim/2 "
+                              f"channels of sin/cos pairs), got {hidden_dim}")
         if num_classes <= 0 or num_queries <= 0 or dec_layers <= 0:
             raise ConfigError(f"num_classes, num_queries and dec_layers must be positive, got {num_classes}, "
                               f"{num_queries}, {dec_layers}")

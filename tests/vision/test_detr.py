@@ -229,8 +229,13 @@ def test_models_are_registered_with_the_official_geometry():
     assert r50.class_embed.out_features == 92 and r50.input_proj.in_channels == 2048
     assert r50.backbone.stride == 32
     # DETR trains layer2..4 of the backbone only
-    assert not r50.backbone.body.conv1.weight.requires_grad and not r50.backbone.body.layer1[0].conv1.weight.requires_grad
-    assert r50.backbone.body.layer2[0].conv1.weight.requires_grad
+    body = r50.backbone.body
+    assert not body.conv1.weight.requires_grad and not body.layer1[0].conv1.weight.requires_grad
+    assert body.layer2[0].conv1.weight.requires_grad
+    groups = r50.param_groups(lr=1e-4, lr_backbone=1e-5)
+    assert [g["lr"] for g in groups] == [1e-4, 1e-5]
+    assert sum(p.numel() for p in groups[1]["params"]) == sum(
+        p.numel() for n, p in r50.named_parameters() if n.startswith("backbone.body.layer") and p.requires_grad)
     cfg = zoo.registry._REGISTRY["detr_irpe_r50"].cfgs["coco"]
     assert cfg.url.endswith("/rpe-1.9-product-ctx-1-k.pth") and cfg.paper == D.IRPE_PAPER and cfg.license
     assert "detr_irpe_r50.coco" in zoo.list_models("detr_*", pretrained=True)
@@ -248,7 +253,9 @@ def test_parse_rpe_string():
     assert plain.transformer.encoder.layers[0].self_attn.pe is None
 
 
-def test_bad_mask_shape_raises():
+def test_bad_input_raises():
+    with pytest.raises(ConfigError, match="hidden_dim must be a multiple of 4"):
+        D.detr_irpe_tiny(hidden_dim=66, nheads=6)
     model = D.detr_irpe_tiny(num_classes=3, num_queries=2)
     with pytest.raises(ValueError, match=r"mask must be \[B, H, W\]"):
         model(torch.zeros(1, 3, 32, 32), torch.ones(1, 32, 16, dtype=torch.bool))
