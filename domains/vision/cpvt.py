@@ -26,7 +26,8 @@ from zoo.errors import CheckpointError
 from zoo.pe.peg import PEG
 from zoo.registry import register_model
 
-from .models import VisionTransformer, _unwrap
+from .checkpoint import unwrap_state_dict
+from .models import VisionTransformer
 from .models import checkpoint_filter_fn as _vit_filter_fn
 
 __all__ = ["PEGFactory", "checkpoint_filter_fn", "cpvt_tiny", "cpvt_small", "cpvt_base", "cpvt_tiny_gap",
@@ -68,7 +69,7 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionTransformer) -> dict:
     - everything else goes through the ViT filter (unwrapping, ``pos_embed`` dropped because CPVT has none, head,
       patch kernel, depth); mismatches are left for `zoo.load_checkpoint` to report.
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     if not any(_TWINS_KEY.match(k) for k in sd):
         return _vit_filter_fn(sd, model)
 

@@ -56,9 +56,12 @@ from torch import Tensor, nn
 
 from zoo.errors import CheckpointError, ConfigError
 from zoo.nn import Attention
+from zoo.nn.attention import merge_heads
 from zoo.pe.irpe import IRPE
 from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
+
+from .checkpoint import unwrap_state_dict
 
 __all__ = ["DETR", "DETRTransformer", "TinyConvBackbone", "ResNetBackbone", "HungarianMatcher", "SetCriterion",
            "sine_position_embedding", "parse_rpe_string", "box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "box_iou",
@@ -200,7 +203,7 @@ class ResNetBackbone(nn.Module):
 def _attend(attn: Attention, query: Tensor, key: Tensor, value: Tensor, pos: Optional[Positions]) -> Tensor:
     """`Attention` with separate q / k / v inputs ``[b, n, c]``: the fused qkv weight applied in its three slices
     (``nn.MultiheadAttention``'s in_proj order q | k | v), then ``attn.attend`` (PE hooks, masks, SDPA)."""
-    b, nq, c = query.shape
+    b, nq, _ = query.shape
     nk = key.shape[1]
     h, d = attn.num_heads, attn.head_dim
     wq, wk, wv = attn.qkv.weight.chunk(3)
@@ -208,7 +211,7 @@ def _attend(attn: Attention, query: Tensor, key: Tensor, value: Tensor, pos: Opt
     q = F.linear(query, wq, bq).view(b, nq, h, d).transpose(1, 2)                 # [b, h, nq, d]
     k = F.linear(key, wk, bk).view(b, nk, h, d).transpose(1, 2)                   # [b, h, nk, d]
     v = F.linear(value, wv, bv).view(b, nk, h, d).transpose(1, 2)                 # [b, h, nk, d]
-    out = attn.attend(q, k, v, pos).transpose(1, 2).reshape(b, nq, c)            # [b, nq, c]
+    out = merge_heads(attn.attend(q, k, v, pos))                                  # [b, nq, c]
     return attn.proj_drop(attn.proj(out))
 
 
@@ -565,21 +568,6 @@ def official_key_to_zoo(key: str) -> str:
     return key
 
 
-def _unwrap(state_dict: Any) -> dict:
-    sd = state_dict
-    if isinstance(sd, dict):
-        for key in ("model", "state_dict", "model_ema"):
-            inner = sd.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(k, str) for k in inner):
-                sd = inner
-                break
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"expected a state dict (or {{'model': state_dict}}), got {type(sd).__name__}")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
-
-
 def checkpoint_filter_fn(state_dict: dict, model: DETR) -> dict:
     """Convert an official DETR / DETR-with-iRPE checkpoint (``{'model': sd, 'args': ...}``) to ``model``'s keys.
 
@@ -590,7 +578,7 @@ def checkpoint_filter_fn(state_dict: dict, model: DETR) -> dict:
     - an iRPE table of another shape raises `CheckpointError` naming the ratio / method / sharing it implies.
     Missing and unexpected keys are left for `zoo.load_checkpoint` to report.
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     own = model.state_dict()
     out: Dict[str, Any] = {}
     for k, v in sd.items():

@@ -33,7 +33,8 @@ from zoo.pe.tpe import MdTpe
 from zoo.positions import Positions
 from zoo.registry import register_model
 
-from .models import PatchEmbed, _pair
+from .layers import (PatchEmbed, cached_grid_positions, grid_for_images, init_linears_and_norms, new_head,
+                     patch_geometry)
 
 __all__ = ["LightNetBlock", "LightNet", "linear_scaling_bench"]
 
@@ -94,12 +95,7 @@ class LightNet(nn.Module):
                              f"depth={depth}, num_classes={num_classes}")
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        self.img_size = _pair(img_size, "img_size")
-        self.patch_size = _pair(patch_size, "patch_size")
-        if self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]:
-            raise ValueError(f"img_size {self.img_size[0]}x{self.img_size[1]} is not divisible by patch_size "
-                             f"{self.patch_size[0]}x{self.patch_size[1]}")
-        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.img_size, self.patch_size, self.grid_size = patch_geometry(img_size, patch_size)
         self.in_chans, self.num_classes = in_chans, num_classes
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 0
@@ -122,14 +118,7 @@ class LightNet(nn.Module):
 
     def init_weights(self) -> None:
         """trunc-normal .02 on linears (zero biases), unit norms; the MD-TPE vectors keep their N(0, 1) init."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears_and_norms(self)
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -139,31 +128,14 @@ class LightNet(nn.Module):
             raise ValueError(f"LightNet pools by the mean of its tokens (no cls token), got "
                              f"global_pool={global_pool!r}")
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = new_head(self.embed_dim, num_classes)
 
     def _grid_for(self, x: Tensor) -> Tuple[int, int]:
-        if x.ndim != 4:
-            raise ValueError(f"expected images [B, {self.in_chans}, H, W], got a tensor of shape {tuple(x.shape)}")
-        c, hh, ww = x.shape[1:]
-        if c != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channel(s), got {c} (input shape {tuple(x.shape)}); "
-                             f"build the model with in_chans={c} to change it")
-        ph, pw = self.patch_size
-        if hh % ph or ww % pw or hh == 0 or ww == 0:
-            raise ValueError(f"image size {hh}x{ww} is not a positive multiple of the patch size {ph}x{pw}")
-        return hh // ph, ww // pw
+        return grid_for_images(x, self.in_chans, self.patch_size)        # any size: no position table
 
     def positions(self, h: int, w: int, device) -> Positions:
         """`Positions` of an ``h x w`` patch grid (cached per grid and device)."""
-        key = (h, w, str(device))
-        pos = self._pos_cache.get(key)
-        if pos is None:
-            with torch.inference_mode(False):
-                pos = self._pos_cache[key] = Positions.grid_2d(h, w, device=device)
-        return pos
+        return cached_grid_positions(self._pos_cache, h, w, device)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, C, H, W] -> [B, h*w, D]`` (after the final norm)."""

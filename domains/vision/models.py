@@ -18,7 +18,6 @@ import re
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.errors import CheckpointError
@@ -27,6 +26,12 @@ from zoo.pe.irpe import IRPE
 from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
 
+from .checkpoint import (adapt_input_conv, drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched,
+                         resample_patch_kernel, unwrap_state_dict)
+from .layers import (PatchEmbed, cached_grid_positions, grid_for_images, init_linears_and_norms, new_head,
+                     patch_geometry)
+
+# PatchEmbed (.layers), resample_patch_kernel and adapt_input_conv (.checkpoint) are re-exported
 __all__ = ["VisionTransformer", "PatchEmbed", "IRPEFactory", "checkpoint_filter_fn", "resample_patch_kernel",
            "adapt_input_conv"]
 
@@ -39,31 +44,7 @@ IRPE_ZOO_URL = "https://github.com/wkcn/iRPE-model-zoo/releases/download/1.0/"
 _APE_CACHE_SIZE = 8   # image sizes whose resampled position table is kept (eval only)
 
 
-def _pair(x: Union[int, Tuple[int, int]], name: str) -> Tuple[int, int]:
-    if isinstance(x, int):
-        x = (x, x)
-    try:
-        a, b = (int(v) for v in x)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an int or (height, width), got {x!r}") from None
-    if a <= 0 or b <= 0:
-        raise ValueError(f"{name} must be positive, got {x!r}")
-    return a, b
-
-
-# ---- layers -----------------------------------------------------------------------------------------------------
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping patches -> tokens: ``[B, C, H, W] -> [B, (H/p)*(W/p), D]`` (key ``proj`` as in timm)."""
-
-    def __init__(self, patch_size: Tuple[int, int], in_chans: int, embed_dim: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)                            # [B, h*w, D]
-
+# ---- encoding factory -------------------------------------------------------------------------------------------
 
 class IRPEFactory:
     """``pe_factory`` building the same `IRPE` in every block: ``factory(layer_index, head_dim, num_heads)``."""
@@ -126,12 +107,7 @@ class VisionTransformer(nn.Module):
         if in_chans <= 0 or depth < 0 or num_classes < 0:
             raise ValueError(f"in_chans must be > 0, depth and num_classes >= 0; got in_chans={in_chans}, "
                              f"depth={depth}, num_classes={num_classes}")
-        self.img_size = _pair(img_size, "img_size")
-        self.patch_size = _pair(patch_size, "patch_size")
-        if self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]:
-            raise ValueError(f"img_size {self.img_size[0]}x{self.img_size[1]} is not divisible by patch_size "
-                             f"{self.patch_size[0]}x{self.patch_size[1]}")
-        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.img_size, self.patch_size, self.grid_size = patch_geometry(img_size, patch_size)
         self.in_chans, self.num_classes, self.global_pool = in_chans, num_classes, global_pool
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 1 if class_token else 0
@@ -172,14 +148,7 @@ class VisionTransformer(nn.Module):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears_and_norms(self)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -193,10 +162,7 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = new_head(self.embed_dim, num_classes)
 
     def train(self, mode: bool = True):
         self._ape_cache.clear()
@@ -204,33 +170,12 @@ class VisionTransformer(nn.Module):
 
     # ---- geometry ---------------------------------------------------------------------------------------------
     def _grid_for(self, x: Tensor) -> Tuple[int, int]:
-        if x.ndim != 4:
-            raise ValueError(f"expected images [B, {self.in_chans}, H, W], got a tensor of shape {tuple(x.shape)}")
-        c, hh, ww = x.shape[1:]
-        if c != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channel(s), got {c} (input shape {tuple(x.shape)}); "
-                             f"build the model with in_chans={c} to change it")
-        if not self.dynamic_img_size:
-            if (hh, ww) != self.img_size:
-                raise ValueError(
-                    f"expected a {self.img_size[0]}x{self.img_size[1]} image, got {hh}x{ww}; build the model with "
-                    f"dynamic_img_size=True to accept other sizes, or with img_size=({hh}, {ww}) to change its "
-                    f"size (pretrained position tables are resampled on load)")
-            return self.grid_size
-        ph, pw = self.patch_size
-        if hh % ph or ww % pw:
-            raise ValueError(f"image size {hh}x{ww} is not divisible by the patch size {ph}x{pw}")
-        return hh // ph, ww // pw
+        return grid_for_images(x, self.in_chans, self.patch_size, None if self.dynamic_img_size else self.img_size,
+                               " (pretrained position tables are resampled on load)")
 
     def positions(self, h: int, w: int, device) -> Positions:
         """The `Positions` of an ``h x w`` patch grid after the prefix tokens (cached per grid and device)."""
-        key = (h, w, str(device))
-        pos = self._pos_cache.get(key)
-        if pos is None:
-            with torch.inference_mode(False):
-                pos = Positions.grid_2d(h, w, num_prefix=self.num_prefix_tokens, device=device)
-            self._pos_cache[key] = pos
-        return pos
+        return cached_grid_positions(self._pos_cache, h, w, device, self.num_prefix_tokens)
 
     def _pos_embed_for(self, h: int, w: int) -> Tensor:
         pe = self.pos_embed
@@ -285,58 +230,7 @@ class VisionTransformer(nn.Module):
 
 # ---- checkpoint conversion --------------------------------------------------------------------------------------
 
-def resample_patch_kernel(weight: Tensor, new_size: Tuple[int, int], mode: str = "bicubic",
-                          antialias: bool = True) -> Tensor:
-    """Resize a patch-embedding kernel ``[O, I, ph, pw] -> [O, I, *new_size]`` so that it sees a resized patch
-    as the old kernel saw the original one (FlexiViT, Beyer et al., 2023: pseudo-inverse of the resize map;
-    the same rule as timm's ``resample_patch_embed``)."""
-    old = tuple(weight.shape[-2:])
-    new = tuple(int(s) for s in new_size)
-    if old == new:
-        return weight
-    n_old = old[0] * old[1]
-    basis = torch.eye(n_old, dtype=torch.float32, device=weight.device).reshape(n_old, 1, *old)
-    resized = F.interpolate(basis, size=new, mode=mode, antialias=antialias and mode in ("bilinear", "bicubic"),
-                            align_corners=False if mode in ("bilinear", "bicubic") else None)  # [n_old, 1, *new]
-    m = resized.reshape(n_old, -1).T                                               # [n_new, n_old] resize map
-    pinv = torch.linalg.pinv(m.double()).float()                                  # [n_old, n_new]
-    o, i = weight.shape[:2]
-    out = weight.float().reshape(o, i, n_old) @ pinv                              # [O, I, n_new]
-    return out.reshape(o, i, *new).to(weight.dtype)
-
-
-def adapt_input_conv(in_chans: int, weight: Tensor) -> Tensor:
-    """Adapt a first-conv kernel ``[O, I, kh, kw]`` to ``in_chans`` inputs (timm's rule: sum the channels for one
-    input channel; otherwise repeat them and rescale by ``I / in_chans``)."""
-    o, i = weight.shape[:2]
-    if in_chans == i:
-        return weight
-    w = weight.float()
-    if in_chans == 1:
-        w = w.sum(dim=1, keepdim=True)
-    else:
-        reps = math.ceil(in_chans / i)
-        w = w.repeat(1, reps, 1, 1)[:, :in_chans] * (i / in_chans)
-    return w.to(weight.dtype)
-
-
 _OFFICIAL_RPE_KEY = re.compile(r"^(blocks\.\d+\.attn\.)(rpe_[qkv]\..+)$")
-_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
-
-
-def _unwrap(state_dict: dict) -> dict:
-    sd = state_dict
-    for key in ("model", "state_dict", "model_ema"):
-        inner = sd.get(key) if isinstance(sd, dict) else None
-        if isinstance(inner, dict) and inner and all(isinstance(k, str) for k in inner):
-            sd = inner
-            break
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"expected a state dict (or {{'model': state_dict}}), got {type(sd).__name__}")
-    keys = list(sd)
-    if keys and all(k.startswith("module.") for k in keys):  # saved from DistributedDataParallel
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
 
 
 def checkpoint_filter_fn(state_dict: dict, model: VisionTransformer) -> dict:
@@ -353,22 +247,13 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionTransformer) -> dict:
       raise `CheckpointError` naming the first differing table key and both shapes.
     Missing and unexpected keys are left for `zoo.load_checkpoint` to report.
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     own = model.state_dict()
-    depth = len(model.blocks)
     out: Dict[str, Any] = {}
-    dropped_blocks = set()
     for k, v in sd.items():
         m = _OFFICIAL_RPE_KEY.match(k)
-        if m:
-            k = m.group(1) + "pe." + m.group(2)
-        b = _BLOCK_KEY.match(k)
-        if b and int(b.group(1)) >= depth:
-            dropped_blocks.add(int(b.group(1)))
-            continue
-        out[k] = v
-    if dropped_blocks:
-        _log.info("checkpoint blocks %s dropped: the model has depth %d", sorted(dropped_blocks), depth)
+        out[m.group(1) + "pe." + m.group(2) if m else k] = v
+    out = drop_blocks_beyond(out, len(model.blocks))
 
     # absolute position table
     if "pos_embed" in out:
@@ -392,30 +277,8 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionTransformer) -> dict:
             out["pos_embed"] = resample_abs_pos_embed(pe, model.grid_size, (side, side), num_prefix=npre)
             _log.info("pos_embed resampled from %dx%d to %dx%d", side, side, *model.grid_size)
 
-    # patch embedding: input channels, then kernel size
-    key = "patch_embed.proj.weight"
-    if key in out and key in own and out[key].ndim == 4:
-        w = out[key]
-        if w.shape[1] != own[key].shape[1]:
-            w = adapt_input_conv(own[key].shape[1], w)
-            _log.info("%s adapted from %d to %d input channels", key, out[key].shape[1], w.shape[1])
-        if tuple(w.shape[-2:]) != tuple(own[key].shape[-2:]):
-            _log.info("%s resampled from %s to %s", key, tuple(w.shape[-2:]), tuple(own[key].shape[-2:]))
-            w = resample_patch_kernel(w, tuple(own[key].shape[-2:]))
-        out[key] = w
-
-    # classifier
-    head_keys = ("head.weight", "head.bias")
-    if any(k in out for k in head_keys):
-        mismatch = any(k in out and (k not in own or tuple(out[k].shape) != tuple(own[k].shape)) for k in head_keys)
-        if mismatch:
-            _log.warning("checkpoint head %s does not fit the model's %d classes: keeping the model's freshly "
-                         "initialised head", tuple(out["head.weight"].shape) if "head.weight" in out else "?",
-                         model.num_classes)
-            for k in head_keys:
-                out.pop(k, None)
-                if k in own:
-                    out[k] = own[k]
+    fit_patch_embed(out, own)                                 # input channels, then kernel size
+    keep_own_head_if_mismatched(out, own, model.num_classes)
 
     _check_irpe_tables(out, own, model)
     return out

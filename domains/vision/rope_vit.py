@@ -22,9 +22,7 @@ final ``norm`` and no ``fc_norm``, no ``pos_embed`` (``use_abs_pos_emb=False``).
 """
 from __future__ import annotations
 
-import logging
 import math
-import re
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
@@ -36,28 +34,16 @@ from zoo.pe.rope2d import AxialRoPE2d, MixedRoPE2d
 from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
 
-from .models import PatchEmbed, adapt_input_conv, resample_patch_kernel
+from .checkpoint import drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched, unwrap_state_dict
+from .layers import (PatchEmbed, cached_grid_positions, grid_for_images, init_linears_and_norms, new_head,
+                     patch_geometry)
 
 __all__ = ["RoPEBlock", "RoPEVisionTransformer", "checkpoint_filter_fn"]
-
-_log = logging.getLogger(__name__)
 
 ROPE_VIT_PAPER = "https://arxiv.org/abs/2403.13298"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ROPE_KINDS = ("axial", "mixed")
-
-
-def _pair(x: Union[int, Tuple[int, int]], name: str) -> Tuple[int, int]:
-    if isinstance(x, int):
-        x = (x, x)
-    try:
-        a, b = (int(v) for v in x)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an int or (height, width), got {x!r}") from None
-    if a <= 0 or b <= 0:
-        raise ValueError(f"{name} must be positive, got {x!r}")
-    return a, b
 
 
 # ---- block ------------------------------------------------------------------------------------------------------
@@ -140,12 +126,7 @@ class RoPEVisionTransformer(nn.Module):
             drop_rate=drop_rate, pos_drop_rate=pos_drop_rate, proj_drop_rate=proj_drop_rate,
             attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, norm_eps=norm_eps,
             dynamic_img_size=dynamic_img_size, head_init_scale=head_init_scale)
-        self.img_size = _pair(img_size, "img_size")
-        self.patch_size = _pair(patch_size, "patch_size")
-        if self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]:
-            raise ValueError(f"img_size {self.img_size[0]}x{self.img_size[1]} is not divisible by patch_size "
-                             f"{self.patch_size[0]}x{self.patch_size[1]}")
-        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.img_size, self.patch_size, self.grid_size = patch_geometry(img_size, patch_size)
         self.in_chans, self.num_classes, self.global_pool = in_chans, num_classes, global_pool
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 1 if class_token else 0
@@ -183,14 +164,7 @@ class RoPEVisionTransformer(nn.Module):
     def init_weights(self) -> None:
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears_and_norms(self)
         with torch.no_grad():
             for i, blk in enumerate(self.blocks):
                 scale = math.sqrt(2.0 * (i + 1))
@@ -215,40 +189,16 @@ class RoPEVisionTransformer(nn.Module):
             raise ValueError("the pooling (and with it the norm placement) is fixed at build time; build the model "
                              "with global_pool=... instead")
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = new_head(self.embed_dim, num_classes)
 
     # ---- geometry ---------------------------------------------------------------------------------------------
     def _grid_for(self, x: Tensor) -> Tuple[int, int]:
-        if x.ndim != 4:
-            raise ValueError(f"expected images [B, {self.in_chans}, H, W], got a tensor of shape {tuple(x.shape)}")
-        c, hh, ww = x.shape[1:]
-        if c != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channel(s), got {c} (input shape {tuple(x.shape)})")
-        if not self.dynamic_img_size:
-            if (hh, ww) != self.img_size:
-                raise ValueError(
-                    f"expected a {self.img_size[0]}x{self.img_size[1]} image, got {hh}x{ww}; build the model with "
-                    f"dynamic_img_size=True to accept other sizes (RoPE needs no resampling)")
-            return self.grid_size
-        ph, pw = self.patch_size
-        if hh % ph or ww % pw:
-            raise ValueError(f"image size {hh}x{ww} is not divisible by the patch size {ph}x{pw}")
-        return hh // ph, ww // pw
+        return grid_for_images(x, self.in_chans, self.patch_size, None if self.dynamic_img_size else self.img_size,
+                               " (RoPE needs no resampling)")
 
     def positions(self, h: int, w: int, device) -> Positions:
         """The `Positions` of an ``h x w`` patch grid after the prefix tokens (cached per grid and device)."""
-        key = (h, w, str(device))
-        pos = self._pos_cache.get(key)
-        if pos is None:
-            with torch.inference_mode(False):
-                pos = Positions.grid_2d(h, w, num_prefix=self.num_prefix_tokens, device=device)
-            if len(self._pos_cache) >= 16:
-                self._pos_cache.clear()
-            self._pos_cache[key] = pos
-        return pos
+        return cached_grid_positions(self._pos_cache, h, w, device, self.num_prefix_tokens)
 
     # ---- forward ----------------------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
@@ -274,22 +224,7 @@ class RoPEVisionTransformer(nn.Module):
 
 # ---- checkpoint conversion --------------------------------------------------------------------------------------
 
-_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
 _OFFICIAL_BUFFERS = ("freqs_t_x", "freqs_t_y", "freqs_cis")
-
-
-def _unwrap(state_dict: Any) -> dict:
-    sd = state_dict
-    for key in ("model", "state_dict", "model_ema"):
-        inner = sd.get(key) if isinstance(sd, dict) else None
-        if isinstance(inner, dict) and inner and all(isinstance(k, str) for k in inner):
-            sd = inner
-            break
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"expected a state dict (or {{'model': state_dict}}), got {type(sd).__name__}")
-    if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
 
 
 def checkpoint_filter_fn(state_dict: dict, model: RoPEVisionTransformer) -> dict:
@@ -305,11 +240,10 @@ def checkpoint_filter_fn(state_dict: dict, model: RoPEVisionTransformer) -> dict
       ``*_rope_ape_*`` / official ``use_ape``), raises `CheckpointError`.
     Missing and unexpected keys are left for `zoo.load_checkpoint` to report.
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     own = model.state_dict()
     depth = len(model.blocks)
     out: Dict[str, Any] = {}
-    dropped = set()
     for k, v in sd.items():
         if k in _OFFICIAL_BUFFERS:
             continue
@@ -319,13 +253,8 @@ def checkpoint_filter_fn(state_dict: dict, model: RoPEVisionTransformer) -> dict
                 v = v.reshape(v.shape[0], v.shape[1], model.rope.num_heads, -1)  # [2, L, h, d/2]
         elif k.startswith("rope.") and k != "rope.freqs":
             continue                                                             # fixed tables, recomputed
-        b = _BLOCK_KEY.match(k)
-        if b and int(b.group(1)) >= depth:
-            dropped.add(int(b.group(1)))
-            continue
         out[k] = v
-    if dropped:
-        _log.info("checkpoint blocks %s dropped: the model has depth %d", sorted(dropped), depth)
+    out = drop_blocks_beyond(out, depth)
 
     if "pos_embed" in out:
         raise CheckpointError("the checkpoint has an absolute position table (pos_embed: a RoPE + APE variant); "
@@ -340,27 +269,8 @@ def checkpoint_filter_fn(state_dict: dict, model: RoPEVisionTransformer) -> dict
     if has_freqs and depth and out["rope.freqs"].ndim == 4 and out["rope.freqs"].shape[1] > depth:
         out["rope.freqs"] = out["rope.freqs"][:, :depth].contiguous()
 
-    key = "patch_embed.proj.weight"
-    if key in out and key in own and getattr(out[key], "ndim", 0) == 4:
-        w = out[key]
-        if w.shape[1] != own[key].shape[1]:
-            w = adapt_input_conv(own[key].shape[1], w)
-            _log.info("%s adapted from %d to %d input channels", key, out[key].shape[1], w.shape[1])
-        if tuple(w.shape[-2:]) != tuple(own[key].shape[-2:]):
-            _log.info("%s resampled from %s to %s", key, tuple(w.shape[-2:]), tuple(own[key].shape[-2:]))
-            w = resample_patch_kernel(w, tuple(own[key].shape[-2:]))
-        out[key] = w
-
-    head_keys = ("head.weight", "head.bias")
-    if any(k in out for k in head_keys):
-        if any(k in out and (k not in own or tuple(out[k].shape) != tuple(own[k].shape)) for k in head_keys):
-            _log.warning("checkpoint head %s does not fit the model's %d classes: keeping the model's freshly "
-                         "initialised head", tuple(out["head.weight"].shape) if "head.weight" in out else "?",
-                         model.num_classes)
-            for k in head_keys:
-                out.pop(k, None)
-                if k in own:
-                    out[k] = own[k]
+    fit_patch_embed(out, own)
+    keep_own_head_if_mismatched(out, own, model.num_classes)
     return out
 
 

@@ -3,8 +3,6 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from zoo import Positions
 from zoo.nn.linear_attention import LinearAttention
@@ -145,29 +143,14 @@ def test_bias_encodings_are_rejected():
         LinearAttention(8, 2, pe=ALiBi(2))
 
 
-class LargestTensor(TorchDispatchMode):
-    """Records the number of elements of the largest tensor any aten op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.numel = max(self.numel, t.numel())
-        return out
-
-
 @pytest.mark.parametrize("causal", [False, True])
-def test_16k_tokens_without_an_n_by_n_matrix(causal):
+def test_16k_tokens_without_an_n_by_n_matrix(causal, largest_tensor):
     # softmax attention's [n, n] scores at n = 16384 would be 2.7e8 floats (1 GiB); here nothing exceeds a few n*d
     n, d = 16384, 16
     attn = LinearAttention(d, 1, pe=MdLrpeCosine(d, 1), causal=causal, chunk=256)
     pos = Positions.grid_2d(128, 128)
     x = torch.randn(1, n, d)
-    with torch.no_grad(), LargestTensor() as probe:
+    with torch.no_grad(), largest_tensor() as probe:
         out = attn(x, pos)
     assert out.shape == (1, n, d) and torch.isfinite(out).all()
     assert probe.numel <= 3 * n * d, probe.numel               # the fused qkv output [n, 3d] (causal: + [256, 256])

@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from zoo.nn import Attention
 from zoo.pe.base import PositionalEncoding, overrides
@@ -380,29 +379,16 @@ def test_bias_is_relative_depends_only_on_bucket():
     assert not torch.allclose(bias[:, t(1, 1), t(2, 3)], bias[:, t(1, 1), t(1, 2)])
 
 
-class _MaxNumel(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.max = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in (out if isinstance(out, (tuple, list)) else [out]):
-            if isinstance(t, torch.Tensor):
-                self.max = max(self.max, t.numel())
-        return out
-
-
-def test_value_path_never_builds_an_LxLxD_tensor():
+def test_value_path_never_builds_an_LxLxD_tensor(largest_tensor):
     h, w, nh, d = 7, 9, 1, 64
     n = 1 + h * w
     pe = _random_irpe(d, nh, rpe_on="v")
     attn = torch.rand(1, nh, n, n).softmax(-1)
     pos = Positions.grid_2d(h, w, num_prefix=1)
     pe.value(attn, pos)  # warm the bucket cache
-    with _MaxNumel() as spy:
+    with largest_tensor() as spy:
         out = pe.value(attn, pos)
-    assert spy.max < n * n * d, f"an intermediate of {spy.max} elements (L*L*D = {n * n * d})"
+    assert spy.numel < n * n * d, f"an intermediate of {spy.numel} elements (L*L*D = {n * n * d})"
     want = ref_attention(torch.zeros(1, nh, n, d, dtype=torch.float64), torch.zeros(1, nh, n, d, dtype=torch.float64),
                          torch.zeros(1, nh, n, d, dtype=torch.float64), h, w, 1, 1.9,
                          wv=pe.rpe_v.lookup_table_weight.double())  # uniform weights: mean of the rows
@@ -412,7 +398,7 @@ def test_value_path_never_builds_an_LxLxD_tensor():
 
 
 @pytest.mark.parametrize("method", ["product", "cross"])
-def test_contextual_logits_are_matmul_then_gather(method):
+def test_contextual_logits_are_matmul_then_gather(method, largest_tensor):
     """q/k contextual: (x @ W) -> [b, h, n, nb], then one gather; no [b, h, n, n, d] tensor."""
     h, w, nh, d = 7, 9, 2, 64
     n = 1 + h * w
@@ -420,10 +406,10 @@ def test_contextual_logits_are_matmul_then_gather(method):
     q, k, _ = _qkv(2, nh, n, d)
     pos = Positions.grid_2d(h, w, num_prefix=1)
     pe.bias(q, k, pos, 0.125)  # warm the bucket cache
-    with _MaxNumel() as spy:
+    with largest_tensor() as spy:
         out = pe.bias(q, k, pos, 0.125)
     assert out.shape == (2, nh, n, n)
-    assert spy.max <= 2 * nh * n * n < 2 * nh * n * n * d
+    assert spy.numel <= 2 * nh * n * n < 2 * nh * n * n * d
 
 
 def test_only_value_encodings_force_the_slow_path():

@@ -3,8 +3,6 @@ with a prefix token, causal form, padding, gradients, no [n, n] intermediate."""
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from zoo import Positions
 from zoo.pe.tpe import MdTpe, Tpe, decayed_scan, toeplitz_mix
@@ -150,24 +148,11 @@ def test_gradients_reach_decay_and_vectors():
     assert torch.isfinite(x.grad).all()
 
 
-class LargestTensor(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.numel = max(self.numel, t.numel())
-        return out
-
-
-def test_long_sequence_has_no_n_by_n_intermediate():
+def test_long_sequence_has_no_n_by_n_intermediate(largest_tensor):
     n, c = 8192, 8
     md = MdTpe(c, 2, num_axes=1, chunk=32)
     x = torch.randn(1, n, c)
-    with torch.no_grad(), LargestTensor() as probe:
+    with torch.no_grad(), largest_tensor() as probe:
         out = md.embed(x, None)
     assert torch.isfinite(out).all()
     assert probe.numel <= n * c                                                 # nothing beyond the token tensor

@@ -2,8 +2,6 @@
 positions actually used, bad input, linear growth of the block's largest intermediate, the scaling bench."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from zoo import Positions
 
@@ -78,35 +76,22 @@ def test_bad_input_raises():
         tiny(img_size=28)
 
 
-class LargestTensor(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.numel = max(self.numel, t.numel())
-        return out
-
-
-def largest_intermediate(block, side, dim):
+def largest_intermediate(probe_cls, block, side, dim):
     x = torch.randn(1, side * side, dim)
-    with torch.no_grad(), LargestTensor() as probe:
+    with torch.no_grad(), probe_cls() as probe:
         block(x, Positions.grid_2d(side, side))
     return probe.numel
 
 
-def test_block_largest_intermediate_grows_linearly_with_tokens():
+def test_block_largest_intermediate_grows_linearly_with_tokens(largest_tensor):
     lightnet = lightnet_module()
     block = lightnet.LightNetBlock(16, 2)
-    sizes = [largest_intermediate(block, side, 16) for side in (16, 32, 64)]     # 256, 1024, 4096 tokens
+    sizes = [largest_intermediate(largest_tensor, block, side, 16) for side in (16, 32, 64)]  # 256..4096 tokens
     assert sizes[1] == 4 * sizes[0] and sizes[2] == 4 * sizes[1], sizes
     assert sizes[2] < 4096 * 4096 // 50
     # the probe does see an n x n matrix when one is formed (softmax weights written out)
     x = torch.randn(1, 2, 1024, 8)
-    with torch.no_grad(), LargestTensor() as probe:
+    with torch.no_grad(), largest_tensor() as probe:
         (x @ x.transpose(-2, -1)).softmax(-1) @ x
     assert probe.numel == 2 * 1024 * 1024
 

@@ -68,6 +68,21 @@ def recompute_counter(monkeypatch):
     irpe_mod._flat_index_cached.cache_clear()
 
 
+@pytest.fixture
+def irpe_grids(monkeypatch):
+    """The ``(h, w, skip)`` of every `IRPE.grid` call, in order."""
+    seen = []
+    grid = irpe_mod.IRPE.grid
+
+    def spy(self, n, pos):
+        out = grid(self, n, pos)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(irpe_mod.IRPE, "grid", spy)
+    return seen
+
+
 def test_the_registry_lists_the_vision_classifiers():
     names = vision_classifiers()
     assert {"vit_irpe_tiny", "vit_irpe_small", "vit_irpe_small_qkv", "vit_irpe_small_cross",
@@ -127,21 +142,12 @@ def test_rectangular_input_without_dynamic_img_size(name):
 
 # ---- the iRPE models in detail -------------------------------------------------------------------------------------
 
-def test_irpe_follows_the_grid_and_caches(monkeypatch, recompute_counter):
-    seen = []
-    grid = irpe_mod.IRPE.grid
-
-    def spy(self, n, pos):
-        out = grid(self, n, pos)
-        seen.append(out)
-        return out
-
-    monkeypatch.setattr(irpe_mod.IRPE, "grid", spy)
+def test_irpe_follows_the_grid_and_caches(irpe_grids, recompute_counter):
     model = zoo.create("vit_irpe_tiny", img_size=32, patch_size=4, depth=2, embed_dim=48, num_heads=3,
                        dynamic_img_size=True, irpe=dict(rpe_on="qkv")).eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 20, 28))
-    assert set(seen) == {(5, 7, 1)}
+    assert set(irpe_grids) == {(5, 7, 1)}
     # the resampled table and the gather index are the same tensors on a repeated size, also after another size
     with torch.no_grad():
         a = model._pos_embed_for(5, 7)
@@ -170,21 +176,12 @@ def test_irpe_dynamic_size_trains(recompute_counter):
 
 
 @pytest.mark.parametrize("size", [(160, 224), (448, 448)])
-def test_vit_irpe_small_full_geometry(size, monkeypatch):
-    seen = []
-    grid = irpe_mod.IRPE.grid
-
-    def spy(self, n, pos):
-        out = grid(self, n, pos)
-        seen.append(out)
-        return out
-
-    monkeypatch.setattr(irpe_mod.IRPE, "grid", spy)
+def test_vit_irpe_small_full_geometry(size, irpe_grids):
     torch.manual_seed(0)
     model = zoo.create("vit_irpe_small", dynamic_img_size=True).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, *size))
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
     h, w = size[0] // 16, size[1] // 16
-    assert set(seen) == {(h, w, 1)} and len(seen) == 12
+    assert set(irpe_grids) == {(h, w, 1)} and len(irpe_grids) == 12
     assert model._pos_embed_for(h, w).shape == (1, 1 + h * w, 384)

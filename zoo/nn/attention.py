@@ -9,7 +9,7 @@ The bias of a layer is built once per forward (the PE returns all heads at once)
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,21 @@ from torch import Tensor, nn
 
 from ..positions import Positions
 
-__all__ = ["Attention", "build_attn_mask"]
+__all__ = ["Attention", "build_attn_mask", "split_heads", "merge_heads"]
+
+
+def split_heads(qkv: Tensor, num_heads: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """A fused projection ``[b, n, 3 * h * d]`` (timm's layout: q | k | v, heads inside each) -> q, k, v
+    ``[b, h, n, d]``."""
+    b, n, c3 = qkv.shape
+    qkv = qkv.reshape(b, n, 3, num_heads, c3 // (3 * num_heads)).permute(2, 0, 3, 1, 4)  # [3, b, h, n, d]
+    return qkv.unbind(0)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """``[b, h, n, d] -> [b, n, h * d]``, the inverse of one `split_heads` output."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
 
 
 def build_attn_mask(bias: Optional[Tensor], pos: Optional[Positions], nq: int, nk: int, causal: bool,
@@ -71,11 +85,8 @@ class Attention(nn.Module):
         self.pe = pe
 
     def forward(self, x: Tensor, pos: Optional[Positions] = None) -> Tensor:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, b, h, n, d]
-        q, k, v = qkv.unbind(0)
-        out = self.attend(q, k, v, pos)                                           # [b, h, n, d]
-        out = out.transpose(1, 2).reshape(b, n, c)
+        q, k, v = split_heads(self.qkv(x), self.num_heads)                        # [b, h, n, d] each
+        out = merge_heads(self.attend(q, k, v, pos))                              # [b, n, c]
         return self.proj_drop(self.proj(out))
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions]) -> Tensor:

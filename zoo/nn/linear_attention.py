@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..positions import Positions
+from .attention import merge_heads, split_heads
 
 __all__ = ["LinearAttention", "lightnet_key_weights", "causal_key_normaliser", "linear_attend", "causal_linear_attend"]
 
@@ -131,11 +132,8 @@ class LinearAttention(nn.Module):
         self.pe = pe
 
     def forward(self, x: Tensor, pos: Optional[Positions] = None) -> Tensor:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, b, h, n, d]
-        q, k, v = qkv.unbind(0)
-        out = self.attend(q, k, v, pos)                                           # [b, h, n, d]
-        out = out.transpose(1, 2).reshape(b, n, c)                                # [b, n, c]
+        q, k, v = split_heads(self.qkv(x), self.num_heads)                        # [b, h, n, d] each
+        out = merge_heads(self.attend(q, k, v, pos))                              # [b, n, c]
         if self.gate is not None:
             out = out * torch.sigmoid(self.gate(x))
         return self.proj_drop(self.proj(self.norm(out)))

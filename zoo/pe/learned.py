@@ -21,18 +21,19 @@ from torch import Tensor, nn
 from ..positions import Positions
 from .base import PositionalEncoding
 
-__all__ = ["resample_abs_pos_embed", "LearnedAPE"]
+__all__ = ["resample_abs_pos_embed", "LearnedAPE", "to_pair"]
 
 _MODES = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")
 
 
-def _as_size(size, name: str) -> Tuple[int, int]:
+def to_pair(size: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
+    """``size`` or ``(size, size)`` as two positive ints ``(height, width)``; ``name`` goes into the error."""
     if isinstance(size, int):
         size = (size, size)
     try:
         h, w = (int(s) for s in size)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be (height, width), got {size!r}") from None
+        raise ValueError(f"{name} must be an int or (height, width), got {size!r}") from None
     if h <= 0 or w <= 0:
         raise ValueError(f"{name} must be positive, got {h}x{w}")
     return h, w
@@ -60,7 +61,7 @@ def resample_abs_pos_embed(posemb: Tensor, new_size: Sequence[int], old_size: Op
         raise ValueError(f"num_prefix must be in 0..{posemb.shape[1]}, got {num_prefix}")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    new_h, new_w = _as_size(new_size, "new_size")
+    new_h, new_w = to_pair(new_size, "new_size")
     num_grid = posemb.shape[1] - num_prefix
     if old_size is None:
         side = math.isqrt(num_grid)
@@ -69,7 +70,7 @@ def resample_abs_pos_embed(posemb: Tensor, new_size: Sequence[int], old_size: Op
                              f"pass old_size=(H, W)")
         old_h, old_w = side, side
     else:
-        old_h, old_w = _as_size(old_size, "old_size")
+        old_h, old_w = to_pair(old_size, "old_size")
         if old_h * old_w != num_grid:
             raise ValueError(f"old_size {old_h}x{old_w} describes {old_h * old_w} grid tokens but posemb has "
                              f"{num_grid} (= {posemb.shape[1]} - num_prefix {num_prefix})")
@@ -122,7 +123,7 @@ class LearnedAPE(PositionalEncoding):
             self.grid_size: Optional[Tuple[int, int]] = None
             n = num_tokens_or_grid
         else:
-            self.grid_size = _as_size(num_tokens_or_grid, "num_tokens_or_grid")
+            self.grid_size = to_pair(num_tokens_or_grid, "num_tokens_or_grid")
             n = num_prefix + self.grid_size[0] * self.grid_size[1]
         self.num_tokens = n
         self.num_prefix = num_prefix
@@ -142,7 +143,7 @@ class LearnedAPE(PositionalEncoding):
             if pos.num_prefix != self.num_prefix:
                 raise ValueError(f"pos.num_prefix is {pos.num_prefix} but the table was trained with "
                                  f"num_prefix={self.num_prefix}")
-            return _as_size(pos.grid_size, "pos.grid_size")
+            return to_pair(pos.grid_size, "pos.grid_size")
         num_grid = n - self.num_prefix
         side = math.isqrt(max(num_grid, 0))
         if num_grid <= 0 or side * side != num_grid:

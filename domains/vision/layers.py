@@ -1,0 +1,103 @@
+"""Pieces shared by the ViT-layout image models (`models`, `rope_vit`, `lightnet`).
+
+    image [B, C, H, W] --PatchEmbed--> [B, h*w, D]      h, w = H / ph, W / pw   (`grid_for_images` checks and says)
+
+The patch embedding keeps timm's key (``patch_embed.proj``), so checkpoints of every family load unchanged.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from zoo.pe.learned import to_pair
+from zoo.positions import Positions
+
+__all__ = ["PatchEmbed", "patch_geometry", "grid_for_images", "cached_grid_positions",
+           "init_linears_and_norms", "new_head"]
+
+_POS_CACHE_SIZE = 16   # patch grids (x device) whose `Positions` a model keeps
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens: ``[B, C, H, W] -> [B, (H/p)*(W/p), D]`` (key ``proj`` as in timm)."""
+
+    def __init__(self, patch_size: Tuple[int, int], in_chans: int, embed_dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)                            # [B, h*w, D]
+
+
+def patch_geometry(img_size: Union[int, Tuple[int, int]], patch_size: Union[int, Tuple[int, int]]
+                   ) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:
+    """``(img_size, patch_size, grid_size)`` as int pairs; the image must tile into whole patches."""
+    img, patch = to_pair(img_size, "img_size"), to_pair(patch_size, "patch_size")
+    if img[0] % patch[0] or img[1] % patch[1]:
+        raise ValueError(f"img_size {img[0]}x{img[1]} is not divisible by patch_size {patch[0]}x{patch[1]}")
+    return img, patch, (img[0] // patch[0], img[1] // patch[1])
+
+
+def grid_for_images(x: Tensor, in_chans: int, patch_size: Tuple[int, int],
+                    fixed_size: Optional[Tuple[int, int]] = None, fixed_note: str = "") -> Tuple[int, int]:
+    """The ``(h, w)`` patch grid of images ``x [B, in_chans, H, W]``, with errors that say what to change.
+
+    ``fixed_size``: the only ``(H, W)`` accepted (a model built without ``dynamic_img_size``); ``fixed_note`` ends
+    the error raised for any other size."""
+    if x.ndim != 4:
+        raise ValueError(f"expected images [B, {in_chans}, H, W], got a tensor of shape {tuple(x.shape)}")
+    c, hh, ww = x.shape[1:]
+    if c != in_chans:
+        raise ValueError(f"expected {in_chans} input channel(s), got {c} (input shape {tuple(x.shape)}); "
+                         f"build the model with in_chans={c} to change it")
+    if fixed_size is not None and (hh, ww) != tuple(fixed_size):
+        raise ValueError(f"expected a {fixed_size[0]}x{fixed_size[1]} image, got {hh}x{ww}; build the model with "
+                         f"dynamic_img_size=True to accept other sizes, or with img_size=({hh}, {ww}) to change its "
+                         f"size{fixed_note}")
+    ph, pw = patch_size
+    if hh % ph or ww % pw:
+        raise ValueError(f"image size {hh}x{ww} is not divisible by the patch size {ph}x{pw} (each side must be a "
+                         f"positive multiple of the patch size)")
+    if hh == 0 or ww == 0:
+        raise ValueError(f"image size {hh}x{ww} is not a positive multiple of the patch size {ph}x{pw}")
+    return hh // ph, ww // pw
+
+
+def cached_grid_positions(cache: Dict[tuple, Positions], h: int, w: int, device,
+                          num_prefix: int = 0) -> Positions:
+    """`Positions.grid_2d` of an ``h x w`` patch grid after ``num_prefix`` tokens, kept in ``cache`` per grid and
+    device (the cache is emptied once it holds `_POS_CACHE_SIZE` grids)."""
+    key = (h, w, str(device))
+    pos = cache.get(key)
+    if pos is None:
+        with torch.inference_mode(False):                 # cached tensors must outlive an inference_mode block
+            pos = Positions.grid_2d(h, w, num_prefix=num_prefix, device=device)
+        if len(cache) >= _POS_CACHE_SIZE:
+            cache.clear()
+        cache[key] = pos
+    return pos
+
+
+def init_linears_and_norms(module: nn.Module, std: float = 0.02) -> None:
+    """DeiT / timm init: trunc-normal ``std`` on every Linear weight, zero biases, unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def new_head(embed_dim: int, num_classes: int) -> nn.Module:
+    """A fresh classifier ``Linear(embed_dim, num_classes)`` (trunc-normal .02, zero bias); Identity for 0 classes."""
+    if num_classes <= 0:
+        return nn.Identity()
+    head = nn.Linear(embed_dim, num_classes)
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
