@@ -109,6 +109,10 @@ class Attention(nn.Module):
                         q, k, v, attn_mask=build_attn_mask(None, None, nq, nk, True, q.dtype, q.device),
                         dropout_p=drop)
             mask = build_attn_mask(bias, pos, nq, nk, causal, q.dtype, q.device)
+            if q.device.type == "cpu" and bias is not None and bias.requires_grad and torch.is_grad_enabled():
+                # On the CPU, SDPA with a float mask that needs a gradient runs its unfused math kernel; the same
+                # math with the bias folded into the q.k GEMM (baddbmm) saves a pass over [b, h, n, n].
+                return self._biased_gemm_attention(q, k, v, mask)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
 
         # slow path: the encoding needs the attention weights
@@ -122,3 +126,13 @@ class Attention(nn.Module):
         if extra is not None:
             out = out + extra.to(out.dtype)
         return out
+
+    def _biased_gemm_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """``softmax(q k^T * scale + mask) @ v`` on ``[b, h, n, d]`` with the mask added inside the GEMM."""
+        b, h, nq, d = q.shape
+        nk = k.shape[-2]
+        mask = mask.expand(b, h, nq, nk).reshape(b * h, nq, nk)                 # [b*h, nq, nk]
+        logits = torch.baddbmm(mask, q.reshape(b * h, nq, d), k.reshape(b * h, nk, d).transpose(1, 2),
+                               alpha=self.scale)
+        weights = self.attn_drop(logits.softmax(dim=-1))
+        return torch.bmm(weights.to(v.dtype), v.reshape(b * h, nk, -1)).view(b, h, nq, -1)

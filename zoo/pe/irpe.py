@@ -187,8 +187,9 @@ class IRPETable(nn.Module):
             return self.lookup_table_bias[:, ids.reshape(-1)].view(1, self.num_heads, n, n)
         b, h = x.shape[0], x.shape[1]
         lut = torch.matmul(x, self.lookup_table_weight)                          # [b, h, n, nb]
-        out = lut.reshape(b * h, n * self.num_buckets).index_select(1, flat)     # [b*h, n*n]
-        return out.view(b, h, n, n)
+        # gather along the bucket axis: out[b, h, i, j] = lut[b, h, i, ids[i, j]]; its backward is a scatter-add
+        # within each query row, which keeps memory access local
+        return torch.gather(lut, 3, ids.expand(b, h, n, n))                       # [b, h, n, n]
 
     def values(self, attn: Tensor, flat: Tensor) -> Tensor:
         """Output term ``[b, h, n, d]`` from attention weights ``attn [b, h, n, n]``.
