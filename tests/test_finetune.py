@@ -291,16 +291,6 @@ def test_missing_file_and_free_form_model_kwargs(tmp_path):
         finetune(build_config({"task": "segmentation", "model": {"name": "x"}, "data": {"name": "digits"}}))
 
 
-def test_shipped_recipe_loads_and_its_header_is_the_command():
-    path = Path(__file__).resolve().parents[1] / "configs" / "vision" / "vit_irpe_tiny_fmnist.yaml"
-    assert path.read_text().splitlines()[0] == "# zoo finetune configs/vision/vit_irpe_tiny_fmnist.yaml"
-    cfg = load_config(path, [])
-    assert cfg.model.name == "vit_irpe_tiny" and cfg.data.name == "fashion_mnist"
-    assert dict(cfg.model.kwargs) == {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 10,
-                                      "depth": 6}
-    assert cfg.train.label_smoothing == 0.1 and cfg.train.batch_size == 128
-
-
 # ---- (e) dataset not installed --------------------------------------------------------------------------------
 
 def test_missing_dataset_says_how_to_install_it(tmp_path, monkeypatch):
