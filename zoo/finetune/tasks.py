@@ -20,6 +20,7 @@ what makes ``--resume`` exact.
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from typing import Any, Dict, Iterator, Tuple, Type
 
 import torch
@@ -37,16 +38,16 @@ TASK_MODULES: Dict[str, str] = {
 _TASKS: Dict[str, Type["Task"]] = {}
 
 
-class Task:
-    """Base class. Subclasses implement every method below except ``to`` and ``describe``."""
+class Task(ABC):
+    """Base class. Subclasses implement the abstract methods; ``model_kwargs``, ``to`` and ``describe`` have defaults."""
 
     name: str = "task"
     main_metric: str = "loss"        # the metric that defines "best"
     main_mode: str = "min"           # "min" or "max"
 
+    @abstractmethod
     def build_data(self, cfg) -> Tuple[Any, Any]:
         """Load the train and eval data named by ``cfg.data``; returns ``(train, eval)``."""
-        raise NotImplementedError
 
     def model_kwargs(self, cfg) -> Dict[str, Any]:
         """Builder kwargs: defaults from the data (classes, channels, size), overridden by ``cfg.model.kwargs``."""
@@ -56,24 +57,25 @@ class Task:
         """Move in-memory data to ``device`` (no-op by default)."""
         return self
 
+    @abstractmethod
     def num_train_batches(self) -> int:
         """Micro-batches in one pass over the training data."""
-        raise NotImplementedError
 
+    @abstractmethod
     def num_train_samples(self) -> int:
-        raise NotImplementedError
+        """Samples in one pass over the training data."""
 
+    @abstractmethod
     def train_batches(self, epoch: int, generator: torch.Generator, start: int = 0) -> Iterator[Any]:
         """Micro-batches of epoch ``epoch`` from index ``start`` on; all randomness from ``generator``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> Tuple[Tensor, int]:
         """Mean loss over the batch (a scalar tensor with grad) and the number of samples it averages."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(self, model: nn.Module, batch_size: int = 512) -> Dict[str, float]:
         """Metrics over the whole eval split: batched, no grad, ``model.eval()``."""
-        raise NotImplementedError
 
     def describe(self) -> Dict[str, Any]:
         """A few facts about the data, for the run summary."""
