@@ -182,7 +182,9 @@ def test_mixed_layers_share_one_parameter():
     outs = [pe.rotate(q, q, pos)[0] for pe in container.pes]
     assert not torch.allclose(outs[0], outs[1])
     torch.testing.assert_close(outs[2], owner.rotate(q, q, pos, layer=2)[0])
-    sum(o.square().sum() * (i + 1) for i, o in enumerate(outs)).backward()
+    # a loss that is not rotation-invariant (a sum of squares would have a zero angle gradient)
+    w = torch.randn(1, 2, 5, 16)
+    sum((o * w).sum() * (i + 1) for i, o in enumerate(outs)).backward()
     assert owner.freqs.grad is not None and (owner.freqs.grad.abs().sum(dim=(0, 2, 3)) > 0).all()
 
 
@@ -219,3 +221,36 @@ def test_bad_input():
         deep.layer(2)
     with pytest.raises(ValueError, match="heads"):
         MixedRoPE2d(16, 3).rotate(q, q, Positions.grid_2d(2, 2, num_prefix=1))
+
+
+def test_rotate_pairs_equals_the_real_formula_with_its_gradients():
+    # the fused complex rotation against autograd through apply_rotary (x_{2t}, x_{2t+1}) pairs
+    from zoo.pe import apply_rotary
+    from zoo.pe.rope2d import rotate_pairs
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64).transpose(1, 2).transpose(1, 2)  # a strided view
+    ang = torch.randn(3, 7, 4, dtype=torch.float64)
+    w = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    x1, a1 = x.clone().requires_grad_(), ang.clone().requires_grad_()
+    x2, a2 = x.clone().requires_grad_(), ang.clone().requires_grad_()
+    out1 = rotate_pairs(x1, a1)
+    out2 = apply_rotary(x2, a2.cos(), a2.sin(), layout="interleaved")
+    # apply_rotary rotates in float32: compare at float32 precision; gradcheck below is exact in float64
+    torch.testing.assert_close(out1, out2, rtol=1e-5, atol=1e-6)
+    (out1 * w).sum().backward()
+    (out2 * w).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a1.grad, a2.grad, rtol=1e-5, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda a, b: rotate_pairs(a, b), (x1.detach().requires_grad_(),
+                                                                     a1.detach().requires_grad_()))
+
+
+def test_rotate_pairs_keeps_bf16_and_rotates_in_float32():
+    from zoo.pe.rope2d import rotate_pairs
+    x = torch.randn(1, 1, 2, 4).to(torch.bfloat16)
+    ang = torch.tensor([[[256.0, 0.0], [257.0, 0.0]]])                  # float32: two distinct angles
+    out = rotate_pairs(x, ang)
+    assert out.dtype == torch.bfloat16
+    ref = torch.view_as_real(torch.view_as_complex(x.float().reshape(1, 1, 2, 2, 2)) *
+                             torch.polar(torch.ones_like(ang), ang)).reshape(1, 1, 2, 4).to(torch.bfloat16)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)

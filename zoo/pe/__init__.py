@@ -25,6 +25,10 @@ from .rope2d import AxialRoPE2d, MixedRoPE2d, axial_angles, axial_inv_freq, mixe
 from .lrpe import MdLrpeCosine, lrpe_theta, md_lrpe_angles
 from .tpe import MdTpe, Tpe
 
+# ---- sequence structure: hierarchy (code), segments --------------------------------------------------------------
+from .bipe import (LLAMA2_SEPARATORS, BiPEALiBi, BiPEIntraEmbedding, BiPERoPE, bipe_ids, bipe_positions)
+from .hirope import HiRoPE, hierarchical_positions, hirope_angles, hirope_split
+
 __all__ += [
     "SinCosAPE", "sincos_1d", "sincos_2d",
     "LearnedAPE", "resample_abs_pos_embed",
@@ -34,6 +38,8 @@ __all__ += [
     "PEG", "ManhattanDecay", "manhattan_decay_bias", "manhattan_log_decay",
     "AxialRoPE2d", "MixedRoPE2d", "axial_angles", "axial_inv_freq", "mixed_angles", "mixed_freqs_init",
     "MdLrpeCosine", "lrpe_theta", "md_lrpe_angles", "MdTpe", "Tpe",
+    "HiRoPE", "hierarchical_positions", "hirope_angles", "hirope_split",
+    "LLAMA2_SEPARATORS", "bipe_ids", "bipe_positions", "BiPEIntraEmbedding", "BiPERoPE", "BiPEALiBi",
 ]
 
 # ---- string factory ------------------------------------------------------------------------------------------
@@ -49,6 +55,10 @@ _FACTORY: Dict[str, Callable[..., PositionalEncoding]] = {
     "rope2d_mixed": MixedRoPE2d,
     "md_lrpe_cosine": MdLrpeCosine,
     "md_tpe": MdTpe,
+    "hirope": HiRoPE,
+    "bipe_intra": BiPEIntraEmbedding,
+    "bipe_rope": BiPERoPE,
+    "bipe_alibi": BiPEALiBi,
 }
 
 

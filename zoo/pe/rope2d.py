@@ -29,14 +29,14 @@ import math
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..positions import Positions
 from .base import PositionalEncoding
-from .rope import apply_rotary
 
-__all__ = ["axial_inv_freq", "axial_angles", "mixed_freqs_init", "mixed_angles", "AxialRoPE2d", "MixedRoPE2d",
-           "MixedRoPE2dLayer"]
+__all__ = ["axial_inv_freq", "axial_angles", "mixed_freqs_init", "mixed_angles", "rotate_pairs", "AxialRoPE2d",
+           "MixedRoPE2d", "MixedRoPE2dLayer"]
 
 
 def _check_rot_dim(r, name: str = "rot_dim") -> int:
@@ -128,11 +128,55 @@ def _grid_coords(pos: Optional[Positions], n: int, by: str) -> Tuple[Tensor, Ten
     return grid[..., 0], grid[..., 1], p
 
 
-def _rotate_after_prefix(x: Tensor, cos: Tensor, sin: Tensor, p: int) -> Tensor:
-    """Rotate tokens ``p:`` of ``x [b, h, n, d]`` (interleaved pairs); prefix tokens pass through unchanged."""
-    if p == 0:
-        return apply_rotary(x, cos, sin, layout="interleaved")
-    return torch.cat([x[..., :p, :], apply_rotary(x[..., p:, :], cos, sin, layout="interleaved")], dim=-2)
+class _RotatePairs(torch.autograd.Function):
+    """Rotate the interleaved pairs of ``x [..., n, d]`` by ``ang [..., n, d/2]`` (broadcast against x) as one
+    complex product ``(x_{2t} + i x_{2t+1}) * e^{i ang_t}``.
+
+    The backward needs no trigonometric terms of its own: ``dx = g * e^{-i ang}`` and, since
+    ``d out / d ang = i * out``, ``d ang = Im(conj(out) * g)`` summed over the broadcast dims. Autograd through the
+    real formula (strided slices, stack, cos/sin products with batch reductions) costs about twice as much on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, ang: Tensor) -> Tensor:
+        real = torch.float64 if x.dtype == torch.float64 else torch.float32
+        ang = ang.to(real)
+        f = torch.complex(ang.cos(), ang.sin())                                   # [..., n, d/2]
+        xc = torch.view_as_complex(x.to(real).unflatten(-1, (-1, 2)))             # [..., n, d/2] (a view)
+        out = xc * f
+        ctx.save_for_backward(f, out if ctx.needs_input_grad[1] else None)
+        ctx.ang_shape, ctx.ang_dtype = ang.shape, ang.dtype
+        return torch.view_as_real(out).flatten(-2).to(x.dtype)                   # [..., n, d]
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        f, out = ctx.saved_tensors
+        real = f.real.dtype
+        gc = torch.view_as_complex(g.to(real).contiguous().unflatten(-1, (-1, 2)))
+        dx = dang = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.view_as_real(gc * f.conj()).flatten(-2).to(g.dtype)
+        if ctx.needs_input_grad[1]:
+            dang = (out.conj() * gc).imag.sum_to_size(ctx.ang_shape).to(ctx.ang_dtype)
+        return dx, dang
+
+
+def rotate_pairs(x: Tensor, ang: Tensor) -> Tensor:
+    """Rotate interleaved channel pairs ``(x_{2t}, x_{2t+1})`` of ``x [..., n, d]`` by ``ang [..., n, d/2]``
+    (float32 angles; the rotation runs in float32, or float64 for float64 input, and returns ``x.dtype``).
+    Equal to ``apply_rotary(x, ang.cos(), ang.sin(), layout="interleaved")``."""
+    if ang.shape[-1] * 2 != x.shape[-1]:
+        raise ValueError(f"ang has {ang.shape[-1]} pairs but x has {x.shape[-1]} channels (need d/2 pairs)")
+    if x.stride(-1) != 1 or any(s % 2 for s in x.stride()[:-1]):
+        x = x.contiguous()
+    return _RotatePairs.apply(x, ang)
+
+
+def _pad_angles(ang: Tensor, p: int, pairs: int) -> Tensor:
+    """Angles ``[..., n_grid, r/2]`` -> ``[..., p + n_grid, pairs]``: prefix tokens and the channels past the rotary
+    dims get angle 0, so one rotation covers every token and channel."""
+    tail = pairs - ang.shape[-1]
+    return F.pad(ang, (0, tail, p, 0)) if (p or tail) else ang
 
 
 def _check_qk(q: Tensor, k: Tensor, head_dim: int, by: str) -> None:
@@ -170,7 +214,7 @@ class AxialRoPE2d(PositionalEncoding):
         if not theta > 0:
             raise ValueError(f"theta must be positive, got {theta}")
         self.head_dim, self.rot_dim, self.theta = head_dim, r, float(theta)
-        self._cache: Optional[tuple] = None  # (grid, grid version, device, cos, sin); plain attribute, not a buffer
+        self._cache: Optional[tuple] = None  # (grid, grid version, device, n, angles); plain attribute, not a buffer
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, rot_dim={self.rot_dim}, theta={self.theta:g}, layout='interleaved'"
@@ -179,27 +223,32 @@ class AxialRoPE2d(PositionalEncoding):
         """``[r/4]`` float32 per-axis frequencies."""
         return axial_inv_freq(self.rot_dim, self.theta, device)
 
-    def cos_sin(self, pos: Positions, n: int, device) -> Tuple[Tensor, Tensor, int]:
-        """float32 ``cos, sin`` ``[n_grid, r/2]`` (or ``[b, 1, n_grid, r/2]``) and the prefix count."""
+    def _angles(self, pos: Positions, n: int, device) -> Tuple[Tensor, int]:
+        """float32 angles ``[n_grid, r/2]`` (or ``[b, 1, n_grid, r/2]``) and the prefix count; cached per grid."""
         rows, cols, p = _grid_coords(pos, n, "AxialRoPE2d")
         device = torch.device(device)
         grid = pos.grid
         c = self._cache
-        if (c is not None and c[0] is grid and c[1] == grid._version and c[2] == device
-                and not (c[3].is_inference() and not torch.is_inference_mode_enabled())):
-            return c[3], c[4], p
+        if (c is not None and c[0] is grid and c[1] == grid._version and c[2] == device and c[3] == n
+                and not (c[4].is_inference() and not torch.is_inference_mode_enabled())):
+            return c[4], p
         ang = axial_angles(rows.to(device), cols.to(device), self.inv_freq(device))   # [(b,) n_grid, r/2]
-        cos, sin = ang.cos(), ang.sin()
-        if cos.ndim == 3:
-            cos, sin = cos[:, None], sin[:, None]                                 # [b, 1, n_grid, r/2]
-        self._cache = (grid, grid._version, device, cos, sin)
-        return cos, sin, p
+        if ang.ndim == 3:
+            ang = ang[:, None]                                                    # [b, 1, n_grid, r/2]
+        self._cache = (grid, grid._version, device, n, ang)
+        return ang, p
+
+    def cos_sin(self, pos: Positions, n: int, device) -> Tuple[Tensor, Tensor, int]:
+        """float32 ``cos, sin`` ``[n_grid, r/2]`` (or ``[b, 1, n_grid, r/2]``) and the prefix count."""
+        ang, p = self._angles(pos, n, device)
+        return ang.cos(), ang.sin(), p
 
     def rotate(self, q: Tensor, k: Tensor, pos: Optional[Positions]) -> Tuple[Tensor, Tensor]:
         # q, k [b, h, n, d]
         _check_qk(q, k, self.head_dim, "AxialRoPE2d")
-        cos, sin, p = self.cos_sin(pos, k.shape[-2], k.device)
-        return _rotate_after_prefix(q, cos, sin, p), _rotate_after_prefix(k, cos, sin, p)
+        ang, p = self._angles(pos, k.shape[-2], k.device)
+        ang = _pad_angles(ang, p, self.head_dim // 2)                             # [(b, 1,) n, d/2]
+        return rotate_pairs(q, ang), rotate_pairs(k, ang)
 
 
 # ---- RoPE-Mixed ------------------------------------------------------------------------------------------------
@@ -250,14 +299,15 @@ class MixedRoPE2d(PositionalEncoding):
             raise ValueError(f"layer index must be in 0..{self.depth - 1}, got {index!r}")
         return MixedRoPE2dLayer(self, index)
 
-    def cos_sin(self, pos: Positions, n: int, layer: int, device) -> Tuple[Tensor, Tensor, int]:
-        """float32 ``cos, sin`` ``[1, h, n_grid, d/2]`` (or ``[b, h, n_grid, d/2]``) of ``layer``, and the prefix."""
+    def _angles(self, pos: Positions, n: int, layer: int, device) -> Tuple[Tensor, int]:
         rows, cols, p = _grid_coords(pos, n, "MixedRoPE2d")
         ang = mixed_angles(rows.to(device), cols.to(device), self.freqs[:, layer])  # [(b,) h, n_grid, d/2]
-        cos, sin = ang.cos(), ang.sin()
-        if cos.ndim == 3:
-            cos, sin = cos[None], sin[None]                                       # [1, h, n_grid, d/2]
-        return cos, sin, p
+        return (ang[None] if ang.ndim == 3 else ang), p                           # [1|b, h, n_grid, d/2]
+
+    def cos_sin(self, pos: Positions, n: int, layer: int, device) -> Tuple[Tensor, Tensor, int]:
+        """float32 ``cos, sin`` ``[1, h, n_grid, d/2]`` (or ``[b, h, n_grid, d/2]``) of ``layer``, and the prefix."""
+        ang, p = self._angles(pos, n, layer, device)
+        return ang.cos(), ang.sin(), p
 
     def rotate(self, q: Tensor, k: Tensor, pos: Optional[Positions],
                layer: Optional[int] = None) -> Tuple[Tensor, Tensor]:
@@ -272,8 +322,9 @@ class MixedRoPE2d(PositionalEncoding):
         _check_qk(q, k, self.head_dim, "MixedRoPE2d")
         if q.shape[1] != self.num_heads:
             raise ValueError(f"q/k have {q.shape[1]} heads, MixedRoPE2d was built for {self.num_heads}")
-        cos, sin, p = self.cos_sin(pos, k.shape[-2], layer, k.device)
-        return _rotate_after_prefix(q, cos, sin, p), _rotate_after_prefix(k, cos, sin, p)
+        ang, p = self._angles(pos, k.shape[-2], layer, k.device)
+        ang = _pad_angles(ang, p, self.head_dim // 2)                             # [1|b, h, n, d/2]
+        return rotate_pairs(q, ang), rotate_pairs(k, ang)
 
 
 class MixedRoPE2dLayer(PositionalEncoding):
