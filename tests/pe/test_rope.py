@@ -188,3 +188,53 @@ def test_attention_with_rope_matches_naive(layout, causal):
         ref = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
         ref = ref @ attn.proj.weight.T + attn.proj.bias
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+# ---- p-RoPE (Barbero et al., 2024, arXiv 2410.06205) ---------------------------------------------------------------
+def test_p_rope_frequencies_pinned_and_match_hf_proportional():
+    from zoo.pe.rope import p_rope_inv_freq
+    inv = p_rope_inv_freq(rope_inv_freq(8), 0.5)
+    torch.testing.assert_close(inv, torch.tensor([1.0, 10000 ** -0.25, 0.0, 0.0]))     # highest kept, lowest zeroed
+    transformers = pytest.importorskip("transformers")
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    for p, d in [(0.25, 64), (0.5, 128), (0.75, 32), (1.0, 16), (0.3, 20)]:
+        cfg = LlamaConfig(hidden_size=4 * d, num_attention_heads=4, head_dim=d, rope_parameters={
+            "rope_type": "proportional", "rope_theta": 10000.0, "partial_rotary_factor": p})
+        ref, _ = ROPE_INIT_FUNCTIONS["proportional"](cfg, "cpu")
+        torch.testing.assert_close(p_rope_inv_freq(rope_inv_freq(d), p), ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_p_rope_lowest_pairs_unrotated(layout):
+    torch.manual_seed(7)
+    d, p = 16, 0.25                                                             # 2 of 8 pairs rotate
+    q, k = torch.randn(1, 2, 6, d), torch.randn(1, 2, 6, d)
+    rq, rk = RoPE(d, layout=layout, p=p).rotate(q, k, Positions(ids=torch.tensor([0.0, 3, 7, 100, 1000, 5000])))
+    lowest = [t for t in range(2, 8)]
+    chans = sum(([2 * t, 2 * t + 1] if layout == "interleaved" else [t, t + d // 2] for t in lowest), [])
+    torch.testing.assert_close(rq[..., chans], q[..., chans], atol=0, rtol=0)
+    torch.testing.assert_close(rk[..., chans], k[..., chans], atol=0, rtol=0)
+    # their q.k is the same at every pair of positions (semantic channel); the kept pairs still rotate exactly as RoPE
+    s_low = rq[..., chans] @ rk[..., chans].transpose(-2, -1)
+    torch.testing.assert_close(s_low, q[..., chans] @ k[..., chans].transpose(-2, -1))
+    kept = [c for c in range(d) if c not in chans]
+    ref = rotate_loop(q, [0, 3, 7, 100, 1000, 5000], layout)
+    torch.testing.assert_close(rq[..., kept].double(), ref[..., kept], atol=2e-4, rtol=0)
+    assert not torch.allclose(rq[..., kept], q[..., kept], atol=1e-2)
+
+
+def test_p_one_is_rope_and_p_zero_is_nope():
+    torch.manual_seed(8)
+    q, k = torch.randn(2, 2, 7, 12), torch.randn(2, 2, 7, 12)
+    for layout in ("half", "interleaved"):
+        a = RoPE(12, layout=layout, rot_dim=8).rotate(q, k, None)
+        b = RoPE(12, layout=layout, rot_dim=8, p=1.0).rotate(q, k, None)
+        torch.testing.assert_close(b, a, atol=0, rtol=0)
+        q0, k0 = RoPE(12, layout=layout, p=0.0).rotate(q, k, Positions.sequence(7, batch=2, offset=40))
+        torch.testing.assert_close(q0, q, atol=0, rtol=0)
+        torch.testing.assert_close(k0, k, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="p "):
+        RoPE(8, p=1.5)
+    with pytest.raises(ValueError, match="p "):
+        RoPE(8, p=True)

@@ -14,7 +14,11 @@ __all__ = ["PositionalEncoding", "overrides", "create", "register_pe", "list_pe"
 # ---- classic absolute / rotary / bias encodings --------------------------------------------------------------
 from .alibi import ALiBi, alibi_bias, alibi_slopes
 from .learned import LearnedAPE, resample_abs_pos_embed
-from .rope import RoPE, apply_rotary, half_to_interleaved, interleaved_to_half, rope_angles, rope_inv_freq
+from .rope import (RoPE, apply_rotary, half_to_interleaved, interleaved_to_half, p_rope_inv_freq, rope_angles,
+                   rope_inv_freq)
+from .rope_scaling import ROPE_TYPES, ScaledRoPE, rope_frequencies, rotary_dim
+from .xpos import XPos, xpos_scale, xpos_zeta
+from .pie import pie_edit_cache, pie_edit_positions, pie_rerotate
 from .sincos import SinCosAPE, sincos_1d, sincos_2d
 
 # ---- vision relative encodings -------------------------------------------------------------------------------
@@ -33,6 +37,8 @@ __all__ += [
     "SinCosAPE", "sincos_1d", "sincos_2d",
     "LearnedAPE", "resample_abs_pos_embed",
     "RoPE", "rope_inv_freq", "rope_angles", "apply_rotary", "interleaved_to_half", "half_to_interleaved",
+    "p_rope_inv_freq", "ScaledRoPE", "rope_frequencies", "rotary_dim", "ROPE_TYPES",
+    "XPos", "xpos_zeta", "xpos_scale", "pie_edit_positions", "pie_rerotate", "pie_edit_cache",
     "ALiBi", "alibi_slopes", "alibi_bias",
     "IRPE", "irpe_bucket_ids", "irpe_num_buckets", "piecewise_index",
     "PEG", "ManhattanDecay", "manhattan_decay_bias", "manhattan_log_decay",
@@ -47,6 +53,9 @@ _FACTORY: Dict[str, Callable[..., PositionalEncoding]] = {
     "sincos": SinCosAPE,
     "learned": LearnedAPE,
     "rope": RoPE,
+    "p_rope": RoPE,
+    "rope_scaled": ScaledRoPE,
+    "xpos": XPos,
     "alibi": ALiBi,
     "irpe": IRPE,
     "peg": PEG,

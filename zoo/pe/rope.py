@@ -10,12 +10,21 @@ Two pair layouts exist in checkpoints, and every function here says which one it
     "interleaved" (x_{2t}, x_{2t+1})   rotate-every-two:          RoFormer paper, GPT-J, x-transformers, torchscale
 
 `interleaved_to_half` / `half_to_interleaved` permute q/k projection rows to move a checkpoint between them.
+
 Frequencies and angles are float32 whatever the autocast dtype: in bf16, positions 256 and 257 give the same angle
 (HF transformers computes them with autocast disabled for the same reason).
+
+p-RoPE (Barbero et al., "Round and Round We Go! What makes Rotary Positional Encodings useful?", ICLR 2025,
+arXiv 2410.06205): drop the *lowest* frequencies, keep the fraction ``p`` of the highest ones unchanged; the
+dropped pairs get frequency 0, i.e. are not rotated, and act as position-free (semantic) channels. Our reading of the
+paper's ``apply_p_rope`` listing: ``rope_angles = int(p * head_dim // 2)`` rotated pairs, the remaining
+``nope_angles`` unrotated; HF transformers' "proportional" rope type computes the same frequencies and
+`p_rope_inv_freq` is tested against it. Unlike partial rotary (``rot_dim``, GPT-NeoX), the kept frequencies are *not*
+respread over the rotated channels.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Hashable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -23,7 +32,8 @@ from torch import Tensor
 from ..positions import Positions
 from .base import PositionalEncoding
 
-__all__ = ["rope_inv_freq", "rope_angles", "apply_rotary", "interleaved_to_half", "half_to_interleaved", "RoPE"]
+__all__ = ["rope_inv_freq", "p_rope_inv_freq", "rope_angles", "apply_rotary", "interleaved_to_half",
+           "half_to_interleaved", "RoPE"]
 
 LAYOUTS = ("half", "interleaved")
 
@@ -42,6 +52,31 @@ def rope_inv_freq(dim: int, base: float = 10000.0, device=None) -> Tensor:
     # float64 power then float32, so the frequencies are bitwise the same on every device
     exponent = torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim
     return (1.0 / (float(base) ** exponent)).to(torch.float32)
+
+
+def _check_p(p) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p (the fraction of rotary frequencies p-RoPE keeps) must be a number in [0, 1], got {p!r}")
+    return float(p)
+
+
+def p_rope_inv_freq(inv_freq: Tensor, p: float) -> Tensor:
+    """p-RoPE (Barbero et al., 2024): keep the first ``int(p * r // 2)`` frequencies, zero the rest.  ``[r/2]``
+
+    The frequencies are ordered highest first (pair ``t`` has ``base^(-2t/r)``), so the zeroed pairs are the
+    lowest-frequency ones: they are left unrotated, their q.k is position-independent. ``p = 1`` is RoPE, ``p = 0``
+    NoPE. The count ``int(p * r // 2)`` follows the paper's listing (and HF's "proportional" rope type).
+    """
+    p = _check_p(p)
+    if not isinstance(inv_freq, Tensor) or inv_freq.ndim != 1:
+        raise ValueError(f"inv_freq must be a 1-D Tensor [r/2], got {type(inv_freq).__name__} "
+                         f"{tuple(inv_freq.shape) if isinstance(inv_freq, Tensor) else ''}")
+    keep = int(p * (2 * inv_freq.shape[0]) // 2)
+    if keep == inv_freq.shape[0]:
+        return inv_freq
+    out = inv_freq.clone()
+    out[keep:] = 0.0
+    return out
 
 
 def rope_angles(positions: Tensor, inv_freq: Tensor) -> Tensor:
@@ -143,13 +178,21 @@ class RoPE(PositionalEncoding):
         base: frequency base (10000 in the paper).
         layout: ``"half"`` (HF) or ``"interleaved"`` (paper, GPT-J, x-transformers); see the module docstring.
         rot_dim: rotate only the first ``rot_dim`` channels (partial rotary, e.g. GPT-NeoX); default ``head_dim``.
+        p: p-RoPE fraction of frequencies kept (Barbero et al., 2024): the lowest ``1 - p`` of the pairs get frequency
+            0 (not rotated). ``1.0`` (default) is plain RoPE, ``0.0`` is NoPE.
 
     ``rotate(q, k, pos)``, q ``[b, h, nq, d]``, k ``[b, h, nk, d]``: positions are ``pos.ids`` (``[b, nk]`` or
     ``[nk]``, floats allowed, e.g. V2PE) or ``0..nk-1``; when ``nk > nq`` (KV cache) the queries are the last ``nq``.
     cos/sin for ``0..n-1`` are cached per device (float32), sliced for shorter sequences.
+
+    Subclasses with other frequencies (`zoo.pe.rope_scaling.ScaledRoPE`) override `_compute_frequencies` and, when
+    the frequencies depend on the sequence length, `frequency_key`; every cache here is keyed by that key.
     """
 
-    def __init__(self, head_dim: int, base: float = 10000.0, layout: str = "half", rot_dim: Optional[int] = None):
+    length_dependent = False          # True when the frequencies depend on the sequence length (dynamic NTK, LongRoPE)
+
+    def __init__(self, head_dim: int, base: float = 10000.0, layout: str = "half", rot_dim: Optional[int] = None,
+                 p: float = 1.0):
         super().__init__()
         _check_layout(layout)
         if not isinstance(head_dim, int) or head_dim <= 0:
@@ -157,37 +200,73 @@ class RoPE(PositionalEncoding):
         r = head_dim if rot_dim is None else rot_dim
         if not isinstance(r, int) or r <= 0 or r % 2 or r > head_dim:
             raise ValueError(f"rot_dim must be an even int in 2..head_dim={head_dim}, got {rot_dim!r}")
-        if base <= 0:
-            raise ValueError(f"base must be positive, got {base}")
+        if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 0:
+            raise ValueError(f"base must be a positive number, got {base!r}")
         self.head_dim, self.rot_dim, self.base, self.layout = head_dim, r, float(base), layout
+        self.p = _check_p(p)
         # plain attributes, not buffers: module.half() must not cast the frequencies
-        self._inv_freq: Dict[torch.device, Tensor] = {}
-        self._cos_sin: Dict[torch.device, Tuple[Tensor, Tensor]] = {}
+        self._freqs: Dict[Tuple[torch.device, Hashable], Tuple[Tensor, float]] = {}
+        self._cos_sin: Dict[Tuple[torch.device, Hashable], Tuple[Tensor, Tensor]] = {}
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, rot_dim={self.rot_dim}, base={self.base:g}, layout={self.layout!r}"
+        s = f"head_dim={self.head_dim}, rot_dim={self.rot_dim}, base={self.base:g}, layout={self.layout!r}"
+        return s + (f", p={self.p:g}" if self.p != 1.0 else "")
 
-    def inv_freq(self, device) -> Tensor:
+    # ---- frequencies ---------------------------------------------------------------------------------------------
+    def _compute_frequencies(self, key: Hashable) -> Tuple[Tensor, float]:
+        """``(inv_freq [r/2] float32 on CPU, attention_factor)`` for frequency set ``key``, before p-RoPE."""
+        return rope_inv_freq(self.rot_dim, self.base), 1.0
+
+    def frequency_key(self, seq_len: Optional[float]) -> Hashable:
+        """Which frequency set a sequence of length ``seq_len`` (= max position + 1) uses; None = the fixed one."""
+        return None
+
+    @staticmethod
+    def _store(cache: dict, device: torch.device, key: Hashable, value):
+        # keep the fixed set (key None) and at most one length-dependent set per device: decoding with dynamic NTK
+        # makes a new set at every step, and old ones are never needed again
+        if key is not None:
+            for old in [k for k in cache if k[0] == device and k[1] is not None]:
+                del cache[old]
+        cache[(device, key)] = value
+        return value
+
+    def frequencies(self, device=None, seq_len: Optional[float] = None) -> Tuple[Tensor, float]:
+        """``(inv_freq [r/2] float32, attention_factor)`` used for a sequence of length ``seq_len`` (p-RoPE applied)."""
+        device = torch.device("cpu" if device is None else device)
+        key = self.frequency_key(seq_len)
+        hit = self._freqs.get((device, key))
+        if hit is None:
+            inv, factor = self._compute_frequencies(key)
+            hit = self._store(self._freqs, device, key, (p_rope_inv_freq(inv, self.p).to(device), float(factor)))
+        return hit
+
+    def inv_freq(self, device=None, seq_len: Optional[float] = None) -> Tensor:
+        return self.frequencies(device, seq_len)[0]
+
+    def cos_sin(self, positions: Tensor, seq_len: Optional[float] = None) -> Tuple[Tensor, Tensor]:
+        """float32 cos, sin at ``positions`` ``[...]`` -> ``[..., r/2]`` each, times the attention factor (as HF does:
+        scaled RoPE multiplies both q and k, so logits scale by its square)."""
+        inv, factor = self.frequencies(positions.device, seq_len)
+        with torch.autocast(device_type=positions.device.type, enabled=False):
+            ang = rope_angles(positions, inv)
+            cos, sin = ang.cos(), ang.sin()
+            if factor != 1.0:
+                cos, sin = cos * factor, sin * factor
+        return cos, sin
+
+    def cos_sin_range(self, n: int, device, seq_len: Optional[float] = None) -> Tuple[Tensor, Tensor]:
+        """Cached float32 cos, sin for positions ``0..n-1``: ``[n, r/2]`` each (``seq_len`` defaults to ``n``)."""
         device = torch.device(device)
-        f = self._inv_freq.get(device)
-        if f is None:
-            f = self._inv_freq[device] = rope_inv_freq(self.rot_dim, self.base, device)
-        return f
-
-    def cos_sin(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
-        """float32 cos, sin at ``positions`` ``[...]`` -> ``[..., r/2]`` each."""
-        ang = rope_angles(positions, self.inv_freq(positions.device))
-        return ang.cos(), ang.sin()
-
-    def cos_sin_range(self, n: int, device) -> Tuple[Tensor, Tensor]:
-        """Cached float32 cos, sin for positions ``0..n-1``: ``[n, r/2]`` each."""
-        device = torch.device(device)
-        hit = self._cos_sin.get(device)
+        key = self.frequency_key(n if seq_len is None else seq_len)
+        hit = self._cos_sin.get((device, key))
         # an inference-mode tensor cannot be saved for backward, so it is not reused outside inference mode
         if hit is None or hit[0].shape[0] < n or (hit[0].is_inference() and not torch.is_inference_mode_enabled()):
-            hit = self._cos_sin[device] = self.cos_sin(torch.arange(n, device=device))
+            hit = self._store(self._cos_sin, device, key,
+                              self.cos_sin(torch.arange(n, device=device), n if seq_len is None else seq_len))
         return hit[0][:n], hit[1][:n]
 
+    # ---- the hook ------------------------------------------------------------------------------------------------
     def rotate(self, q: Tensor, k: Tensor, pos: Optional[Positions]) -> Tuple[Tensor, Tensor]:
         # q [b, h, nq, d], k [b, h, nk, d]
         if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
@@ -202,13 +281,15 @@ class RoPE(PositionalEncoding):
             if ids.shape[-1] != nk:
                 raise ValueError(f"pos.ids has {ids.shape[-1]} positions but k has {nk} (ids describe the keys; "
                                  f"queries take the last {nq})")
+            if ids.ndim not in (1, 2):
+                raise ValueError(f"pos.ids must be [b, n] or [n], got shape {tuple(ids.shape)}")
             if ids.ndim == 2 and ids.shape[0] > 1 and ids.stride(0) == 0:
                 ids = ids[0]                                                     # expanded batch: one table
-            cos, sin = self.cos_sin(ids.to(k.device))                            # [nk, r/2] or [b, nk, r/2]
+            # HF's rule for length-dependent frequencies: seq_len = max(position_ids) + 1 over the whole batch
+            seq_len = float(ids.max()) + 1.0 if self.length_dependent and ids.numel() else None
+            cos, sin = self.cos_sin(ids.to(k.device), seq_len)                   # [nk, r/2] or [b, nk, r/2]
             if cos.ndim == 3:
                 cos, sin = cos[:, None], sin[:, None]                            # [b, 1, nk, r/2]
-            elif cos.ndim != 2:
-                raise ValueError(f"pos.ids must be [b, n] or [n], got shape {tuple(ids.shape)}")
         k = apply_rotary(k, cos, sin, self.layout)
         q = apply_rotary(q, cos[..., nk - nq:, :], sin[..., nk - nq:, :], self.layout)
         return q, k
