@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("Bio", "tree_sitter", "pdfplumber", "transformers")
+HEAVY = ("Bio", "tree_sitter", "pdfplumber", "transformers", "tokenizers")
 
 
 def _run(code: str) -> str:
