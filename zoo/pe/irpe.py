@@ -180,13 +180,15 @@ class IRPETable(nn.Module):
         return (f"head_dim={self.head_dim}, num_heads={self.num_heads}, num_buckets={self.num_buckets}, "
                 f"mode={self.mode}, transposed={self.transposed}")
 
-    def logits(self, x: Tensor, ids: Tensor, flat: Tensor) -> Tensor:
-        """Logit term ``[b|1, h|1, n, n]`` for ``x [b, h, n, d]`` (already scaled) and bucket ``ids [n, n]``."""
+    def logits(self, x: Tensor, ids: Tensor, flat: Tensor, scale: float = 1.0) -> Tensor:
+        """Logit term ``[b|1, h|1, n, n]`` for ``x * scale`` (``x [b, h, n, d]``) and bucket ``ids [n, n]``."""
         n = ids.shape[0]
         if self.mode == "bias":
             return self.lookup_table_bias[:, ids.reshape(-1)].view(1, self.num_heads, n, n)
         b, h = x.shape[0], x.shape[1]
-        lut = torch.matmul(x, self.lookup_table_weight)                          # [b, h, n, nb]
+        # (x * scale) @ W computed as x @ (W * scale): the scale touches the small table, not the [b, h, n, d] input
+        w = self.lookup_table_weight if scale == 1.0 else self.lookup_table_weight * scale
+        lut = torch.matmul(x, w)                                                  # [b, h, n, nb]
         # gather along the bucket axis: out[b, h, i, j] = lut[b, h, i, ids[i, j]]; its backward is a scatter-add
         # within each query row, which keeps memory access local
         return torch.gather(lut, 3, ids.expand(b, h, n, n))                       # [b, h, n, n]
@@ -299,14 +301,14 @@ class IRPE(PositionalEncoding):
         h, w, skip = self.grid(n, pos)
         return _flat_index_cached(method, h, w, skip, self.ratio, self.num_buckets, torch.device(device))
 
-    def _logits(self, table: nn.Module, x: Tensor, pos: Optional[Positions]) -> Tensor:
+    def _logits(self, table: nn.Module, x: Tensor, pos: Optional[Positions], scale: float = 1.0) -> Tensor:
         n = x.shape[-2]
         if isinstance(table, IRPECrossTable):
             ids_r, flat_r = self._index("cross_rows", n, pos, x.device)
             ids_c, flat_c = self._index("cross_cols", n, pos, x.device)
-            return table.rp_rows.logits(x, ids_r, flat_r) + table.rp_cols.logits(x, ids_c, flat_c)
+            return table.rp_rows.logits(x, ids_r, flat_r, scale) + table.rp_cols.logits(x, ids_c, flat_c, scale)
         ids, flat = self._index(self.method, n, pos, x.device)
-        return table.logits(x, ids, flat)
+        return table.logits(x, ids, flat, scale)
 
     # ---- hooks --------------------------------------------------------------------------------------------------
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Optional[Tensor]:
@@ -316,9 +318,9 @@ class IRPE(PositionalEncoding):
                              f"{k.shape[-2]} keys")
         out = None
         if self.rpe_k is not None:
-            out = self._logits(self.rpe_k, q * scale, pos)
+            out = self._logits(self.rpe_k, q, pos, scale)
         if self.rpe_q is not None:
-            t = self._logits(self.rpe_q, k * scale, pos).transpose(-2, -1)
+            t = self._logits(self.rpe_q, k, pos, scale).transpose(-2, -1)
             out = t if out is None else out + t
         return out
 
