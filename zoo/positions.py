@@ -76,6 +76,41 @@ class Positions:
             out[f.name] = v
         return replace(self, **out)
 
+    # per-token fields and the axis that counts tokens (counted from the end: ids [b?, n], levels [b?, n, l])
+    _TOKEN_AXES = (("ids", -1), ("levels", -2), ("segments", -1), ("boxes", -2), ("mask", -1))
+
+    @property
+    def num_tokens(self) -> Optional[int]:
+        """Token count ``n`` of the first per-token field present (ids, levels, segments, boxes, mask); None if
+        none is set.  The grid is not counted (it excludes prefix tokens)."""
+        for name, axis in self._TOKEN_AXES:
+            v = getattr(self, name)
+            if isinstance(v, Tensor):
+                return v.shape[axis]
+        return None
+
+    def tail(self, n: int) -> "Positions":
+        """The positions of the last ``n`` tokens: every per-token field sliced on its token axis.
+
+        A KV cache feeds only new tokens through a layer while ``Positions`` describe all keys (past + new); the
+        rotary hooks get ``pos.tail(n_new)``.  Grid positions (``grid``/``num_prefix``) cannot be sliced that way
+        and raise."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        if self.grid is not None or self.grid_size is not None:
+            raise ValueError("Positions.tail: grid positions (grid / grid_size) cannot be sliced by token; "
+                             "build the Positions of the new tokens directly")
+        out = {}
+        for name, axis in self._TOKEN_AXES:
+            v = getattr(self, name)
+            if isinstance(v, Tensor):
+                if v.ndim < -axis:
+                    raise ValueError(f"Positions.{name} has shape {tuple(v.shape)}, too few dims to slice tokens")
+                if n > v.shape[axis]:
+                    raise ValueError(f"Positions.tail({n}): Positions.{name} describes only {v.shape[axis]} tokens")
+                out[name] = v.narrow(v.ndim + axis, v.shape[axis] - n, n)
+        return replace(self, **out)
+
     def require(self, *names: str, by: str = "this encoding") -> None:
         missing = [n for n in names if getattr(self, n) is None]
         if missing:

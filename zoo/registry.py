@@ -25,6 +25,7 @@ __all__ = ["PretrainedCfg", "register_model", "create", "list_models", "model_in
 DOMAIN_MODULES: Dict[str, List[str]] = {
     "vision": ["domains.vision.models", "domains.vision.cpvt", "domains.vision.rmt", "domains.vision.rope_vit",
                "domains.vision.lightnet", "domains.vision.detr"],
+    "code": ["domains.code.models"],
 }
 
 

@@ -6,7 +6,10 @@ import torch
 
 from zoo import Positions
 from zoo.nn import Attention, Block
+from zoo.nn.attention import KVCache
 from zoo.pe import PositionalEncoding
+from zoo.pe.alibi import ALiBi
+from zoo.pe.rope import RoPE
 
 
 @torch.no_grad()
@@ -131,3 +134,88 @@ def test_positions_grid_checks():
         p.check_tokens(14)
     with pytest.raises(ValueError, match="needs Positions.boxes"):
         p.require("boxes", by="LayoutLM")
+
+
+# ---- KV cache -----------------------------------------------------------------------------------------------------
+
+def _cached(module, x, pos_all, chunks):
+    """Run ``module`` over ``x`` chunk by chunk with a KV cache; ``pos_all(m)`` gives Positions of the first m."""
+    cache, outs, start = KVCache(), [], 0
+    for c in chunks:
+        outs.append(module(x[:, start:start + c], pos_all(start + c), cache))
+        start += c
+    assert cache.length == x.shape[1]
+    return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("pe_kind", ["none", "rope", "alibi", "alibi_ids"])
+def test_kv_cache_matches_full_forward(pe_kind):
+    torch.manual_seed(0)
+    pe = {"none": None, "rope": RoPE(4), "alibi": ALiBi(2, causal=True), "alibi_ids": ALiBi(2, causal=True)}[pe_kind]
+    a = Attention(8, 2, pe=pe, causal=True).eval()
+    x = torch.randn(2, 7, 8)
+    ids = torch.tensor([[0, 1, 2, 4, 5, 9, 10], [3, 4, 5, 6, 7, 8, 9]])     # gaps: positions are data
+    pos_all = (lambda m: Positions(ids=ids[:, :m])) if pe_kind in ("rope", "alibi_ids") else (lambda m: None)
+    with torch.no_grad():
+        full = a(x, pos_all(7))
+        torch.testing.assert_close(_cached(a, x, pos_all, [3, 1, 2, 1]), full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(_cached(a, x, pos_all, [7]), full, atol=1e-6, rtol=1e-6)
+
+
+def test_kv_cache_with_padding_mask_and_block():
+    torch.manual_seed(1)
+    blk = Block(8, 2, pe=RoPE(4), causal=True).eval()
+    x = torch.randn(2, 6, 8)
+    valid = torch.tensor([[False, False, True, True, True, True], [True] * 6])   # left padding in row 0
+    ids = torch.tensor([[0, 0, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5]])
+    pos_all = lambda m: Positions(ids=ids[:, :m], mask=valid[:, :m])              # noqa: E731
+    with torch.no_grad():
+        full = blk(x, pos_all(6))
+        torch.testing.assert_close(_cached(blk, x, pos_all, [4, 1, 1])[:, 2:], full[:, 2:], atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_keeps_the_fast_path(monkeypatch):
+    calls = []
+    orig = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kw):
+        calls.append((q.shape[-2], k.shape[-2], attn_mask is None, is_causal))
+        return orig(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    a = Attention(8, 2, pe=RoPE(4), causal=True).eval()
+    x = torch.randn(1, 4, 8)
+    a(x)
+    assert calls == [(4, 4, True, True)]                                    # no cache: fused causal, no mask
+    cache = KVCache()
+    a(x[:, :3], None, cache)
+    a(x[:, 3:], None, cache)
+    assert calls[1:] == [(3, 3, True, True), (1, 4, True, False)]           # one new query sees every key
+
+
+def test_kv_cache_errors():
+    a = Attention(8, 2, pe=RoPE(4), causal=True)
+    cache = KVCache()
+    a(torch.randn(1, 3, 8), Positions(ids=torch.arange(3)), cache)
+    with pytest.raises(ValueError, match=r"pos describes 1 tokens.*4 keys \(3 cached \+ 1 new\)"):
+        a(torch.randn(1, 1, 8), Positions(ids=torch.arange(1)), cache)
+    with pytest.raises(ValueError, match="batch, heads and head dim must match"):
+        a(torch.randn(2, 1, 8), None, cache)
+    assert repr(cache) == "KVCache(length=3, k=(1, 2, 3, 4))"
+    cache.reset()
+    assert len(cache) == 0
+
+
+def test_positions_tail_and_num_tokens():
+    p = Positions(ids=torch.arange(6).expand(2, 6), levels=torch.arange(30).view(1, 6, 5).expand(2, 6, 5),
+                  segments=torch.tensor([0, 0, 1, 1, 2, 2]), mask=torch.ones(2, 6, dtype=torch.bool), causal=True)
+    assert p.num_tokens == 6 and Positions().num_tokens is None
+    t = p.tail(2)
+    assert t.ids.tolist() == [[4, 5]] * 2 and t.segments.tolist() == [2, 2] and t.causal
+    assert t.levels.shape == (2, 2, 5) and t.levels[0, 0].tolist() == [20, 21, 22, 23, 24]
+    assert t.mask.shape == (2, 2) and t.num_tokens == 2
+    assert p.tail(0).num_tokens == 0
+    with pytest.raises(ValueError, match="describes only 6 tokens"):
+        p.tail(7)
+    with pytest.raises(ValueError, match="grid positions"):
+        Positions.grid_2d(2, 2).tail(1)

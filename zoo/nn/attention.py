@@ -5,7 +5,18 @@
         slow path : softmax(q k^T * scale + bias) @ v  + pe.value(weights)    (only when the PE reads weights)
 
 The bias of a layer is built once per forward (the PE returns all heads at once) and handed to SDPA as a float
-``attn_mask``. Key names (``qkv``, ``proj``) follow timm's ViT so that ViT checkpoints load unchanged.
+``attn_mask``.
+
+KV cache (decoders): ``forward(x, pos, cache)`` with a per-layer `KVCache` that holds the keys (already rotated) and
+values of earlier tokens::
+
+    x [b, nq, c] -> q, k, v [b, h, nq, d] --pe.rotate(q, k, pos.tail(nq))--> cat(cache.k, k) [b, h, nk, d]
+        --pe.bias(q, k_all, pos, scale)--> SDPA with the queries aligned to the last nq keys (causal)
+
+``pos`` describes all ``nk = cache.length + nq`` keys; only the new queries and keys are rotated (a rotation
+depends on its own token's position only), biases see every key.  Without a cache nothing changes.
+
+Key names (``qkv``, ``proj``) follow timm's ViT so that ViT checkpoints load unchanged.
 """
 from __future__ import annotations
 
@@ -17,7 +28,7 @@ from torch import Tensor, nn
 
 from ..positions import Positions
 
-__all__ = ["Attention", "build_attn_mask", "split_heads", "merge_heads"]
+__all__ = ["Attention", "KVCache", "build_attn_mask", "split_heads", "merge_heads"]
 
 
 def split_heads(qkv: Tensor, num_heads: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -58,6 +69,46 @@ def build_attn_mask(bias: Optional[Tensor], pos: Optional[Positions], nq: int, n
     return mask
 
 
+class KVCache:
+    """Keys and values of the tokens one attention layer has already seen: ``k``, ``v`` ``[b, h, n_past, d]``.
+
+    Keys are stored *after* the encoding's rotation, so a cached key is never rotated again.  ``append`` returns
+    the concatenation (a new tensor each step: autograd through cached decoding stays valid).  One cache per layer;
+    a model's cache is a list of them (``CodeLM.make_cache``).
+    """
+
+    def __init__(self):
+        self.k: Optional[Tensor] = None
+        self.v: Optional[Tensor] = None
+
+    @property
+    def length(self) -> int:
+        """Number of cached tokens."""
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def append(self, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """Add the new ``k``, ``v`` ``[b, h, n_new, d]``; returns all keys and values ``[b, h, n_past + n_new, d]``."""
+        if k.shape != v.shape or k.ndim != 4:
+            raise ValueError(f"k and v must both be [b, h, n, d], got {tuple(k.shape)} and {tuple(v.shape)}")
+        if self.k is not None:
+            if self.k.shape[:2] != k.shape[:2] or self.k.shape[-1] != k.shape[-1]:
+                raise ValueError(f"the cache holds keys {tuple(self.k.shape)} [b, h, n, d] but the new keys are "
+                                 f"{tuple(k.shape)}: batch, heads and head dim must match")
+            k, v = torch.cat([self.k, k.to(self.k.dtype)], dim=-2), torch.cat([self.v, v.to(self.v.dtype)], dim=-2)
+        self.k, self.v = k, v
+        return k, v
+
+    def reset(self) -> None:
+        self.k = self.v = None
+
+    def __repr__(self) -> str:
+        shape = None if self.k is None else tuple(self.k.shape)
+        return f"KVCache(length={self.length}, k={shape})"
+
+
 class Attention(nn.Module):
     """Multi-head softmax attention with a pluggable positional encoding ``pe``.
 
@@ -84,18 +135,51 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.pe = pe
 
-    def forward(self, x: Tensor, pos: Optional[Positions] = None) -> Tensor:
+    def forward(self, x: Tensor, pos: Optional[Positions] = None, cache: Optional[KVCache] = None) -> Tensor:
+        """``x [b, n, c]``.  With ``cache``, ``x`` holds only the new tokens, ``pos`` describes all keys (cached +
+        new) and the cache is extended in place."""
         q, k, v = split_heads(self.qkv(x), self.num_heads)                        # [b, h, n, d] each
-        out = merge_heads(self.attend(q, k, v, pos))                              # [b, n, c]
-        return self.proj_drop(self.proj(out))
+        if cache is None:
+            out = self.attend(q, k, v, pos)                                      # [b, h, n, d]
+        else:
+            out = self.attend_cached(q, k, v, pos, cache)
+        return self.proj_drop(self.proj(merge_heads(out)))                       # [b, n, c]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions]) -> Tensor:
         """Attention on ``[b, h, n, d]`` tensors, with the PE hooks applied."""
+        if self.pe is not None:
+            q, k = self.pe.rotate(q, k, pos)
+        return self._attend_rotated(q, k, v, pos)
+
+    def attend_cached(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions], cache: KVCache) -> Tensor:
+        """Attention of the new ``q, k, v`` ``[b, h, nq, d]`` over the cached keys plus the new ones.
+
+        ``pos`` describes all ``nk = cache.length + nq`` keys (None: token indices ``0..nk-1``); the rotation sees
+        ``pos.tail(nq)``, the bias hook and the masks see ``pos``.  The rotated new keys and the values are added to
+        ``cache``."""
+        nq, past = q.shape[-2], cache.length
+        nk = past + nq
+        if pos is not None:
+            n = pos.num_tokens
+            if n is not None and n != nk:
+                raise ValueError(f"pos describes {n} tokens but the attention sees {nk} keys ({past} cached + {nq} "
+                                 f"new): with a KV cache, pos must describe all keys, past and new")
+        if self.pe is not None and self.pe.has_rotate:
+            if pos is None:
+                new_pos = Positions(ids=torch.arange(past, nk, device=q.device))
+            else:
+                new_pos = pos.tail(nq)
+            q, k = self.pe.rotate(q, k, new_pos)
+        k, v = cache.append(k, v)                                                # [b, h, nk, d]
+        return self._attend_rotated(q, k, v, pos)
+
+    def _attend_rotated(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions]) -> Tensor:
+        """Bias hook, masks and the softmax on already-rotated q ``[b, h, nq, d]``, k/v ``[b, h, nk, d]``; the
+        queries are the last ``nq`` of the ``nk`` keys."""
         pe = self.pe
         causal = self.causal or (pos is not None and pos.causal)
         bias = None
         if pe is not None:
-            q, k = pe.rotate(q, k, pos)
             bias = pe.bias(q, k, pos, self.scale)
         nq, nk = q.shape[-2], k.shape[-2]
         needs_weights = pe is not None and pe.needs_weights
@@ -104,6 +188,8 @@ class Attention(nn.Module):
         if not needs_weights:
             drop = self.attn_drop.p if self.training else 0.0
             if bias is None and not has_pad:
+                if causal and nq == 1:
+                    causal = False                                               # one query, last key: sees all
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=causal and nq == nk) \
                     if (not causal or nq == nk) else F.scaled_dot_product_attention(
                         q, k, v, attn_mask=build_attn_mask(None, None, nq, nk, True, q.dtype, q.device),

@@ -6,7 +6,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .attention import Attention
+from .attention import Attention, KVCache
 from .layers import DropPath, LayerScale, Mlp
 
 __all__ = ["Block"]
@@ -28,7 +28,8 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, pos: Optional[Positions] = None) -> Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), pos)))
+    def forward(self, x: Tensor, pos: Optional[Positions] = None, cache: Optional[KVCache] = None) -> Tensor:
+        """``x [b, n, c]``; with a `KVCache`, ``x`` is the new tokens and ``pos`` describes all keys."""
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), pos, cache)))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
