@@ -138,3 +138,88 @@ def test_attention_with_alibi_matches_naive(causal):
         ref = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
         ref = ref @ attn.proj.weight.T + attn.proj.bias
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+# ---- official get_slopes recursion, ALiBi with position interpolation -----------------------------------------------
+
+def slopes_official_recursion(n):
+    # ofirpress/attention_with_linear_biases get_slopes, re-typed: power of two -> geometric from 2^(-8/n);
+    # else the closest power of two P, then every other slope of 2P
+    def pow2(m):
+        start = 2 ** (-(2 ** -(math.log2(m) - 3)))
+        return [start * start ** i for i in range(m)]
+    if math.log2(n).is_integer():
+        return pow2(n)
+    p = 2 ** math.floor(math.log2(n))
+    return pow2(p) + slopes_official_recursion(2 * p)[0::2][: n - p]
+
+
+@pytest.mark.parametrize("h", [1, 2, 3, 5, 6, 7, 8, 12, 16, 20, 24, 32, 40, 64])
+def test_slopes_match_official_recursion(h):
+    want = torch.tensor(slopes_official_recursion(h), dtype=torch.float64)
+    torch.testing.assert_close(alibi_slopes(h).double(), want, atol=0, rtol=1e-6)
+
+
+from zoo.pe.alibi import InterpolatedALiBi, alibi_interpolation_scale, query_key_positions  # noqa: E402
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_interpolated_fixed_factor_pinned(causal):
+    pe = InterpolatedALiBi(4, causal=causal, factor=2.5)
+    q, k = torch.randn(1, 4, 3, 2), torch.randn(1, 4, 8, 2)
+    got = pe.bias(q, k, None, 1.0)
+    s = slopes_closed_form(4)
+    for hh in range(4):
+        for qi in range(3):
+            i = qi + 5
+            for j in range(8):
+                dist = (i - j if j <= i else 0) if causal else abs(i - j)
+                assert got[0, hh, qi, j].item() == pytest.approx(-s[hh] * dist / 2.5, rel=1e-6, abs=1e-7)
+    # = plain ALiBi at positions divided by the factor (linear position interpolation)
+    ids = torch.arange(8.0) / 2.5
+    torch.testing.assert_close(got, ALiBi(4, causal=causal).bias(q, k, Positions(ids=ids), 1.0))
+
+
+def test_interpolated_dynamic_train_len():
+    pe = InterpolatedALiBi(2, train_len=6).eval()
+    plain = ALiBi(2).eval()
+    q = torch.randn(1, 2, 6, 2)
+    torch.testing.assert_close(pe.bias(q, q, None, 1.0), plain.bias(q, q, None, 1.0), atol=0, rtol=0)  # <= L: same
+    q10 = torch.randn(1, 2, 10, 2)
+    got = pe.bias(q10, q10, None, 1.0)
+    torch.testing.assert_close(got, alibi_bias(10, 10, alibi_slopes(2)) * (6 / 10))
+    assert got[0, 0, 9, 0].item() == pytest.approx(-0.5 ** 4 * 9 * 0.6, rel=1e-6)  # slope 2^-4 for 2 heads
+    # the eval cache of the base class is not modified by the division
+    torch.testing.assert_close(pe.bias(q10, q10, None, 1.0), got)
+    # KV cache: one query over 10 keys is the last row, scaled by the key count
+    torch.testing.assert_close(pe.bias(q10[:, :, -1:], q10, None, 1.0), got[:, :, -1:])
+    assert alibi_interpolation_scale(20, train_len=8) == 2.5 and alibi_interpolation_scale(5, train_len=8) == 1.0
+    assert alibi_interpolation_scale(5, factor=3.0) == 3.0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_interpolated_shift_invariance_with_ids(causal):
+    pe = InterpolatedALiBi(3, causal=causal, factor=4.0)
+    q, k = torch.randn(2, 3, 5, 2), torch.randn(2, 3, 5, 2)
+    ids = torch.tensor([[0.0, 3.0, 4.0, 9.0, 10.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    got = pe.bias(q, k, Positions(ids=ids), 1.0)
+    torch.testing.assert_close(pe.bias(q, k, Positions(ids=ids + 50), 1.0), got)
+    torch.testing.assert_close(pe.bias(q, k, Positions.sequence(5, 2, offset=7), 1.0), pe.bias(q, k, None, 1.0))
+    assert got[0, 1, 3, 1].item() == pytest.approx(-slopes_closed_form(3)[1] * 6.0 / 4.0, rel=1e-6)
+
+
+def test_query_key_positions_and_interp_bad_input():
+    pi, pj = query_key_positions(None, 2, 5)
+    assert pi.flatten().tolist() == [3, 4] and pj.flatten().tolist() == [0, 1, 2, 3, 4]
+    pi, pj = query_key_positions(Positions.sequence(4, batch=3, offset=2), 1, 4)
+    assert pi.shape == (1, 1) and pi.item() == 5                               # expanded batch -> one row
+    with pytest.raises(ValueError, match="exactly one"):
+        InterpolatedALiBi(4)
+    with pytest.raises(ValueError, match="exactly one"):
+        InterpolatedALiBi(4, factor=2.0, train_len=8)
+    with pytest.raises(ValueError, match="factor"):
+        InterpolatedALiBi(4, factor=0)
+    with pytest.raises(ValueError, match="train_len"):
+        InterpolatedALiBi(4, train_len=1.5)
+    with pytest.raises(ValueError, match="pos.ids"):
+        query_key_positions(Positions(ids=torch.zeros(2, 2, 2)), 2, 2)

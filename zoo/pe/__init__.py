@@ -12,7 +12,15 @@ from .base import PositionalEncoding, overrides
 __all__ = ["PositionalEncoding", "overrides", "create", "register_pe", "list_pe"]
 
 # ---- classic absolute / rotary / bias encodings --------------------------------------------------------------
-from .alibi import ALiBi, alibi_bias, alibi_slopes
+from .alibi import (ALiBi, InterpolatedALiBi, alibi_bias, alibi_interpolation_scale, alibi_slopes,
+                    query_key_positions)
+from .cope import CoPE, cope_interpolate, cope_positions
+from .fire import FIRE, fire_inputs
+from .kerple import KerpleLog, KerplePower, kerple_distance, kerple_log_bias, kerple_power_bias
+from .nope import NoPE
+from .randomized import RandomizedPE, randomize_ids, randomized_positions
+from .shaw import ShawRPE, ShawRPEWithValues, shaw_relative_index
+from .t5 import T5RelativeBias, T5RelativeBiasUnscaledQK, t5_bucket
 from .learned import LearnedAPE, resample_abs_pos_embed
 from .rope import (RoPE, apply_rotary, half_to_interleaved, interleaved_to_half, p_rope_inv_freq, rope_angles,
                    rope_inv_freq)
@@ -39,7 +47,10 @@ __all__ += [
     "RoPE", "rope_inv_freq", "rope_angles", "apply_rotary", "interleaved_to_half", "half_to_interleaved",
     "p_rope_inv_freq", "ScaledRoPE", "rope_frequencies", "rotary_dim", "ROPE_TYPES",
     "XPos", "xpos_zeta", "xpos_scale", "pie_edit_positions", "pie_rerotate", "pie_edit_cache",
-    "ALiBi", "alibi_slopes", "alibi_bias",
+    "ALiBi", "alibi_slopes", "alibi_bias", "InterpolatedALiBi", "alibi_interpolation_scale", "query_key_positions",
+    "t5_bucket", "T5RelativeBias", "T5RelativeBiasUnscaledQK", "shaw_relative_index", "ShawRPE", "ShawRPEWithValues",
+    "KerpleLog", "KerplePower", "kerple_log_bias", "kerple_power_bias", "kerple_distance", "FIRE", "fire_inputs",
+    "CoPE", "cope_positions", "cope_interpolate", "randomized_positions", "randomize_ids", "RandomizedPE", "NoPE",
     "IRPE", "irpe_bucket_ids", "irpe_num_buckets", "piecewise_index",
     "PEG", "ManhattanDecay", "manhattan_decay_bias", "manhattan_log_decay",
     "AxialRoPE2d", "MixedRoPE2d", "axial_angles", "axial_inv_freq", "mixed_angles", "mixed_freqs_init",
@@ -57,6 +68,15 @@ _FACTORY: Dict[str, Callable[..., PositionalEncoding]] = {
     "rope_scaled": ScaledRoPE,
     "xpos": XPos,
     "alibi": ALiBi,
+    "alibi_interp": InterpolatedALiBi,
+    "t5": T5RelativeBias,
+    "shaw": ShawRPE,
+    "kerple_log": KerpleLog,
+    "kerple_power": KerplePower,
+    "fire": FIRE,
+    "cope": CoPE,
+    "randomized": RandomizedPE,
+    "nope": NoPE,
     "irpe": IRPE,
     "peg": PEG,
     "manhattan_decay": ManhattanDecay,

@@ -14,7 +14,7 @@ Distance, with queries aligned to the last ``nq`` keys (KV caches put earlier ke
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -22,7 +22,8 @@ from torch import Tensor
 from ..positions import Positions
 from .base import PositionalEncoding
 
-__all__ = ["alibi_slopes", "alibi_bias", "ALiBi"]
+__all__ = ["alibi_slopes", "alibi_bias", "ALiBi", "InterpolatedALiBi", "alibi_interpolation_scale",
+           "query_key_positions"]
 
 
 def _geometric_slopes(n: int) -> list:
@@ -137,3 +138,84 @@ class ALiBi(PositionalEncoding):
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = hit
         return hit
+
+
+# ---- shared by the relative-bias family (T5, Shaw, KERPLE, FIRE, ...) -------------------------------------------
+
+def query_key_positions(pos: Optional[Positions], nq: int, nk: int, device=None,
+                        by: str = "this encoding") -> Tuple[Tensor, Tensor]:
+    """Positions of the queries ``[b?, nq, 1]`` and of the keys ``[b?, 1, nk]``, queries = the last ``nq`` keys.
+
+    From ``pos.ids`` (``[b, nk]`` or ``[nk]``, floats allowed; an expanded batch gives one row) when given, else the
+    token indices ``0..nk-1`` (long).  ``pj - pi`` is the T5 ``relative_position`` (key - query)."""
+    if nq <= 0 or nk <= 0 or nq > nk:
+        raise ValueError(f"{by}: need 0 < nq <= nk (queries are the last nq of the keys), got nq={nq}, nk={nk}")
+    ids = pos.ids if pos is not None else None
+    if ids is None:
+        j = torch.arange(nk, device=device)                                      # [nk]
+    else:
+        if ids.ndim not in (1, 2):
+            raise ValueError(f"{by}: pos.ids must be [b, n] or [n], got shape {tuple(ids.shape)}")
+        if ids.shape[-1] != nk:
+            raise ValueError(f"{by}: pos.ids has {ids.shape[-1]} positions but k has {nk} (ids describe all keys; "
+                             f"queries take the last {nq})")
+        if ids.ndim == 2 and ids.shape[0] > 1 and ids.stride(0) == 0:
+            ids = ids[0]                                                         # expanded batch: one row
+        j = ids.to(device)
+    return j[..., nk - nq:, None], j[..., None, :]                               # [b?, nq, 1], [b?, 1, nk]
+
+
+# ---- ALiBi with position interpolation --------------------------------------------------------------------------
+
+def alibi_interpolation_scale(length: int, factor: Optional[float] = None, train_len: Optional[int] = None) -> float:
+    """The divisor of the ALiBi slopes (Al-Khateeb et al., 2023, arXiv 2310.13017; Cerebras BTLM/JAIS
+    ``alibi_scaling``): ``factor`` when fixed; dynamic ``length / train_len`` when ``length > train_len``; else 1."""
+    if factor is not None:
+        return float(factor)
+    if train_len is not None and length > train_len:
+        return length / float(train_len)
+    return 1.0
+
+
+class InterpolatedALiBi(ALiBi):
+    """ALiBi with linear position interpolation: Al-Khateeb, Dey, Soboleva & Hestness, "Position Interpolation
+    Improves ALiBi Extrapolation", 2023 (arXiv 2310.13017; used by Cerebras BTLM-3B-8k and JAIS as
+    ``alibi_scaling={"type": "linear", "factor" | "train_seq_len": ...}``).
+
+    Positions are scaled by ``1 / s`` (``s = eval_len / train_len`` > 1), which for a linear bias is the same as
+    dividing every slope by ``s``: ``bias = -(m_h / s) * |j - i|``.  The attention span grows by ``s`` while the
+    bias range stays that of training.  Two modes (exactly one must be given):
+
+    * ``factor=s``: fixed interpolation (every length).
+    * ``train_len=L``: dynamic, as BTLM/JAIS: ``s = nk / L`` when the key count ``nk`` (cached + new keys) exceeds
+      ``L``, else 1 (no change inside the training length).  With a KV cache the scale grows with every step; the
+      bias is recomputed each step, so cached keys are unaffected.
+
+    Everything else (causal form, ``num_alibi_heads``, ``pos.ids``) is `ALiBi`.
+    """
+
+    def __init__(self, num_heads: int, causal: bool = False, num_alibi_heads: Optional[int] = None,
+                 factor: Optional[float] = None, train_len: Optional[int] = None):
+        super().__init__(num_heads, causal=causal, num_alibi_heads=num_alibi_heads)
+        if (factor is None) == (train_len is None):
+            raise ValueError(f"InterpolatedALiBi needs exactly one of factor (fixed) or train_len (dynamic), got "
+                             f"factor={factor!r}, train_len={train_len!r}")
+        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0):
+            raise ValueError(f"factor must be a positive number, got {factor!r}")
+        if train_len is not None and (isinstance(train_len, bool) or not isinstance(train_len, int)
+                                      or train_len <= 0):
+            raise ValueError(f"train_len must be a positive int, got {train_len!r}")
+        self.factor = None if factor is None else float(factor)
+        self.train_len = train_len
+
+    def extra_repr(self) -> str:
+        mode = f"factor={self.factor:g}" if self.factor is not None else f"train_len={self.train_len}"
+        return super().extra_repr() + ", " + mode
+
+    def interpolation_scale(self, nk: int) -> float:
+        return alibi_interpolation_scale(nk, self.factor, self.train_len)
+
+    def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
+        b = super().bias(q, k, pos, scale)
+        s = self.interpolation_scale(k.shape[-2])
+        return b if s == 1.0 else b / s                                          # new tensor: the cache stays intact
