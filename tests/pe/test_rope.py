@@ -238,3 +238,17 @@ def test_p_one_is_rope_and_p_zero_is_nope():
         RoPE(8, p=1.5)
     with pytest.raises(ValueError, match="p "):
         RoPE(8, p=True)
+
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+@pytest.mark.parametrize("rot_dim", [8, 6])
+def test_apply_rotary_fixed_angle_backward_is_exact(layout, rot_dim):
+    # the hand-written backward (inverse rotation) against numerical differentiation, partial rotary included
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    ang = torch.randn(5, rot_dim // 2, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: apply_rotary(t, ang.cos(), ang.sin(), layout), (x,))
+    # broadcasting the angles over a batch that x does not have still gives x-shaped gradients
+    cos, sin = ang.cos().expand(2, 1, 5, rot_dim // 2), ang.sin().expand(2, 1, 5, rot_dim // 2)
+    x1 = torch.randn(1, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: apply_rotary(t, cos, sin, layout), (x1,))

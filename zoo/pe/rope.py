@@ -118,8 +118,20 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, layout: str = "half", rot_
         raise ValueError(f"rot_dim={rot_dim} needs cos/sin with {rot_dim // 2} pairs in the last dim, got {half}")
     if r <= 0 or r > x.shape[-1]:
         raise ValueError(f"rot_dim {r} must be in 2..{x.shape[-1]} (the head dim)")
-    xr, tail = x[..., :r].float(), x[..., r:]
-    cos, sin = cos.float(), sin.float()
+    if not (cos.requires_grad or sin.requires_grad) and torch.is_grad_enabled() and x.requires_grad:
+        # fixed angles (every RoPE here): a hand-written backward (the inverse rotation) instead of autograd
+        # through slices, products and cat, which costs twice the memory passes
+        return _FixedRotation.apply(x, cos, sin, layout)
+    return _rotate(x, cos, sin, layout)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, layout: str) -> Tensor:
+    """The rotation itself (float32, or float64 for float64 input); channels past ``2 * cos.shape[-1]`` pass."""
+    half = cos.shape[-1]
+    r = 2 * half
+    real = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xr, tail = x[..., :r].to(real), x[..., r:]
+    cos, sin = cos.to(real), sin.to(real)
     if layout == "half":
         x1, x2 = xr[..., :half], xr[..., half:]                                  # [..., n, r/2] each
         out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)     # [..., n, r]
@@ -128,7 +140,25 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, layout: str = "half", rot_
         out = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)   # [..., n, r/2, 2]
         out = out.flatten(-2)                                                    # [..., n, r]
     out = out.to(x.dtype)
-    return torch.cat([out, tail], dim=-1) if tail.shape[-1] else out
+    if not tail.shape[-1]:
+        return out
+    return torch.cat([out, tail.expand(*out.shape[:-1], tail.shape[-1])], dim=-1)  # angles may broadcast x
+
+
+class _FixedRotation(torch.autograd.Function):
+    """`apply_rotary` with angles that need no gradient: the backward is the rotation by the opposite angles."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor, layout: str) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        ctx.layout, ctx.x_shape = layout, x.shape
+        return _rotate(x, cos, sin, layout)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        cos, sin = ctx.saved_tensors
+        dx = _rotate(g, cos, -sin, ctx.layout)
+        return (dx if dx.shape == ctx.x_shape else dx.sum_to_size(ctx.x_shape)), None, None, None
 
 
 def _pair_permutation(rot_dim: int, to_half: bool, device=None) -> Tensor:
