@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES="dataset-fashion-mnist labelme-examples golang-src microbiomeutil-data r-cran-mlbench r-cran-kernlab python-biopython-doc"
+DEB_PACKAGES="dataset-fashion-mnist labelme-examples golang-src microbiomeutil-data r-cran-mlbench r-cran-kernlab python-biopython-doc r-doc-pdf"
 missing=""
 for p in $DEB_PACKAGES; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
