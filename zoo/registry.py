@@ -26,6 +26,7 @@ DOMAIN_MODULES: Dict[str, List[str]] = {
     "vision": ["domains.vision.models", "domains.vision.cpvt", "domains.vision.rmt", "domains.vision.rope_vit",
                "domains.vision.lightnet", "domains.vision.detr"],
     "code": ["domains.code.models"],
+    "documents": ["domains.documents.models"],
 }
 
 

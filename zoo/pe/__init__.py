@@ -37,6 +37,14 @@ from .rope2d import AxialRoPE2d, MixedRoPE2d, axial_angles, axial_inv_freq, mixe
 from .lrpe import MdLrpeCosine, lrpe_theta, md_lrpe_angles
 from .tpe import MdTpe, Tpe
 
+# ---- documents: layout boxes, reading order, visual positions ---------------------------------------------------
+from .bros import BrosRelativeBias, bros_corners, bros_inv_freq, bros_sinusoid
+from .layout import (LayoutLM2DEmbedding, LayoutLMv3SpatialBias, LayoutLMv3SpatialEmbedding, check_boxes,
+                     layoutlmv3_bucket, roberta_position_ids)
+from .reading_order import (ReadingOrderBias, ReadingOrderGraphConv, beta_skeleton_graph, knn_graph,
+                            reading_order_codes, reading_order_embedding)
+from .v2pe import V2PE, V2PE_STRIDES, v2pe_position_ids
+
 # ---- sequence structure: hierarchy (code), segments --------------------------------------------------------------
 from .bipe import (LLAMA2_SEPARATORS, BiPEALiBi, BiPEIntraEmbedding, BiPERoPE, bipe_ids, bipe_positions)
 from .hirope import HiRoPE, hierarchical_positions, hirope_angles, hirope_split
@@ -55,6 +63,10 @@ __all__ += [
     "PEG", "ManhattanDecay", "manhattan_decay_bias", "manhattan_log_decay",
     "AxialRoPE2d", "MixedRoPE2d", "axial_angles", "axial_inv_freq", "mixed_angles", "mixed_freqs_init",
     "MdLrpeCosine", "lrpe_theta", "md_lrpe_angles", "MdTpe", "Tpe",
+    "BrosRelativeBias", "bros_corners", "bros_inv_freq", "bros_sinusoid", "LayoutLM2DEmbedding",
+    "LayoutLMv3SpatialBias", "LayoutLMv3SpatialEmbedding", "check_boxes", "layoutlmv3_bucket", "roberta_position_ids",
+    "ReadingOrderBias", "ReadingOrderGraphConv", "beta_skeleton_graph", "knn_graph", "reading_order_codes",
+    "reading_order_embedding", "V2PE", "V2PE_STRIDES", "v2pe_position_ids",
     "HiRoPE", "hierarchical_positions", "hirope_angles", "hirope_split",
     "LLAMA2_SEPARATORS", "bipe_ids", "bipe_positions", "BiPEIntraEmbedding", "BiPERoPE", "BiPEALiBi",
 ]
@@ -84,6 +96,12 @@ _FACTORY: Dict[str, Callable[..., PositionalEncoding]] = {
     "rope2d_mixed": MixedRoPE2d,
     "md_lrpe_cosine": MdLrpeCosine,
     "md_tpe": MdTpe,
+    "layoutlm_2d": LayoutLM2DEmbedding,
+    "layoutlmv3_spatial": LayoutLMv3SpatialEmbedding,
+    "layoutlmv3_bias": LayoutLMv3SpatialBias,
+    "bros": BrosRelativeBias,
+    "v2pe": V2PE,
+    "reading_order": ReadingOrderBias,
     "hirope": HiRoPE,
     "bipe_intra": BiPEIntraEmbedding,
     "bipe_rope": BiPERoPE,
