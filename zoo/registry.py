@@ -27,6 +27,7 @@ DOMAIN_MODULES: Dict[str, List[str]] = {
                "domains.vision.lightnet", "domains.vision.detr"],
     "code": ["domains.code.models"],
     "documents": ["domains.documents.models"],
+    "genomics": ["domains.genomics.models"],
 }
 
 

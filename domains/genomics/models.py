@@ -1,0 +1,420 @@
+"""DNA transformers, one per positional encoding: bidirectional encoders (MLM + sequence classification) and causal
+decoders (next-base LM with a KV cache and ``generate``).
+
+    input_ids [b, n] --tok_emb--> [b, n, c] (+ BiPE intra-segment table) --Blocks(pe, causal?)--> norm --> x [b, n, c]
+        num_classes == 0 : head (tied to tok_emb) --> token logits [b, n, vocab]   (MLM for encoders, next token
+                                                                                      for decoders)
+        num_classes  > 0 : pool (cls | mean | last) --> classifier --> class logits [b, num_classes]
+
+Names.  ``dna_{pe}_{tiny,small}`` are encoders, ``dna_lm_{pe}_{tiny,small}`` the decoders of the same size (separate
+names, not a flag: a registry name says what the model is; ``causal=`` cannot be passed to an entrypoint).  Sizes:
+tiny = dim 128, depth 4, 4 heads; small = dim 256, depth 6, 8 heads.  ``vocab_size`` defaults to the nucleotide
+tokenizer's 12 ids (``domains.genomics.tokenizers``: 7 specials + A C G T + N); tasks pass their tokenizer's size.
+
+Encodings (one module shared by every block; for T5 that is the paper's choice, for KERPLE/FIRE ours)::
+
+    nope    nothing                                    (Kazemnejad et al., NeurIPS 2023)
+    alibi   ALiBi on token indices; symmetric |i - j| for encoders, causal for decoders (Press et al., ICLR 2022)
+    rope    RoPE base 10000 on token indices           (Su et al., RoFormer)
+    kerple  KERPLE-log; symmetric for encoders         (Chi et al., NeurIPS 2022)
+    fire    FIRE; bidirectional variant for encoders   (Li et al., ICLR 2024)
+    t5      T5 buckets (32 / 128), bidirectional for encoders (Raffel et al., JMLR 2020)
+    bipe    BiPE-RoPE on DNA segments (He et al., ICML 2024): learned intra-segment table + RoPE base 10000 on the
+            segment index
+
+BiPE segments.  A segment is ``segment_bases`` consecutive bases (default 3: codon-sized triplets) counted from the
+first base of the sequence (or window) by the tokens' base spans: a token belongs to segment ``start // W`` where
+``start`` is the first base it covers.  Each special token (``<cls>``, ``<sep>``, ...) is a segment of its own.  With
+the nucleotide tokenizer that is exactly "three bases per segment, intra = 0 1 2"; with k-mer tokenizers a segment
+holds the tokens that start in the same triplet.  The triplets follow the biological reading frame only when the
+sequence starts in frame (the data do not tell).  ``dna_positions(input_ids, spans)`` builds the Positions; without
+spans every non-special token is taken to be one base (the nucleotide tokenizer).
+
+Positions (``zoo.Positions``): ``ids`` = token index, ``segments`` = segment index (BiPE), ``mask`` = real tokens;
+``forward(input_ids)`` without ``pos`` uses `dna_positions` with the model's ``segment_bases``.  Length: inputs over
+``max_seq_len`` tokens (cached + new) raise unless ``allow_longer=True`` (an attribute too): every relative encoding
+here can then run longer for extrapolation studies (BiPE's intra table clips at ``max_intra - 1``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from domains.genomics.tokenizers import SPECIAL_TOKENS
+from zoo.nn import Block
+from zoo.nn.attention import KVCache
+from zoo.pe.alibi import ALiBi
+from zoo.pe.bipe import BiPEIntraEmbedding, BiPERoPE
+from zoo.pe.fire import FIRE
+from zoo.pe.kerple import KerpleLog
+from zoo.pe.rope import RoPE
+from zoo.pe.t5 import T5RelativeBias
+from zoo.positions import Positions
+from zoo.registry import register_model
+
+__all__ = ["DNATransformer", "PE_KINDS", "POOLS", "NUM_SPECIAL", "NUCLEOTIDE_VOCAB", "dna_positions",
+           "segment_intra", "checkpoint_filter_fn"]
+
+NUM_SPECIAL = len(SPECIAL_TOKENS)               # ids 0..6 are <pad> <cls> <sep> <mask> <unk> <bos> <eos>
+PAD_ID, CLS_ID = SPECIAL_TOKENS.index("<pad>"), SPECIAL_TOKENS.index("<cls>")
+NUCLEOTIDE_VOCAB = NUM_SPECIAL + 5              # + A C G T N
+PAPERS = {
+    "nope": "https://arxiv.org/abs/2305.19466", "alibi": "https://arxiv.org/abs/2108.12409",
+    "rope": "https://arxiv.org/abs/2104.09864", "kerple": "https://arxiv.org/abs/2205.09921",
+    "fire": "https://arxiv.org/abs/2310.04418", "t5": "https://arxiv.org/abs/1910.10683",
+    "bipe": "https://arxiv.org/abs/2401.16421",
+}
+#: encoding kind -> the Positions fields the model reads
+PE_KINDS: Dict[str, tuple] = {"nope": (), "alibi": ("ids",), "rope": ("ids",), "kerple": ("ids",),
+                              "fire": ("ids",), "t5": ("ids",), "bipe": ("segments",)}
+POOLS = ("cls", "mean", "last")
+
+
+# ---- positions --------------------------------------------------------------------------------------------------
+
+def segment_intra(segments: Tensor, max_intra: Optional[int] = None) -> Tensor:
+    """Index of every token inside its run of equal segment ids (BiPE's intra position), clipped at
+    ``max_intra - 1``.  ``segments`` ``[b, n]`` or ``[n]`` -> int64 of the same shape."""
+    n = segments.shape[-1]
+    idx = torch.arange(n, device=segments.device).expand(segments.shape)          # [b?, n]
+    start = torch.ones(segments.shape, dtype=torch.bool, device=segments.device)
+    start[..., 1:] = segments[..., 1:] != segments[..., :-1]                      # a segment starts here
+    first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=-1).values  # [b?, n] its first token
+    intra = idx - first
+    return intra if max_intra is None else intra.clamp(max=max_intra - 1)
+
+
+def dna_positions(input_ids: Tensor, spans: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                  segment_bases: int = 3, causal: bool = False) -> Positions:
+    """Positions of DNA tokens: ``ids`` = token index ``0..n-1``, ``segments`` = BiPE segment index (module
+    docstring), ``mask`` as given (True = real token).
+
+    Args:
+        input_ids: int ``[b, n]``.
+        spans: ``[b, n, 2]`` (or ``[n, 2]``) base spans from the tokenizer, ``(-1, -1)`` at special/padding tokens;
+            None: every token with id >= 7 is one base, in order.
+        segment_bases: bases per segment ``W``.
+    """
+    if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
+        raise ValueError(f"input_ids must be an int [b, n] tensor, got "
+                         f"{tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__}")
+    if isinstance(segment_bases, bool) or not isinstance(segment_bases, int) or segment_bases < 1:
+        raise ValueError(f"segment_bases must be a positive int, got {segment_bases!r}")
+    b, n = input_ids.shape
+    dev = input_ids.device
+    if spans is None:
+        is_base = input_ids >= NUM_SPECIAL
+        start = is_base.long().cumsum(-1) - 1                                     # [b, n] base index of a token
+    else:
+        if spans.shape[-1] != 2 or spans.shape[-2] != n or spans.ndim not in (2, 3):
+            raise ValueError(f"spans must be [b, n, 2] or [n, 2] with n = {n} tokens, got {tuple(spans.shape)}")
+        start = spans[..., 0].to(dev).long().expand(b, n)
+        is_base = start >= 0
+    idx = torch.arange(n, device=dev).expand(b, n)
+    # each special token (and padding) is its own segment: give it a key no base token can have
+    key = torch.where(is_base, torch.div(start, segment_bases, rounding_mode="floor"), -1 - idx)
+    new = torch.ones(b, n, dtype=torch.bool, device=dev)
+    new[:, 1:] = key[:, 1:] != key[:, :-1]
+    segments = new.long().cumsum(-1) - 1                                          # [b, n] from 0
+    return Positions(ids=idx, segments=segments, mask=mask, causal=causal)
+
+
+# ---- model ------------------------------------------------------------------------------------------------------
+
+class DNATransformer(nn.Module):
+    """Pre-norm transformer over DNA tokens with a pluggable positional encoding.
+
+    Args:
+        vocab_size: ids of the tokenizer (12 = nucleotide).
+        dim, depth, num_heads, mlp_ratio: width, blocks, heads, MLP ratio.
+        pe: one of `PE_KINDS`.
+        causal: decoder (causal mask, KV cache, ``generate``) or encoder (bidirectional).
+        num_classes: 0 = token logits (tied LM/MLM head); > 0 = sequence classification logits.
+        pool: ``"cls"`` (first token, encoders' default), ``"mean"`` (over ``pos.mask``) or ``"last"`` (last real
+            token, decoders' default; a causal model's first token sees nothing else).
+        pe_kwargs: overrides for the attention encoding (e.g. ALiBi ``num_alibi_heads``, FIRE ``init_L``, T5
+            ``num_buckets``, RoPE ``base``).
+        max_seq_len, allow_longer: length limit (module docstring).
+        segment_bases: BiPE segment size in bases (used when ``pos`` is built here).
+        max_intra: rows of the BiPE intra table (segments hold ``segment_bases`` tokens at most with the nucleotide
+            tokenizer; longer ones clip).
+    """
+
+    def __init__(self, vocab_size: int = NUCLEOTIDE_VOCAB, dim: int = 128, depth: int = 4, num_heads: int = 4,
+                 mlp_ratio: float = 4.0, pe: str = "nope", causal: bool = False, num_classes: int = 0,
+                 pool: Optional[str] = None, pe_kwargs: Optional[dict] = None, max_seq_len: int = 1024,
+                 allow_longer: bool = False, segment_bases: int = 3, max_intra: int = 64, qkv_bias: bool = True,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, head_drop: float = 0.0,
+                 norm_eps: float = 1e-5, init_std: float = 0.02):
+        super().__init__()
+        for name, v in (("vocab_size", vocab_size), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
+                        ("max_seq_len", max_seq_len), ("segment_bases", segment_bases), ("max_intra", max_intra)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0 (0 = token logits), got {num_classes!r}")
+        if pe not in PE_KINDS:
+            raise ValueError(f"pe must be one of {tuple(PE_KINDS)}, got {pe!r}")
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        pool = pool or ("last" if causal else "cls")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if causal and pool == "cls":
+            raise ValueError("pool='cls' needs a bidirectional model: in a decoder the first token sees only itself; "
+                             "use pool='last' or 'mean'")
+        self.vocab_size, self.dim, self.depth, self.num_heads = vocab_size, dim, depth, num_heads
+        self.pe_kind, self.causal, self.num_classes, self.pool = pe, bool(causal), num_classes, pool
+        self.max_seq_len, self.allow_longer = max_seq_len, bool(allow_longer)
+        self.segment_bases, self.max_intra = segment_bases, max_intra
+        attn_pe = self._build_pe(pe, dim // num_heads, num_heads, self.causal, dict(pe_kwargs or {}))
+
+        self.tok_emb = nn.Embedding(vocab_size, dim)
+        self.intra_pe = BiPEIntraEmbedding(max_intra, dim, init_std=init_std) if pe == "bipe" else None
+        self.drop = nn.Dropout(drop)
+        dpr = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList([
+            Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
+                  drop_path=dpr[i], pe=attn_pe, causal=self.causal, norm_eps=norm_eps) for i in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight                                    # tied
+        self.head_drop = nn.Dropout(head_drop)
+        self.classifier = nn.Linear(dim, num_classes) if num_classes > 0 else None
+        self._init_weights(init_std)
+
+    @staticmethod
+    def _build_pe(kind: str, head_dim: int, num_heads: int, causal: bool, kw: dict) -> Optional[nn.Module]:
+        if kind == "nope":
+            if kw:
+                raise ValueError(f"pe='nope' takes no pe_kwargs, got {sorted(kw)}")
+            return None
+        if kind == "rope":
+            return RoPE(head_dim, **{"base": 10000.0, **kw})
+        if kind == "bipe":
+            return BiPERoPE(head_dim, **{"base": 10000.0, **kw})
+        if kind == "t5":
+            return T5RelativeBias(num_heads, **{"bidirectional": not causal, **kw})
+        cls = {"alibi": ALiBi, "kerple": KerpleLog, "fire": FIRE}[kind]
+        return cls(num_heads, **{"causal": causal, **kw})
+
+    def _init_weights(self, std: float) -> None:
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear) and ".pe." not in name:               # encodings keep their own init
+                resid = name.endswith("attn.proj") or name.endswith("mlp.fc2")
+                nn.init.normal_(m.weight, std=std / (2 * self.depth) ** 0.5 if resid else std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.tok_emb.weight, std=std)
+
+    # ---- positions ----------------------------------------------------------------------------------------
+    @property
+    def needs(self) -> tuple:
+        """The Positions fields this model reads."""
+        return PE_KINDS[self.pe_kind]
+
+    def positions(self, input_ids: Tensor, spans: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                  ) -> Positions:
+        """`dna_positions` with this model's ``segment_bases`` and causality."""
+        return dna_positions(input_ids, spans, mask, self.segment_bases, self.causal)
+
+    def _check_positions(self, pos: Positions, b: int, nk: int, past: int) -> None:
+        if not isinstance(pos, Positions):
+            raise ValueError(f"pos must be a zoo.Positions, got {type(pos).__name__}")
+        missing = [f for f in self.needs if getattr(pos, f) is None]
+        if missing:
+            raise ValueError(f"DNATransformer(pe={self.pe_kind!r}) needs Positions.{', '.join(missing)}, which the "
+                             f"input does not provide (build them with domains.genomics.models.dna_positions or "
+                             f"model.positions(input_ids, spans, mask))")
+        for f, axis in Positions._TOKEN_AXES:
+            t = getattr(pos, f)
+            if t is None:
+                continue
+            if t.shape[axis] != nk:
+                raise ValueError(f"Positions.{f} describes {t.shape[axis]} tokens but the model sees {nk} "
+                                 f"({past} cached + {nk - past} new): pos must describe all keys, past and new")
+            if t.ndim == 1 - axis and t.shape[0] not in (1, b):
+                raise ValueError(f"Positions.{f} has batch {t.shape[0]}, input_ids has {b}")
+
+    # ---- forward ------------------------------------------------------------------------------------------
+    def make_cache(self) -> List[KVCache]:
+        """An empty KV cache (decoders): one `KVCache` per block."""
+        if not self.causal:
+            raise ValueError("a KV cache needs a causal model (dna_lm_*); an encoder's earlier outputs change with "
+                             "every new token")
+        return [KVCache() for _ in self.blocks]
+
+    def forward_features(self, input_ids: Tensor, pos: Optional[Positions] = None,
+                         cache: Optional[List[KVCache]] = None) -> Tensor:
+        """Normed hidden states ``[b, n, c]``.  With ``cache`` (decoders), ``input_ids`` are the new tokens and
+        ``pos`` describes all tokens (cached + new)."""
+        if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point() \
+                or input_ids.dtype == torch.bool:
+            got = (f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor)
+                   else type(input_ids).__name__)
+            raise ValueError(f"input_ids must be an int [b, n] tensor, got {got}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
+            raise ValueError(f"input_ids must be in 0..{self.vocab_size - 1} (vocab_size={self.vocab_size}), got "
+                             f"min {int(input_ids.min())}, max {int(input_ids.max())}: was the model built with "
+                             f"the tokenizer's vocab_size?")
+        if cache is not None:
+            if not self.causal:
+                raise ValueError("cache= needs a causal model (dna_lm_*)")
+            if len(cache) != self.depth or not all(isinstance(c, KVCache) for c in cache):
+                raise ValueError(f"cache must be a list of {self.depth} KVCache (model.make_cache())")
+        b, n = input_ids.shape
+        past = cache[0].length if cache is not None else 0
+        nk = past + n
+        if nk > self.max_seq_len and not self.allow_longer:
+            raise ValueError(f"{nk} tokens ({past} cached + {n} new) exceed max_seq_len={self.max_seq_len}; set "
+                             f"allow_longer=True (argument or attribute) to run longer sequences")
+        if pos is None:
+            if past:
+                raise ValueError("with a non-empty cache, pass pos describing all keys (past and new)")
+            pos = self.positions(input_ids)
+        self._check_positions(pos, b, nk, past)
+        x = self.tok_emb(input_ids)                                               # [b, n, c]
+        if self.intra_pe is not None:
+            intra = segment_intra(pos.segments.to(input_ids.device), self.max_intra)   # [b?, nk]
+            x = self.intra_pe.embed(x, Positions(ids=intra[..., past:]))
+        x = self.drop(x)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, pos, None if cache is None else cache[i])
+        return self.norm(x)
+
+    def token_logits(self, x: Tensor) -> Tensor:
+        """Tied-head logits ``[b, n, vocab]`` from `forward_features`."""
+        return self.head(x)
+
+    def pool_features(self, x: Tensor, pos: Optional[Positions] = None) -> Tensor:
+        """``[b, n, c] -> [b, c]`` by ``self.pool``; ``mean`` and ``last`` respect ``pos.mask``."""
+        mask = pos.mask if pos is not None and pos.mask is not None else None
+        if self.pool == "cls":
+            return x[:, 0]
+        if mask is None:
+            return x.mean(1) if self.pool == "mean" else x[:, -1]
+        m = mask.to(device=x.device, dtype=torch.bool).expand(x.shape[:2])
+        if self.pool == "mean":
+            w = m.to(x.dtype).unsqueeze(-1)                                       # [b, n, 1]
+            return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+        last = (m.long().cumsum(-1).argmax(-1))                                   # [b] index of the last True
+        return x[torch.arange(x.shape[0], device=x.device), last]
+
+    def forward_head(self, x: Tensor, pos: Optional[Positions] = None) -> Tensor:
+        """Class logits ``[b, num_classes]`` from `forward_features`."""
+        if self.classifier is None:
+            raise ValueError("this model has no classifier (num_classes=0); build it with num_classes=K")
+        return self.classifier(self.head_drop(self.pool_features(x, pos)))
+
+    def forward(self, input_ids: Tensor, pos: Optional[Positions] = None,
+                cache: Optional[List[KVCache]] = None) -> Tensor:
+        """Token logits ``[b, n, vocab]`` (``num_classes == 0``) or class logits ``[b, num_classes]``."""
+        if pos is None and cache is None:
+            pos = self.positions(input_ids) if isinstance(input_ids, Tensor) and input_ids.ndim == 2 else None
+        x = self.forward_features(input_ids, pos, cache)
+        return self.token_logits(x) if self.classifier is None else self.forward_head(x, pos)
+
+    # ---- generation (decoders) ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
+                 use_cache: bool = True, generator: Optional[torch.Generator] = None,
+                 pos_fn: Optional[Callable[[Tensor], Positions]] = None) -> Tensor:
+        """Append ``max_new_tokens`` sampled tokens to ``input_ids`` ``[b, n]`` -> ``[b, n + max_new_tokens]``.
+
+        ``temperature`` 0 = greedy; ``top_k`` restricts sampling; ``pos_fn(tokens) -> Positions`` of all tokens so
+        far (default `positions`: token indices and nucleotide segments).  Decoders only; mode left as is."""
+        if not self.causal:
+            raise ValueError("generate() needs a causal model (dna_lm_*), this is an encoder")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+            raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        if self.classifier is not None:
+            raise ValueError("generate() needs token logits: build the decoder with num_classes=0")
+        pos_fn = pos_fn or self.positions
+        tokens = input_ids
+        if max_new_tokens == 0:
+            return tokens
+        cache = self.make_cache() if use_cache else None
+        logits = self(tokens, pos_fn(tokens), cache)[:, -1]                       # [b, vocab]
+        for step in range(max_new_tokens):
+            nxt = _sample(logits, temperature, top_k, generator)                  # [b, 1]
+            tokens = torch.cat([tokens, nxt.to(tokens.dtype)], dim=1)
+            if step == max_new_tokens - 1:
+                break
+            pos = pos_fn(tokens)
+            logits = (self(nxt, pos, cache) if use_cache else self(tokens, pos))[:, -1]
+        return tokens
+
+
+def _sample(logits: Tensor, temperature: float, top_k: Optional[int], generator) -> Tensor:
+    """``[b, vocab]`` -> ``[b, 1]``."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+def checkpoint_filter_fn(state_dict: dict, model: DNATransformer) -> dict:
+    """Load pretrained weights into a model with another head: classifier weights that are missing (an MLM or LM
+    checkpoint) or shaped for another class count are taken from ``model``'s fresh init; a classifier the model
+    does not have is dropped.  Everything else must match (the registry's loader names what does not)."""
+    out = dict(state_dict)
+    own = model.state_dict()
+    for k in [k for k in out if k.startswith("classifier.")]:
+        if k not in own:
+            del out[k]
+    for k, v in own.items():
+        if k.startswith("classifier.") and (k not in out or tuple(out[k].shape) != tuple(v.shape)):
+            out[k] = v
+    if "head.weight" not in out and "tok_emb.weight" in out:
+        out["head.weight"] = out["tok_emb.weight"]                               # tied
+    return out
+
+
+# ---- entrypoints ------------------------------------------------------------------------------------------------
+
+_TINY = dict(dim=128, depth=4, num_heads=4)
+_SMALL = dict(dim=256, depth=6, num_heads=8)
+
+
+def _create(pe: str, variant: dict, is_decoder: bool, kwargs: dict) -> DNATransformer:
+    if "causal" in kwargs:
+        raise ValueError("causal= is fixed by the model name: dna_<pe>_* are encoders, dna_lm_<pe>_* decoders")
+    args = dict(vocab_size=NUCLEOTIDE_VOCAB, max_seq_len=1024, pe=pe, causal=is_decoder, **variant)
+    args.update(kwargs)
+    return DNATransformer(**args)
+
+
+_DESC = {"nope": "no positional encoding (NoPE)", "alibi": "ALiBi on token indices",
+         "rope": "RoPE base 10000 on token indices", "kerple": "KERPLE-log on token indices",
+         "fire": "FIRE on token indices", "t5": "T5 relative buckets (32/128)",
+         "bipe": "BiPE-RoPE on codon-sized segments (intra table + RoPE on the segment index)"}
+
+
+def _register(pe: str, size: str, variant: dict, causal: bool) -> None:
+    name = f"dna_lm_{pe}_{size}" if causal else f"dna_{pe}_{size}"
+    kind = "decoder LM" if causal else "encoder (MLM / classification)"
+
+    def entry(**kwargs) -> DNATransformer:
+        return _create(pe, variant, causal, kwargs)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = (f"DNA {kind}, {_DESC[pe]}; dim {variant['dim']}, depth {variant['depth']}, "
+                     f"{variant['num_heads']} heads.")
+    register_model(entry, name=name, domain="genomics", paper=PAPERS[pe], filter_fn=checkpoint_filter_fn)
+
+
+for _pe in PE_KINDS:
+    for _size, _variant in (("tiny", _TINY), ("small", _SMALL)):
+        for _causal in (False, True):
+            _register(_pe, _size, _variant, _causal)
+del _pe, _size, _variant, _causal

@@ -1,0 +1,419 @@
+"""Genomics tasks for the fine-tune engine: sequence classification, masked-LM and causal-LM pretraining.
+
+    sequence_classification   splice_junctions (EI / IE / N), 16s_rrna (taxonomy rank, top-N classes),
+                              ecoli_promoters; "<cls>" + tokens, cross-entropy; accuracy, macro-F1, loss
+    masked_lm                 16S (or any dataset's sequences) cut into windows; BERT masking (data.mask_prob);
+                              loss, perplexity, masked_accuracy (over the masked tokens)
+    dna_lm                    the same windows, next-token cross-entropy for decoders (dna_lm_*); loss,
+                              perplexity, token_accuracy
+
+Data config (``data.*``): ``name``, ``root`` (a copy of the dataset file), ``tokenizer_kind`` (``nucleotide`` |
+``kmer`` | ``codon``, default nucleotide), ``k`` (k-mer size, default 6; k-mers do not overlap), ``tokenizer`` (load
+a saved ``dna_tokenizer.json`` or a run folder instead), ``seq_len`` (classification: tokens kept, longer sequences
+are truncated; LM tasks: tokens per window, default 256), ``label_rank`` / ``top_n`` (16S: taxonomy rank, default
+phylum, and how many of its most frequent classes to keep, default 5; the rest are dropped), ``mask_prob`` (MLM,
+0.15), ``train_limit`` / ``eval_limit`` (sequences for classification, windows for LM tasks), ``eval_split``
+(``val`` | ``test``).  Fields the config schema does not (yet) define take their defaults.
+
+Splits: `stratified_split` by label, fractions 0.8 / 0.1 / 0.1, seed 0 (fixed: the split does not move with
+``train.seed``).  LM windows are cut inside the sequences of one split, so no sequence is in two splits.  Limits
+take the first N of a fixed (seed 0) permutation of a split, so a limited set still holds every class.
+
+Exact resume: an epoch's order is ``randperm`` from the engine's epoch generator, followed by one seed per
+micro-batch (MLM masks are drawn from the micro-batch's own generator), so starting at micro-batch ``k`` gives the
+batches an uninterrupted epoch would give from ``k`` on.  Evaluation masks are fixed (seed 0).  The tokenizer is
+saved with the weights (``dna_tokenizer.json``, `save_artifacts`; classification also writes ``classes.json``) and
+read back from the run folder on ``--resume``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.errors import ConfigError
+from zoo.finetune.tasks import Task, register_task
+
+from .models import dna_positions
+
+__all__ = ["SequenceClassificationTask", "MaskedLMTask", "DNACausalLMTask", "TOKENIZER_KINDS", "build_tokenizer",
+           "window_bases", "macro_f1", "IGNORE_INDEX"]
+
+TOKENIZER_KINDS = ("nucleotide", "kmer", "codon")
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+DEFAULT_LM_SEQ_LEN = 256
+IGNORE_INDEX = -100
+_DEFAULTS = {"tokenizer_kind": "nucleotide", "k": 6, "label_rank": "phylum", "top_n": 5, "mask_prob": 0.15}
+
+
+def _opt(d, key: str):
+    """``d.key`` when the schema has it and it is set, else the task default."""
+    value = d[key] if key in d else None
+    return _DEFAULTS.get(key) if value is None else value
+
+
+# ---- shared pieces --------------------------------------------------------------------------------------------
+
+def build_tokenizer(d, resume_dir: Optional[Path] = None):
+    """The tokenizer named by data config ``d`` (the run folder's copy on resume)."""
+    from .tokenizers import TOKENIZER_FILE, DNATokenizer, codon_tokenizer, kmer_tokenizer, nucleotide_tokenizer
+
+    if resume_dir is not None and (Path(resume_dir) / TOKENIZER_FILE).is_file():
+        return DNATokenizer.load(Path(resume_dir) / TOKENIZER_FILE)
+    if d.get("tokenizer") is not None:
+        try:
+            return DNATokenizer.load(Path(d.tokenizer).expanduser())
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"data.tokenizer={d.tokenizer!r}: {e}") from None
+    kind, k = _opt(d, "tokenizer_kind"), _opt(d, "k")
+    if kind not in TOKENIZER_KINDS:
+        raise ConfigError(f"invalid value for config key 'data.tokenizer_kind': {kind!r} (one of "
+                          f"{', '.join(TOKENIZER_KINDS)})")
+    if kind == "nucleotide":
+        return nucleotide_tokenizer()
+    if kind == "codon":
+        return codon_tokenizer()
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 8:
+        raise ConfigError(f"invalid value for config key 'data.k': {k!r} (k-mer size, 2..8)")
+    return kmer_tokenizer(k, overlapping=False)
+
+
+def _load(d):
+    from .data import DATASETS, load_16s
+
+    if d.name not in DATASETS:
+        raise ConfigError(f"unknown genomics dataset data.name={d.name!r}; known: {', '.join(DATASETS)}")
+    try:
+        if d.name == "16s_rrna":
+            top_n = _opt(d, "top_n")
+            if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 2:
+                raise ConfigError(f"invalid value for config key 'data.top_n': {top_n!r} (>= 2 classes)")
+            return load_16s(d.root, rank=_opt(d, "label_rank"), top_n=top_n)
+        return DATASETS[d.name](d.root)
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"data ({d.name}): {e}") from None
+
+
+def _split(d, labels) -> Tuple[np.ndarray, np.ndarray]:
+    from .data import stratified_split
+
+    if d.eval_split not in ("val", "test"):
+        raise ConfigError(f"invalid value for config key 'data.eval_split': {d.eval_split!r} (val or test)")
+    parts = stratified_split(labels, SPLIT_FRACTIONS, seed=0)
+    return parts["train"], parts[d.eval_split]
+
+
+def _limit(n: int, limit: Optional[int]) -> np.ndarray:
+    """Indices ``0..n-1``: all in order, or the first ``limit`` of a fixed permutation (sorted back)."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).permutation(n)[:limit])
+
+
+def _positions(model: nn.Module, ids: Tensor, spans: Tensor, mask: Optional[Tensor]):
+    if mask is not None and bool(mask.all()):
+        mask = None                                  # nothing to hide: keep the attention's fused path
+    if hasattr(model, "positions"):
+        return model.positions(ids, spans, mask)
+    return dna_positions(ids, spans, mask, causal=bool(getattr(model, "causal", False)))
+
+
+def macro_f1(pred: Tensor, target: Tensor, num_classes: int) -> float:
+    """Unweighted mean over classes of F1 (a class absent from both pred and target counts as 0 and is left out)."""
+    idx = target * num_classes + pred
+    conf = torch.bincount(idx, minlength=num_classes ** 2).reshape(num_classes, num_classes).double()
+    tp = conf.diag()
+    support, predicted = conf.sum(1), conf.sum(0)
+    present = (support + predicted) > 0
+    f1 = 2 * tp / (support + predicted).clamp_min(1)
+    return float(f1[present].mean()) if bool(present.any()) else 0.0
+
+
+class _GenomicsTask(Task):
+    """Tokenizer handling shared by the three tasks."""
+
+    def __init__(self) -> None:
+        self.cfg = None
+        self.tokenizer = None
+
+    def save_artifacts(self, run_dir: Path) -> List[str]:
+        return [self.tokenizer.save(run_dir).name]
+
+    def _check_width(self, kwargs: Dict[str, Any], width: int) -> Dict[str, Any]:
+        if kwargs["vocab_size"] < self.tokenizer.vocab_size:
+            raise ConfigError(f"model.kwargs.vocab_size={kwargs['vocab_size']} is smaller than the tokenizer's "
+                              f"{self.tokenizer.vocab_size} ids; drop it (the data fills it in)")
+        if kwargs["max_seq_len"] < width and not kwargs.get("allow_longer", False):
+            raise ConfigError(f"the data has {width} tokens per sequence but model.kwargs.max_seq_len="
+                              f"{kwargs['max_seq_len']}; lower data.seq_len or set model.kwargs.allow_longer=true")
+        return kwargs
+
+
+# ---- sequence classification ------------------------------------------------------------------------------------
+
+@register_task("sequence_classification")
+class SequenceClassificationTask(_GenomicsTask):
+    """Cross-entropy on class logits ``model(input_ids, positions) -> [b, num_classes]``; the model pools its
+    ``<cls>`` token (encoders) or last token (decoders)."""
+
+    main_metric = "accuracy"
+    main_mode = "max"
+
+    def build_data(self, cfg):
+        from .data import classification_tensors
+
+        self.cfg, d = cfg, cfg.data
+        data = _load(d)
+        self.dataset_name, self.classes = d.name, list(data.classes)
+        train_idx, eval_idx = _split(d, data.labels)
+        train_idx = train_idx[_limit(len(train_idx), d.train_limit)]
+        eval_idx = eval_idx[_limit(len(eval_idx), d.eval_limit)]
+        self.tokenizer = build_tokenizer(d, self.resume_dir)
+        self.tensors = {}
+        for split, idx in (("train", train_idx), ("eval", eval_idx)):
+            if len(idx) == 0:
+                raise ConfigError(f"{d.name}: no {split} sequences (data.{split}_limit / the split is empty)")
+            t = classification_tensors(data, self.tokenizer, idx, max_length=d.seq_len,
+                                       truncation=d.seq_len is not None)
+            self.tensors[split] = {k: t[k] for k in ("input_ids", "spans", "mask", "labels")}
+        return self.tensors["train"], self.tensors["eval"]
+
+    def model_kwargs(self, cfg) -> Dict[str, Any]:
+        width = max(int(t["input_ids"].shape[1]) for t in self.tensors.values())
+        kwargs = {"vocab_size": self.tokenizer.vocab_size, "num_classes": len(self.classes),
+                  "max_seq_len": max(width, 64)}
+        kwargs.update(dict(cfg.model.kwargs))
+        if kwargs["num_classes"] != len(self.classes):
+            raise ConfigError(f"model.kwargs.num_classes={kwargs['num_classes']} but {self.dataset_name} has "
+                              f"{len(self.classes)} classes ({', '.join(self.classes)})")
+        return self._check_width(kwargs, width)
+
+    def to(self, device):
+        self.tensors = {s: {k: v.to(device) for k, v in t.items()} for s, t in self.tensors.items()}
+        return self
+
+    def num_train_samples(self) -> int:
+        return int(self.tensors["train"]["labels"].shape[0])
+
+    def num_train_batches(self) -> int:
+        return max(1, self.num_train_samples() // self.cfg.train.batch_size)
+
+    @staticmethod
+    def _batch(t: Dict[str, Tensor], idx: Tensor) -> Dict[str, Tensor]:
+        b = {k: v[idx] for k, v in t.items()}
+        width = int(b["mask"].sum(1).max())                   # trim the padding no row of the batch uses
+        return {k: (v[:, :width] if v.ndim > 1 else v) for k, v in b.items()}
+
+    def train_batches(self, epoch: int, generator: torch.Generator, start: int = 0) -> Iterator[Dict[str, Tensor]]:
+        bs, nb, t = self.cfg.train.batch_size, self.num_train_batches(), self.tensors["train"]
+        perm = torch.randperm(self.num_train_samples(), generator=generator).to(t["labels"].device)
+        for i in range(start, nb):
+            yield self._batch(t, perm[i * bs:(i + 1) * bs])
+
+    def _logits(self, model: nn.Module, b: Dict[str, Tensor]) -> Tensor:
+        logits = model(b["input_ids"], _positions(model, b["input_ids"], b["spans"], b["mask"]))
+        if logits.ndim != 2 or logits.shape[-1] != len(self.classes):
+            raise ConfigError(f"sequence_classification needs class logits [b, {len(self.classes)}], the model "
+                              f"returned {tuple(logits.shape)}: build it with num_classes={len(self.classes)}")
+        return logits.float()
+
+    def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, int]:
+        loss = F.cross_entropy(self._logits(model, batch), batch["labels"],
+                               label_smoothing=float(self.cfg.train.label_smoothing))
+        return loss, int(batch["labels"].shape[0])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batch_size: int = 512) -> Dict[str, float]:
+        model.eval()
+        t = self.tensors["eval"]
+        n = int(t["labels"].shape[0])
+        total = torch.zeros((), dtype=torch.float64, device=t["labels"].device)
+        preds = []
+        for i in range(0, n, batch_size):
+            b = self._batch(t, torch.arange(i, min(i + batch_size, n), device=t["labels"].device))
+            logits = self._logits(model, b)
+            total += F.cross_entropy(logits, b["labels"], reduction="sum").double()
+            preds.append(logits.argmax(-1))
+        pred = torch.cat(preds)
+        return {"accuracy": (pred == t["labels"]).double().mean().item(),
+                "macro_f1": macro_f1(pred, t["labels"], len(self.classes)), "loss": total.item() / n}
+
+    def save_artifacts(self, run_dir: Path) -> List[str]:
+        from zoo.io import atomic_write_text
+        names = super().save_artifacts(run_dir)
+        atomic_write_text(Path(run_dir) / "classes.json", json.dumps(self.classes) + "\n")
+        return names + ["classes.json"]
+
+    def describe(self) -> Dict[str, Any]:
+        counts = torch.bincount(self.tensors["train"]["labels"].cpu(), minlength=len(self.classes)).tolist()
+        return {"dataset": self.dataset_name, "classes": self.classes, "train_class_counts": counts,
+                "train_samples": self.num_train_samples(), "eval_samples": int(self.tensors["eval"]["labels"].numel()),
+                "eval_split": self.cfg.data.eval_split, "tokenizer": self.tokenizer.kind,
+                "seq_len": int(self.tensors["train"]["input_ids"].shape[1])}
+
+
+# ---- language modelling on windows ------------------------------------------------------------------------------
+
+def window_bases(tokenizer, tokens: int) -> int:
+    """Bases ``W`` whose window tokenizes to exactly ``tokens`` tokens (no specials): ``frame`` leading single bases
+    plus ``tokens - frame`` k-mers ``stride`` apart."""
+    m = tokens - tokenizer.frame
+    if m < 1:
+        raise ConfigError(f"data.seq_len leaves {tokens} tokens per window, too few for {tokenizer.kind}")
+    w = tokenizer.frame + (m - 1) * tokenizer.stride + tokenizer.k
+    assert tokenizer.num_tokens(w) == tokens, (tokenizer, tokens, w)
+    return w
+
+
+class _WindowTask(_GenomicsTask):
+    prefix: Tuple[str, ...] = ()
+    extra: int = 0                   # tokens beyond the model input per window (the causal LM's last label)
+    causal: bool = False
+
+    def build_data(self, cfg):
+        from .data import lm_windows
+
+        self.cfg = cfg
+        d = cfg.data
+        data = _load(d)
+        self.dataset_name = d.name
+        train_idx, eval_idx = _split(d, data.labels)
+        self.tokenizer = build_tokenizer(d, self.resume_dir)
+        self.seq_len = int(d.seq_len or DEFAULT_LM_SEQ_LEN)
+        self.window = window_bases(self.tokenizer, self.seq_len + self.extra - len(self.prefix))
+        self.spans = torch.from_numpy(self.tokenizer.encode("A" * self.window, self.prefix).spans)  # [L, 2]
+        self.ids = {}
+        for split, idx, limit in (("train", train_idx, d.train_limit), ("eval", eval_idx, d.eval_limit)):
+            ids = lm_windows([data.seqs[i] for i in idx], self.tokenizer, self.window, prefix=self.prefix)["input_ids"]
+            if ids.shape[0] == 0:
+                raise ConfigError(f"{d.name}: no {split} sequence holds a window of {self.window} bases "
+                                  f"(data.seq_len={self.seq_len}); lower data.seq_len")
+            self.ids[split] = ids[torch.from_numpy(_limit(ids.shape[0], limit))]
+        prob = float(_opt(d, "mask_prob"))
+        if not 0.0 < prob < 1.0:
+            raise ConfigError(f"invalid value for config key 'data.mask_prob': {prob!r} (in (0, 1))")
+        self.mask_prob = prob
+        self.eval_inputs = self._eval_inputs()
+        return self.ids["train"], self.ids["eval"]
+
+    def _eval_inputs(self) -> Dict[str, Tensor]:
+        raise NotImplementedError
+
+    def model_kwargs(self, cfg) -> Dict[str, Any]:
+        kwargs = {"vocab_size": self.tokenizer.vocab_size, "max_seq_len": self.seq_len}
+        kwargs.update(dict(cfg.model.kwargs))
+        return self._check_width(kwargs, self.seq_len)
+
+    def to(self, device):
+        self.device = torch.device(device)
+        self.eval_inputs = {k: v.to(device) for k, v in self.eval_inputs.items()}
+        self.spans = self.spans.to(device)
+        return self
+
+    def num_train_samples(self) -> int:
+        return int(self.ids["train"].shape[0])
+
+    def num_train_batches(self) -> int:
+        return max(1, self.num_train_samples() // self.cfg.train.batch_size)
+
+    def train_batches(self, epoch: int, generator: torch.Generator, start: int = 0) -> Iterator[Dict[str, Tensor]]:
+        bs, nb = self.cfg.train.batch_size, self.num_train_batches()
+        perm = torch.randperm(self.num_train_samples(), generator=generator)
+        seeds = torch.randint(0, 2 ** 62, (nb,), generator=generator)            # one mask stream per batch
+        for i in range(start, nb):
+            ids = self.ids["train"][perm[i * bs:(i + 1) * bs]]
+            b = self._make_batch(ids, int(seeds[i]))
+            yield {k: v.to(getattr(self, "device", "cpu")) for k, v in b.items()}
+
+    def _make_batch(self, ids: Tensor, seed: int) -> Dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _check_model(self, model: nn.Module) -> None:
+        causal = getattr(model, "causal", None)
+        if causal is not None and bool(causal) != self.causal:
+            want = "a decoder (dna_lm_*)" if self.causal else "an encoder (dna_*)"
+            raise ConfigError(f"task {self.name} needs {want}; model.name={self.cfg.model.name} is "
+                              f"{'a decoder' if causal else 'an encoder'}")
+
+    def _token_loss(self, model: nn.Module, inputs: Tensor, targets: Tensor, smoothing: float = 0.0):
+        self._check_model(model)
+        spans = self.spans[: inputs.shape[1]]
+        logits = model(inputs, _positions(model, inputs, spans, None))           # [b, n, vocab]
+        if logits.ndim != 3:
+            raise ConfigError(f"task {self.name} needs token logits [b, n, vocab], the model returned "
+                              f"{tuple(logits.shape)}: build it with num_classes=0")
+        logits = logits.float().flatten(0, 1)
+        flat = targets.flatten()
+        loss = F.cross_entropy(logits, flat, ignore_index=IGNORE_INDEX, label_smoothing=smoothing)
+        return loss, logits, flat
+
+    def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, int]:
+        loss, _, _ = self._token_loss(model, batch["inputs"], batch["targets"],
+                                      float(self.cfg.train.label_smoothing))
+        return loss, int(batch["inputs"].shape[0])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batch_size: int = 512) -> Dict[str, float]:
+        model.eval()
+        inputs, targets = self.eval_inputs["inputs"], self.eval_inputs["targets"]
+        total = torch.zeros((), dtype=torch.float64, device=inputs.device)
+        correct = torch.zeros((), dtype=torch.long, device=inputs.device)
+        count = 0
+        for i in range(0, inputs.shape[0], batch_size):
+            _, logits, flat = self._token_loss(model, inputs[i:i + batch_size], targets[i:i + batch_size])
+            keep = flat != IGNORE_INDEX
+            total += F.cross_entropy(logits[keep], flat[keep], reduction="sum").double()
+            correct += (logits[keep].argmax(-1) == flat[keep]).sum()
+            count += int(keep.sum())
+        loss = total.item() / max(count, 1)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), self.accuracy_key: correct.item() / max(count, 1)}
+
+    def describe(self) -> Dict[str, Any]:
+        return {"dataset": self.dataset_name, "tokenizer": self.tokenizer.kind, "seq_len": self.seq_len,
+                "window_bases": self.window, "train_windows": self.num_train_samples(),
+                "eval_windows": int(self.eval_inputs["inputs"].shape[0]), "eval_split": self.cfg.data.eval_split}
+
+
+@register_task("masked_lm")
+class MaskedLMTask(_WindowTask):
+    """BERT-style masked-token cross-entropy for encoders (``dna_*`` with ``num_classes=0``) on ``<cls>`` + a window
+    of bases; `domains.genomics.data.mlm_mask` with ``data.mask_prob``."""
+
+    main_metric = "loss"
+    main_mode = "min"
+    prefix = ("<cls>",)
+    accuracy_key = "masked_accuracy"
+
+    def _make_batch(self, ids: Tensor, seed: int) -> Dict[str, Tensor]:
+        from .data import mlm_mask
+        inputs, targets = mlm_mask(ids, self.tokenizer, self.mask_prob, seed=seed)
+        return {"inputs": inputs, "targets": targets}
+
+    def _eval_inputs(self) -> Dict[str, Tensor]:
+        return self._make_batch(self.ids["eval"], 0)
+
+
+@register_task("dna_lm")
+class DNACausalLMTask(_WindowTask):
+    """Next-token cross-entropy for decoders (``dna_lm_*``): a window of ``seq_len + 1`` tokens gives inputs
+    ``[:-1]`` and labels ``[1:]``."""
+
+    main_metric = "loss"
+    main_mode = "min"
+    extra = 1
+    causal = True
+    accuracy_key = "token_accuracy"
+
+    def _make_batch(self, ids: Tensor, seed: int) -> Dict[str, Tensor]:
+        return {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
+
+    def _eval_inputs(self) -> Dict[str, Tensor]:
+        return self._make_batch(self.ids["eval"], 0)
