@@ -23,11 +23,25 @@ def test_recipe(path):
     cfg = load_config(str(path), [])
     assert cfg.output.dir == f"runs/{path.stem}", "each recipe writes to its own run folder"
     task = get_task(cfg.task)
+    assert task is not None
     kwargs = dict(cfg.model.kwargs)
     model = zoo.create(cfg.model.name, **kwargs).eval()
-    size = kwargs.get("img_size", 224)
-    x = torch.randn(2, kwargs.get("in_chans", 3), size, size)
+    out, expect = _forward(cfg.task, model, kwargs)
+    assert out.shape[:len(expect)] == expect and torch.isfinite(out).all()
+
+
+def _forward(task: str, model, kwargs):
+    """Run the recipe's model on a small input of its task; returns (output, expected leading shape)."""
     with torch.no_grad():
-        out = model(x)
-    assert out.shape == (2, kwargs["num_classes"]) and torch.isfinite(out).all()
-    assert task is not None
+        if task == "image_classification":
+            size = kwargs.get("img_size", 224)
+            x = torch.randn(2, kwargs.get("in_chans", 3), size, size)
+            return model(x), (2, kwargs["num_classes"])
+        if task == "causal_lm":
+            from domains.code.models import code_positions
+            x = torch.randint(0, 100, (2, 16))
+            return model(x, code_positions(x, newline_ids=[10], flat_levels=True)), (2, 16)
+        if task in ("sequence_classification", "masked_lm", "dna_lm"):
+            x = torch.randint(7, 11, (2, 24))                    # nucleotide ids (after the 7 special tokens)
+            return model(x), (2,)
+    raise AssertionError(f"no smoke input defined for task {task!r}: add one here")

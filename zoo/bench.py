@@ -14,9 +14,9 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List
 
-__all__ = ["run_bench", "SUITES"]
+__all__ = ["run_bench", "interleaved", "SUITES"]
 
 # suite -> (baseline, candidates); "timm:" names are built with timm.create_model, others with zoo.create
 SUITES: Dict[str, tuple] = {
@@ -100,21 +100,32 @@ def _run_one(spec: str, args) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def run_bench(suite: str, args, rounds: int = 2) -> int:
+def interleaved(specs: List[str], run_one: Callable[[str], dict], rounds: int, desc: str,
+                progress: bool = True) -> Dict[str, List[dict]]:
+    """``run_one(spec)`` for every spec, ``rounds`` times, in the order s1 s2 ... s1 s2 ...: drift of the machine
+    (thermal, other load) then hits the baseline and the candidates alike. Returns ``{spec: [result per round]}``."""
     from tqdm import tqdm
 
+    results: Dict[str, List[dict]] = {s: [] for s in specs}
+    with tqdm(total=rounds * len(specs), desc=desc, unit="model", disable=not progress) as bar:
+        for _ in range(rounds):
+            for s in specs:
+                results[s].append(run_one(s))
+                bar.update(1)
+    return results
+
+
+def run_bench(suite: str, args, rounds: int = 2) -> int:
     if suite == "linear":
         return run_linear_scaling(args)
+    if suite in ("code", "extrapolation"):
+        from domains.code.bench import run_from_cli
+        return run_from_cli(suite, args)
     baseline, candidates = SUITES[suite]
     if getattr(args, "models", None):
         candidates = [m.strip() for m in args.models.split(",") if m.strip()]
     specs = [baseline] + list(candidates)
-    results: Dict[str, List[dict]] = {s: [] for s in specs}
-    with tqdm(total=rounds * len(specs), desc=f"bench {suite}", unit="model") as bar:
-        for _ in range(rounds):
-            for s in specs:
-                results[s].append(_run_one(s, args))
-                bar.update(1)
+    results = interleaved(specs, lambda s: _run_one(s, args), rounds, f"bench {suite}")
     summary = []
     base_t = statistics.median([t for r in results[baseline] for t in r["times"]])
     base_m = min(r["peak_mib"] for r in results[baseline])

@@ -82,6 +82,8 @@ def _cmd_finetune(args) -> int:
 def _cmd_bench(args) -> int:
     from .bench import run_bench
 
+    if args.batch_size is None and args.suite in ("vision", "linear"):
+        args.batch_size = 8
     return run_bench(args.suite, args)
 
 
@@ -105,15 +107,30 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--resume", action="store_true", help="continue from <output.dir>/last.pt")
     pf.set_defaults(func=_cmd_finetune)
 
-    pb = sub.add_parser("bench", help="speed and memory as ratios against a baseline in the same run")
-    pb.add_argument("suite", choices=["vision", "linear"])
-    pb.add_argument("--batch-size", type=int, default=8)
+    pb = sub.add_parser("bench", help="speed and memory as ratios against a baseline in the same run; "
+                        "'extrapolation': quality beyond the training length")
+    pb.add_argument("suite", choices=["vision", "linear", "code", "extrapolation"])
+    pb.add_argument("--batch-size", type=int, default=None, help="default: 8 (16 for extrapolation training)")
     pb.add_argument("--iters", type=int, default=6)
     pb.add_argument("--warmup", type=int, default=2)
     pb.add_argument("--img-size", type=int, default=224)
     pb.add_argument("--device", default="auto")
     pb.add_argument("--models", default=None, help="comma-separated zoo models (default: the suite's list)")
     pb.add_argument("--json", default=None, help="also write the results to this JSON file")
+    g = pb.add_argument_group("extrapolation (zoo bench extrapolation --domain code)")
+    g.add_argument("--domain", default="code", help="domain whose models to compare (code)")
+    g.add_argument("--steps", type=int, default=300, help="training steps per model")
+    g.add_argument("--lengths", default="512,1024,2048,4096,8192", help="evaluation lengths in tokens")
+    g.add_argument("--train-len", type=int, default=512, help="training length in tokens")
+    g.add_argument("--eval-tokens", type=int, default=32768, help="test tokens scored at every length")
+    g.add_argument("--out", default=None, help="output folder (JSON, PNG, runs); default runs/bench/extrapolation_code")
+    g.add_argument("--data-root", default=None, help="a source tree to use instead of the Python stdlib")
+    g = pb.add_argument_group("code speed (zoo bench code)")
+    g.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence")
+    g.add_argument("--prompt", type=int, default=128, help="prompt tokens for generate()")
+    g.add_argument("--new-tokens", type=int, default=64, help="tokens generate() appends")
+    g.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the models")
+    pb.add_argument("--quiet", action="store_true", help="no progress bars")
     pb.set_defaults(func=_cmd_bench)
     return p
 

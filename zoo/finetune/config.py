@@ -43,6 +43,13 @@ class DataCfg:
     eval_limit: Optional[int] = None
     augment: bool = True
     eval_split: str = "test"
+    # sequence domains (code, genomics): typed here so that a typo is an error; image tasks ignore them
+    seq_len: Optional[int] = None              # tokens per training window; null = the task's default
+    vocab_size: Optional[int] = None           # size of the tokenizer to train; null = the task's default
+    tokenizer: Optional[str] = None            # load this tokenizer (a tokenizer.json or a run folder) instead
+    tokenizer_files: Optional[int] = None      # train the tokenizer on N training files only (null = all)
+    languages: Optional[List[str]] = None      # keep files of these languages only (code); null = all supported
+    cache: bool = True                         # cache preprocessed data (tokenized corpora) under $ZOO_HOME
 
 
 @dataclass
@@ -201,7 +208,9 @@ def _validate(cfg: DictConfig, where: str) -> None:
                        ("train.accumulation", t.accumulation), ("train.eval_every", t.eval_every),
                        ("train.eval_batch_size", t.eval_batch_size), ("train.num_threads", t.num_threads),
                        ("train.log_every", t.log_every), ("train.save_every", t.save_every),
-                       ("data.train_limit", cfg.data.train_limit), ("data.eval_limit", cfg.data.eval_limit)):
+                       ("data.train_limit", cfg.data.train_limit), ("data.eval_limit", cfg.data.eval_limit),
+                       ("data.seq_len", cfg.data.seq_len), ("data.vocab_size", cfg.data.vocab_size),
+                       ("data.tokenizer_files", cfg.data.tokenizer_files)):
         if value is not None and value < 1:
             raise bad(key, value, "must be >= 1")
     if t.seed < 0:

@@ -9,6 +9,7 @@ Everything a run writes lives in ``output.dir``:
     last.pt              checkpoint (model, optimizer, scheduler, position in the epoch, RNG states, config)
     model.safetensors    final weights, loadable with zoo.create(name, pretrained_file=...)
     summary.json         final and best metrics, steps, wall time, params, throughput
+    (task artifacts)     what the weights need besides themselves, e.g. tokenizer.json (Task.save_artifacts)
 
 Exact resume: the data order and augmentation of an epoch are drawn from a generator seeded by (seed, epoch),
 the checkpoint stores the micro-batch position inside the epoch and the global RNG states (dropout), so the steps
@@ -47,7 +48,8 @@ CHECKPOINT_FORMAT = "zoo.finetune/1"
 RESUME_MUTABLE_KEYS = frozenset({
     "train.epochs", "train.steps", "train.eval_every", "train.eval_batch_size", "train.device", "train.amp",
     "train.num_threads", "train.progress", "train.log_every", "train.save_every",
-    "data.root", "data.download", "data.eval_limit", "data.eval_split", "output.dir", "output.overwrite",
+    "data.root", "data.download", "data.eval_limit", "data.eval_split", "data.cache", "output.dir",
+    "output.overwrite",
 })
 
 
@@ -276,6 +278,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
 
     _seed_everything(t_cfg.seed)
     task: Task = task_cls()
+    task.resume_dir = out_dir if ckpt is not None else None
     task.build_data(cfg)
     model_kwargs = task.model_kwargs(cfg)
     import zoo
@@ -315,6 +318,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    artifacts = [str(a) for a in (task.save_artifacts(out_dir) or [])]
     if ckpt is not None and metrics_path.exists():
         # drop lines logged after the checkpoint by a run that was killed: they are about to be redone
         keep = [ln for ln in metrics_path.read_text().splitlines() if _logged_step(ln) <= step]
@@ -480,6 +484,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                                                                       max(train_time - train_time_before, 1e-9), 2),
         "device": str(device), "amp": amp_name or "off", "interrupted": interrupted, "output_dir": str(out_dir),
         "checkpoint": str(ckpt_path), "weights": None if interrupted else str(weights_path),
+        "artifacts": artifacts,
     }
     if interrupted:
         summary["resume_command"] = resume_command
@@ -518,7 +523,8 @@ def _print_summary(s: Dict[str, Any], say) -> None:
         lines.append("  best  (step {}): {}".format(s["best"]["step"], ", ".join(
             f"{k} {v:.4f}" for k, v in s["best"].items() if k != "step")))
     lines.append(f"  outputs: {s['output_dir']} (summary.json, metrics.jsonl, last.pt"
-                 + (", model.safetensors)" if s["weights"] else ")"))
+                 + (", model.safetensors" if s["weights"] else "")
+                 + "".join(f", {a}" for a in s.get("artifacts", [])) + ")")
     say("\n".join(lines))
 
 

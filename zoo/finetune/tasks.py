@@ -6,22 +6,27 @@ task is asked for, so ``import zoo`` never imports a domain.
 The engine drives a task like this::
 
     task = get_task(cfg.task)()
+    task.resume_dir = run_dir if resuming else None
     train, evaluation = task.build_data(cfg)        # also remembers cfg
     model = zoo.create(cfg.model.name, **task.model_kwargs(cfg))
     task.to(device)
+    task.save_artifacts(run_dir)                    # once per run: what the weights need (a tokenizer)
     for batch in task.train_batches(epoch, generator, start=k):   # deterministic given (seed, epoch)
         loss, n = task.loss(model, batch)
     metrics = task.evaluate(model)                  # over the whole eval split, no grad, eval mode
 
 ``train_batches`` must draw all of its randomness (order, augmentation) from ``generator`` and must be able to
 start at micro-batch ``start`` producing exactly the batches an uninterrupted pass would produce there: that is
-what makes ``--resume`` exact.
+what makes ``--resume`` exact. A task whose data depends on something it derives (a tokenizer trained on the
+training split) saves it in ``save_artifacts`` and, when ``resume_dir`` is set, reuses the saved copy instead of
+deriving it again.
 """
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from typing import Any, Dict, Iterator, Tuple, Type
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +38,7 @@ __all__ = ["Task", "register_task", "get_task", "list_tasks", "TASK_MODULES"]
 # task name -> module that registers it (imported lazily)
 TASK_MODULES: Dict[str, str] = {
     "image_classification": "domains.vision.task",
+    "causal_lm": "domains.code.task",
 }
 
 _TASKS: Dict[str, Type["Task"]] = {}
@@ -44,6 +50,8 @@ class Task(ABC):
     name: str = "task"
     main_metric: str = "loss"        # the metric that defines "best"
     main_mode: str = "min"           # "min" or "max"
+    # set by the engine before build_data on --resume: the run folder whose artifacts (save_artifacts) to reuse
+    resume_dir: Optional[Path] = None
 
     @abstractmethod
     def build_data(self, cfg) -> Tuple[Any, Any]:
@@ -76,6 +84,11 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, batch_size: int = 512) -> Dict[str, float]:
         """Metrics over the whole eval split: batched, no grad, ``model.eval()``."""
+
+    def save_artifacts(self, run_dir: Path) -> List[str]:
+        """Write what the trained weights need besides themselves (a tokenizer, a label map) into ``run_dir``, each
+        file atomically; returns the file names. Called once per run, after ``build_data``. Default: nothing."""
+        return []
 
     def describe(self) -> Dict[str, Any]:
         """A few facts about the data, for the run summary."""

@@ -1,0 +1,341 @@
+"""Code-LM benchmarks: length extrapolation (quality) and training / generation speed (ratios).
+
+    zoo bench extrapolation --domain code [--steps 300] [--lengths 512,1024,2048,4096,8192] [--models a,b] [--out D]
+    zoo bench code [--models a,b] [--seq-len 512] [--batch-size 8]
+
+**Extrapolation.** One byte-level BPE is trained on the training split and shared by every model. Each
+``code_lm_*_tiny`` model is trained with the ``causal_lm`` fine-tune engine for ``--steps`` steps at
+``--train-len`` tokens (same data order, seed and schedule for all), then its perplexity is measured on the test
+split at every length of ``--lengths`` with ``allow_longer=True`` (the models' switch to run past
+``max_seq_len``). At every length the same first ``--eval-tokens`` test tokens are scored (``eval_tokens // L``
+non-overlapping windows of ``L`` tokens), so a column compares models on the same text and a row shows what a longer
+context does to one model. Written to ``--out``: ``extrapolation.json`` (every number), ``extrapolation.png``
+(perplexity vs length, log-log), ``tokenizer.json`` and one training run folder per model under ``runs/``.
+
+**Speed.** Each model runs in its own subprocess, interleaved with the baseline ``code_lm_nope_small`` over
+``--rounds`` rounds (``zoo.bench.interleaved``): forward+backward tokens/s on random tokens at ``--seq-len``, and
+``generate()`` tokens/s (greedy, batch 1) with the KV cache and without it. Reported as ratios to the baseline and
+cache/no-cache speed-ups; absolute numbers are for this machine only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+__all__ = ["extrapolation", "speed", "run_from_cli", "EXTRAPOLATION_MODELS", "SPEED_BASELINE", "SPEED_MODELS",
+           "DEFAULT_LENGTHS"]
+
+PE_ORDER = ("nope", "rope", "alibi", "hirope", "bipe")
+EXTRAPOLATION_MODELS = tuple(f"code_lm_{pe}_tiny" for pe in PE_ORDER)
+SPEED_BASELINE = "code_lm_nope_small"
+SPEED_MODELS = tuple(f"code_lm_{pe}_small" for pe in PE_ORDER if pe != "nope")
+DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
+
+
+def _parse_list(text: Optional[str], kind=str) -> Optional[List]:
+    if text is None:
+        return None
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        return [kind(t) for t in items]
+    except ValueError:
+        from zoo.errors import ConfigError
+        raise ConfigError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
+
+
+def _check_models(models: Sequence[str]) -> List[str]:
+    import zoo
+    from zoo.errors import ConfigError
+
+    import domains.code.models  # noqa: F401  (registers the code models)
+    known = set(zoo.list_models("code_lm_*"))
+    bad = [m for m in models if m not in known]
+    if bad:
+        raise ConfigError(f"unknown code model(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+    if not models:
+        raise ConfigError("--models is empty")
+    return list(models)
+
+
+# ---- extrapolation -----------------------------------------------------------------------------------------------
+
+def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
+                  lengths: Sequence[int] = DEFAULT_LENGTHS, train_len: int = 512, batch_size: int = 16,
+                  out: str = "runs/bench/extrapolation_code", eval_tokens: int = 32768, dataset: str = "cpython_stdlib",
+                  root: Optional[str] = None, vocab_size: int = 8192, tokenizer_files: Optional[int] = 400,
+                  lr: float = 2e-3, model_kwargs: Optional[Dict[str, Any]] = None, amp: str = "auto",
+                  device: str = "auto", seed: int = 0, progress: bool = True) -> Dict[str, Any]:
+    """Train every model of ``models`` at ``train_len`` tokens and score it at every length of ``lengths``; writes
+    and returns the results (see the module docstring). ``amp="auto"`` is bf16 autocast on CUDA and on CPUs."""
+    from types import SimpleNamespace
+
+    from zoo.errors import ConfigError
+    from zoo.finetune import finetune
+    from zoo.finetune.engine import _autocast, _resolve_device
+    from zoo.io import atomic_write_text
+
+    from domains.code.data import tokenize_files
+    from domains.code.task import get_tokenizer, lm_metrics, load_run, open_source_tree, stream_tensors
+
+    models = _check_models(list(models or EXTRAPOLATION_MODELS))
+    lengths = sorted({int(v) for v in lengths})
+    if not lengths or lengths[0] < 2:
+        raise ConfigError(f"--lengths must be token counts >= 2, got {lengths}")
+    if steps < 1 or train_len < 2 or eval_tokens < 1:
+        raise ConfigError(f"--steps ({steps}), --train-len ({train_len}) and --eval-tokens ({eval_tokens}) must be "
+                          f"positive")
+    out_dir = Path(out).expanduser()
+    dev = _resolve_device(device)
+    amp_mode = "bf16" if amp == "auto" else amp
+    autocast, _ = _autocast(amp_mode, dev)
+
+    # one tokenizer and one test stream for every model
+    tree = open_source_tree(dataset, root)
+    d = SimpleNamespace(tokenizer=None, vocab_size=vocab_size, tokenizer_files=tokenizer_files)
+    tokenizer = get_tokenizer(d, tree.split("train"), progress=progress)
+    test = tokenize_files(tree.split("test"), tokenizer, progress=progress, cache_dir=True)
+    if len(test) < lengths[-1] + 1:
+        raise ConfigError(f"the test split of {tree.name} has {len(test)} tokens, fewer than the longest length "
+                          f"{lengths[-1]} + 1; drop it from --lengths")
+    stream = {k: v.to(dev) for k, v in stream_tensors(test).items()}
+    tok_path = tokenizer.save(out_dir)
+
+    rows, train = [], {}
+    for name in models:
+        run_dir = out_dir / "runs" / name
+        cfg = {"task": "causal_lm",
+               "model": {"name": name, "kwargs": dict(model_kwargs or {})},
+               "data": {"name": dataset, "root": root, "seq_len": train_len, "tokenizer": str(tok_path),
+                        "eval_limit": max(1, eval_tokens // train_len)},
+               "optim": {"lr": lr, "weight_decay": 0.1, "warmup_ratio": 0.05, "min_lr_ratio": 0.1},
+               "train": {"steps": steps, "batch_size": batch_size, "seed": seed, "amp": amp_mode,
+                         "device": device, "eval_batch_size": batch_size, "progress": progress,
+                         "log_every": max(1, min(20, steps))},
+               "output": {"dir": str(run_dir), "overwrite": True}}
+        summary = finetune(cfg)
+        train[name] = {"eval_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
+                       "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir)}
+        model, _ = load_run(run_dir, device=dev, allow_longer=True)
+        for length in lengths:
+            windows = max(1, eval_tokens // length)
+            bs = max(1, min(windows, 16384 // length))
+            t0 = time.perf_counter()
+            m = lm_metrics(model, stream, length, windows, bs, tokenizer.pad_id, autocast)
+            rows.append({"model": name, "length": length, "trained_at": train_len, "loss": m["loss"],
+                         "ppl": m["perplexity"], "token_accuracy": m["token_accuracy"], "tokens": int(m["tokens"]),
+                         "eval_s": round(time.perf_counter() - t0, 3)})
+        del model
+
+    result = {"benchmark": "extrapolation", "domain": "code", "dataset": tree.name, "fingerprint": tree.fingerprint,
+              "train_len": train_len, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+              "lengths": lengths, "eval_tokens": eval_tokens, "vocab_size": tokenizer.vocab_size,
+              "device": str(dev), "amp": amp_mode, "models": models, "train": train, "rows": rows}
+    json_path = atomic_write_text(out_dir / "extrapolation.json", json.dumps(result, indent=2) + "\n")
+    png_path = plot_extrapolation(result, out_dir / "extrapolation.png")
+    print(format_extrapolation(result))
+    print(f"wrote {json_path}, {png_path}")
+    result["files"] = {"json": str(json_path), "png": str(png_path), "tokenizer": str(tok_path)}
+    return result
+
+
+def format_extrapolation(result: Dict[str, Any]) -> str:
+    """The perplexity table: one row per model, one column per length (``*`` marks the training length)."""
+    lengths = result["lengths"]
+    ppl = {(r["model"], r["length"]): r["ppl"] for r in result["rows"]}
+    head = [f"{L}{'*' if L == result['train_len'] else ''}" for L in lengths]
+    lines = [f"zoo bench extrapolation --domain code: test perplexity on {result['dataset']}, trained "
+             f"{result['steps']} steps x {result['batch_size']} windows at {result['train_len']} tokens "
+             f"({result['device']}, {result['amp']}); {result['eval_tokens']} test tokens per length",
+             f"{'model':24s}" + "".join(f"{h:>10s}" for h in head)]
+    for name in result["models"]:
+        lines.append(f"{name:24s}" + "".join(f"{ppl[(name, L)]:10.2f}" for L in lengths))
+    return "\n".join(lines)
+
+
+def plot_extrapolation(result: Dict[str, Any], path: Path) -> Path:
+    """Perplexity vs evaluation length (log-log), one line per model; written atomically as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator, ScalarFormatter
+
+    from zoo.io import atomic_write
+
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    for name in result["models"]:
+        pts = sorted((r["length"], r["ppl"]) for r in result["rows"] if r["model"] == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.axvline(result["train_len"], color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(result["lengths"], [str(v) for v in result["lengths"]])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("evaluation length (tokens); dotted: training length")
+    ax.set_ylabel("test perplexity")
+    ax.set_title(f"Length extrapolation on {result['dataset']} ({result['steps']} steps at {result['train_len']})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+# ---- speed -------------------------------------------------------------------------------------------------------
+
+def _speed_worker(spec: str, batch: int, seq_len: int, iters: int, warmup: int, device: str, prompt: int,
+                  new_tokens: int, gen_iters: int) -> Dict[str, Any]:
+    import torch
+
+    import zoo
+    from domains.code.models import code_positions
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    vocab = 8192
+    model = zoo.create(spec, vocab_size=vocab, max_seq_len=max(seq_len, prompt + new_tokens)).to(device)
+    newlines = list(range(10, 20))                     # pretend ids: some lines, so BiPE has segments to read
+
+    def positions(x):
+        return code_positions(x, newlines, vocab_size=vocab, flat_levels=True)
+
+    x = torch.randint(4, vocab, (batch, seq_len + 1), device=device)
+    inp, labels = x[:, :-1], x[:, 1:]
+    pos = positions(inp)
+    amp = torch.autocast(device, dtype=torch.bfloat16)
+
+    def step():
+        with amp:
+            logits = model(inp, pos)
+        torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten()).backward()
+        model.zero_grad(set_to_none=True)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    model.train()
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+
+    model.eval()
+    p = torch.randint(4, vocab, (1, prompt), device=device)
+    gen = {}
+    for use_cache in (True, False):
+        ts = []
+        for i in range(gen_iters + 1):                  # the first call warms up
+            sync()
+            t = time.perf_counter()
+            with amp:
+                model.generate(p, new_tokens, temperature=0.0, use_cache=use_cache, pos=positions(p))
+            sync()
+            if i:
+                ts.append(time.perf_counter() - t)
+        gen[use_cache] = statistics.median(ts)
+    # the cache must not change what is generated: greedy decoding in float32 (bf16 could flip near-ties)
+    same = bool(torch.equal(model.generate(p, new_tokens, temperature=0.0, use_cache=True, pos=positions(p)),
+                            model.generate(p, new_tokens, temperature=0.0, use_cache=False, pos=positions(p))))
+    return {"model": spec, "device": device, "params": sum(q.numel() for q in model.parameters()),
+            "train_times": times, "train_tokens": batch * seq_len,
+            "gen_cache_s": gen[True], "gen_nocache_s": gen[False], "new_tokens": new_tokens,
+            "greedy_same": same}
+
+
+def _speed_run_one(spec: str, opts: Dict[str, Any]) -> Dict[str, Any]:
+    cmd = [sys.executable, "-m", "domains.code.bench", "_worker", spec, json.dumps(opts)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    if res.returncode != 0:
+        raise RuntimeError(f"benchmark of {spec} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def speed(models: Optional[Sequence[str]] = None, baseline: str = SPEED_BASELINE, batch: int = 8,
+          seq_len: int = 512, iters: int = 5, warmup: int = 2, device: str = "auto", prompt: int = 128,
+          new_tokens: int = 64, gen_iters: int = 2, rounds: int = 2, progress: bool = True,
+          json_path: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Training and generation speed of ``models`` as ratios to ``baseline`` measured in the same run."""
+    from zoo.bench import interleaved
+
+    candidates = [m for m in _check_models(list(models or SPEED_MODELS)) if m != baseline]
+    specs = _check_models([baseline]) + candidates
+    opts = dict(batch=batch, seq_len=seq_len, iters=iters, warmup=warmup, device=device, prompt=prompt,
+                new_tokens=new_tokens, gen_iters=gen_iters)
+    results = interleaved(specs, lambda s: _speed_run_one(s, opts), rounds, "bench code", progress)
+
+    def summarise(spec):
+        rs = results[spec]
+        t = statistics.median([x for r in rs for x in r["train_times"]])
+        gc = statistics.median([r["gen_cache_s"] for r in rs])
+        gn = statistics.median([r["gen_nocache_s"] for r in rs])
+        n = rs[0]["new_tokens"]
+        return {"model": spec, "train_tokens_per_s": rs[0]["train_tokens"] / t,
+                "gen_cache_tokens_per_s": n / gc, "gen_nocache_tokens_per_s": n / gn, "cache_speedup": gn / gc,
+                "greedy_same_with_and_without_cache": all(r["greedy_same"] for r in rs),
+                "params": rs[0]["params"], "device": rs[0]["device"]}
+
+    rows = [summarise(s) for s in specs]
+    base = rows[0]
+    for r in rows:
+        r["train_speed_vs_baseline"] = r["train_tokens_per_s"] / base["train_tokens_per_s"]
+        r["gen_speed_vs_baseline"] = r["gen_cache_tokens_per_s"] / base["gen_cache_tokens_per_s"]
+    print(f"\nzoo bench code: forward+backward at batch {batch} x {seq_len} tokens, greedy generate() of "
+          f"{new_tokens} tokens after a {prompt}-token prompt (batch 1), {rows[0]['device']}, bf16 autocast, "
+          f"median of {rounds} rounds; baseline {baseline}")
+    print(f"{'model':22s} {'train tok/s':>12s} {'train x':>8s} {'gen tok/s':>10s} {'gen x':>6s} "
+          f"{'no-cache tok/s':>15s} {'cache x':>8s} {'params':>8s}")
+    for r in rows:
+        print(f"{r['model']:22s} {r['train_tokens_per_s']:12.0f} {r['train_speed_vs_baseline']:8.3f} "
+              f"{r['gen_cache_tokens_per_s']:10.1f} {r['gen_speed_vs_baseline']:6.2f} "
+              f"{r['gen_nocache_tokens_per_s']:15.1f} {r['cache_speedup']:8.2f} {r['params'] / 1e6:7.2f}M")
+    if json_path:
+        from zoo.io import atomic_write_text
+        atomic_write_text(json_path, json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+# ---- command line ------------------------------------------------------------------------------------------------
+
+def run_from_cli(suite: str, args) -> int:
+    """``zoo bench extrapolation --domain code`` and ``zoo bench code`` (arguments from ``zoo.cli``)."""
+    from zoo.errors import ConfigError
+
+    models = _parse_list(getattr(args, "models", None))
+    if suite == "extrapolation":
+        domain = getattr(args, "domain", None) or "code"
+        if domain != "code":
+            raise ConfigError(f"zoo bench extrapolation --domain {domain}: only 'code' is implemented")
+        lengths = _parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
+        result = extrapolation(models=models, steps=args.steps, lengths=lengths, train_len=args.train_len,
+                               batch_size=args.batch_size or 16, eval_tokens=args.eval_tokens,
+                               out=args.out or "runs/bench/extrapolation_code", root=args.data_root,
+                               dataset="source_tree" if args.data_root else "cpython_stdlib",
+                               device=args.device, progress=not args.quiet)
+        if getattr(args, "json", None):
+            from zoo.io import atomic_write_text
+            atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        return 0
+    speed(models=models, batch=args.batch_size or 8, seq_len=args.seq_len, iters=args.iters, warmup=args.warmup,
+          device=args.device, prompt=args.prompt, new_tokens=args.new_tokens, rounds=args.rounds,
+          baseline=SPEED_BASELINE,
+          progress=not args.quiet, json_path=getattr(args, "json", None))
+    return 0
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "_worker":
+    _o = json.loads(sys.argv[3])
+    print(json.dumps(_speed_worker(sys.argv[2], **_o)))

@@ -1,0 +1,89 @@
+"""`zoo bench extrapolation --domain code` and `zoo bench code` end to end at a tiny scale (structure, not speed)."""
+import json
+import math
+import shutil
+
+import pytest
+
+pytest.importorskip("tree_sitter")
+pytest.importorskip("tokenizers")
+
+from zoo.cli import main  # noqa: E402
+from zoo.errors import ConfigError  # noqa: E402
+
+from domains.code import bench  # noqa: E402
+from domains.code.data import cpython_stdlib  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    """Ten train, two val and two test files of the stdlib, copied (same bytes, so the same split)."""
+    dest = tmp_path_factory.mktemp("bench") / "src"
+    want = {"train": 10, "val": 2, "test": 2}
+    for f in cpython_stdlib().files:
+        if 2000 < f.size < 12000 and want[f.split] > 0:
+            want[f.split] -= 1
+            p = dest / f.relpath
+            p.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f.path, p)
+    return dest
+
+
+def test_extrapolation_bench_end_to_end(src, tmp_path, capsys):
+    out = tmp_path / "bench"
+    result = bench.extrapolation(models=["code_lm_rope_tiny", "code_lm_alibi_tiny"], steps=4, lengths=[128, 64],
+                                 train_len=64, batch_size=4, out=str(out), eval_tokens=512, dataset="source_tree",
+                                 root=str(src), vocab_size=300, tokenizer_files=None, device="cpu",
+                                 model_kwargs={"dim": 32, "depth": 1, "num_heads": 2}, progress=False)
+    printed = capsys.readouterr().out
+    data = json.loads((out / "extrapolation.json").read_text())
+    assert data["lengths"] == [64, 128] and data["train_len"] == 64 and data["steps"] == 4
+    pairs = sorted((r["model"], r["length"]) for r in data["rows"])
+    assert pairs == [("code_lm_alibi_tiny", 64), ("code_lm_alibi_tiny", 128), ("code_lm_rope_tiny", 64),
+                     ("code_lm_rope_tiny", 128)]
+    for r in data["rows"]:
+        assert math.isfinite(r["ppl"]) and 1.0 < r["ppl"] < 10 * 300, r
+        assert r["ppl"] == pytest.approx(math.exp(r["loss"]), rel=1e-9)
+        assert r["tokens"] == 512, "every length scores the same test tokens"
+    assert data["train"]["code_lm_rope_tiny"]["params"] > 0
+    assert (out / "extrapolation.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert (out / "tokenizer.json").is_file() and (out / "runs" / "code_lm_alibi_tiny" / "model.safetensors").is_file()
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    # the printed table: a header with the lengths (training length starred) and one line per model
+    table = printed[printed.index("zoo bench extrapolation"):].splitlines()
+    assert table[1].split() == ["model", "64*", "128"]
+    rope = next(line for line in table if line.startswith("code_lm_rope_tiny")).split()
+    ppl = {(r["model"], r["length"]): r["ppl"] for r in data["rows"]}
+    assert [float(v) for v in rope[1:]] == [pytest.approx(ppl[("code_lm_rope_tiny", L)], abs=0.01) for L in (64, 128)]
+    assert result["files"]["png"].endswith("extrapolation.png")
+
+
+def test_extrapolation_bench_bad_arguments(src, tmp_path):
+    with pytest.raises(ConfigError, match="unknown code model.*code_lm_nope_tiny"):
+        bench.extrapolation(models=["code_lm_fancy_tiny"], out=str(tmp_path))
+    with pytest.raises(ConfigError, match="fewer than the longest length 1000000"):
+        bench.extrapolation(models=["code_lm_rope_tiny"], lengths=[64, 1000000], train_len=64, out=str(tmp_path),
+                            dataset="source_tree", root=str(src), vocab_size=300, tokenizer_files=None,
+                            progress=False)
+    assert not (tmp_path / "tokenizer.json").exists(), "a refused benchmark writes nothing"
+    assert main(["bench", "extrapolation", "--domain", "genomics", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "extrapolation", "--lengths", "64,abc", "--out", str(tmp_path)]) == 2
+
+
+def test_code_speed_bench_structure(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "speed.json"
+    rows = bench.speed(models=["code_lm_hirope_tiny"], baseline="code_lm_nope_tiny", batch=2, seq_len=32, iters=1,
+                       warmup=1, device="cpu", prompt=8, new_tokens=4, gen_iters=1, rounds=1, progress=False,
+                       json_path=str(out))
+    assert [r["model"] for r in rows] == ["code_lm_nope_tiny", "code_lm_hirope_tiny"]
+    assert json.loads(out.read_text()) == rows
+    assert rows[0]["train_speed_vs_baseline"] == 1.0 and rows[0]["gen_speed_vs_baseline"] == 1.0
+    for r in rows:
+        for key in ("train_tokens_per_s", "gen_cache_tokens_per_s", "gen_nocache_tokens_per_s", "cache_speedup",
+                    "train_speed_vs_baseline"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["model"], key)
+        assert r["greedy_same_with_and_without_cache"] is True, "the KV cache must not change greedy decoding"
+    assert "code_lm_hirope_tiny" in capsys.readouterr().out
