@@ -50,6 +50,12 @@ class DataCfg:
     tokenizer_files: Optional[int] = None      # train the tokenizer on N training files only (null = all)
     languages: Optional[List[str]] = None      # keep files of these languages only (code); null = all supported
     cache: bool = True                         # cache preprocessed data (tokenized corpora) under $ZOO_HOME
+    # genomics
+    tokenizer_kind: Optional[str] = None       # nucleotide | kmer | codon (default nucleotide)
+    k: Optional[int] = None                    # k-mer size (kmer tokenizer; default 6)
+    label_rank: Optional[str] = None           # 16S taxonomy rank used as the label (default phylum)
+    top_n: Optional[int] = None                # 16S: keep the N most frequent classes (default 5)
+    mask_prob: Optional[float] = None          # masked-LM masking probability (default 0.15)
 
 
 @dataclass
@@ -210,7 +216,8 @@ def _validate(cfg: DictConfig, where: str) -> None:
                        ("train.log_every", t.log_every), ("train.save_every", t.save_every),
                        ("data.train_limit", cfg.data.train_limit), ("data.eval_limit", cfg.data.eval_limit),
                        ("data.seq_len", cfg.data.seq_len), ("data.vocab_size", cfg.data.vocab_size),
-                       ("data.tokenizer_files", cfg.data.tokenizer_files)):
+                       ("data.tokenizer_files", cfg.data.tokenizer_files), ("data.k", cfg.data.k),
+                       ("data.top_n", cfg.data.top_n)):
         if value is not None and value < 1:
             raise bad(key, value, "must be >= 1")
     if t.seed < 0:

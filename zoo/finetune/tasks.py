@@ -39,6 +39,9 @@ __all__ = ["Task", "register_task", "get_task", "list_tasks", "TASK_MODULES"]
 TASK_MODULES: Dict[str, str] = {
     "image_classification": "domains.vision.task",
     "causal_lm": "domains.code.task",
+    "sequence_classification": "domains.genomics.task",
+    "masked_lm": "domains.genomics.task",
+    "dna_lm": "domains.genomics.task",
 }
 
 _TASKS: Dict[str, Type["Task"]] = {}
