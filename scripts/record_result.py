@@ -19,6 +19,7 @@ def main() -> int:
     ap.add_argument("recipe")
     ap.add_argument("run_dir")
     ap.add_argument("--machine", default="2-core CPU, no GPU")
+    ap.add_argument("--metric", default=None, help="final metric to show (default: the task's main metric)")
     args = ap.parse_args()
     summary_path = Path(args.run_dir) / "summary.json"
     if not summary_path.exists():
@@ -28,7 +29,10 @@ def main() -> int:
     if s.get("interrupted"):
         print(f"{summary_path}: the run was interrupted; finish it with --resume first", file=sys.stderr)
         return 1
-    metric = s["main_metric"]
+    metric = args.metric or s["main_metric"]
+    if metric not in s["final"]:
+        print(f"{summary_path}: no final metric {metric!r}; there are {', '.join(s['final'])}", file=sys.stderr)
+        return 1
     row = {
         "recipe": args.recipe, "model": s["model"], "dataset": s["data"].get("dataset", "?") if isinstance(s["data"], dict)
         else str(s["data"]), "metric": metric, "value": s["final"][metric], "wall_time_s": s["wall_time_s"],
