@@ -43,6 +43,8 @@ from torch import Tensor, nn
 
 from zoo.nn import Block
 from zoo.nn.attention import KVCache
+from zoo.nn.generation import check_generate_args, check_input_ids, decode
+from zoo.nn.layers import init_decoder_weights
 from zoo.pe.alibi import ALiBi
 from zoo.pe.bipe import BiPEALiBi, BiPEIntraEmbedding, BiPERoPE
 from zoo.pe.hirope import HiRoPE
@@ -279,12 +281,7 @@ class CodeLM(nn.Module):
         return BiPEALiBi(num_heads, **{"causal": True, **kw})
 
     def _init_weights(self, std: float) -> None:
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear):
-                resid = name.endswith("attn.proj") or name.endswith("mlp.fc2")
-                nn.init.normal_(m.weight, std=std / (2 * self.depth) ** 0.5 if resid else std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_decoder_weights(self, self.depth, std)
         nn.init.normal_(self.tok_emb.weight, std=std)
 
     # ---- positions ----------------------------------------------------------------------------------------
@@ -332,11 +329,7 @@ class CodeLM(nn.Module):
 
         With ``cache`` (from `make_cache`), ``input_ids`` are the new tokens only, ``pos`` describes all tokens
         (cached + new) and every layer's cache is extended."""
-        if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point() \
-                or input_ids.dtype == torch.bool:
-            got = (f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor)
-                   else type(input_ids).__name__)
-            raise ValueError(f"input_ids must be an int [b, n] tensor, got {got}")
+        check_input_ids(input_ids)
         if cache is not None and (len(cache) != self.depth or not all(isinstance(c, KVCache) for c in cache)):
             raise ValueError(f"cache must be a list of {self.depth} KVCache (model.make_cache()), got "
                              f"{type(cache).__name__} of length {len(cache) if hasattr(cache, '__len__') else '?'}")
@@ -377,41 +370,15 @@ class CodeLM(nn.Module):
             pos: Positions of the prompt (default: `default_positions`).
 
         The model mode is left as it is (call ``eval()`` to turn dropout off)."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0:
-            raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
-            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        check_generate_args(max_new_tokens, temperature, top_k)
         if pos_fn is None:
             def pos_fn(tokens, p):
                 return extend_positions(p, tokens, self.newline_counts)
         if pos is None:
             pos = self.default_positions(input_ids)
-        tokens = input_ids
-        cache = self.make_cache() if use_cache else None
-        if max_new_tokens == 0:
-            return tokens
-        logits = self(tokens, pos, cache)[:, -1]                                 # [b, vocab]
-        for step in range(max_new_tokens):
-            nxt = _sample(logits, temperature, top_k, generator)                 # [b, 1]
-            tokens = torch.cat([tokens, nxt.to(tokens.dtype)], dim=1)
-            if step == max_new_tokens - 1:
-                break
-            pos = pos_fn(tokens, pos)
-            logits = (self(nxt, pos, cache) if use_cache else self(tokens, pos))[:, -1]
-        return tokens
+        return decode(self, input_ids, pos, pos_fn, max_new_tokens, temperature, top_k,
+                      self.make_cache() if use_cache else None, generator)
 
-
-def _sample(logits: Tensor, temperature: float, top_k: Optional[int], generator) -> Tensor:
-    """``[b, vocab]`` logits -> ``[b, 1]`` token ids."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]                        # [b, 1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 
 
 # ---- entrypoints ------------------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ from torch import Tensor, nn
 from domains.genomics.tokenizers import SPECIAL_TOKENS
 from zoo.nn import Block
 from zoo.nn.attention import KVCache
+from zoo.nn.generation import check_generate_args, check_input_ids, decode
+from zoo.nn.layers import init_decoder_weights
 from zoo.pe.alibi import ALiBi
 from zoo.pe.bipe import BiPEIntraEmbedding, BiPERoPE
 from zoo.pe.fire import FIRE
@@ -202,12 +204,7 @@ class DNATransformer(nn.Module):
         return cls(num_heads, **{"causal": causal, **kw})
 
     def _init_weights(self, std: float) -> None:
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear) and ".pe." not in name:               # encodings keep their own init
-                resid = name.endswith("attn.proj") or name.endswith("mlp.fc2")
-                nn.init.normal_(m.weight, std=std / (2 * self.depth) ** 0.5 if resid else std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_decoder_weights(self, self.depth, std, skip=".pe.")                  # encodings keep their own init
         nn.init.normal_(self.tok_emb.weight, std=std)
 
     # ---- positions ----------------------------------------------------------------------------------------
@@ -251,11 +248,7 @@ class DNATransformer(nn.Module):
                          cache: Optional[List[KVCache]] = None) -> Tensor:
         """Normed hidden states ``[b, n, c]``.  With ``cache`` (decoders), ``input_ids`` are the new tokens and
         ``pos`` describes all tokens (cached + new)."""
-        if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point() \
-                or input_ids.dtype == torch.bool:
-            got = (f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor)
-                   else type(input_ids).__name__)
-            raise ValueError(f"input_ids must be an int [b, n] tensor, got {got}")
+        check_input_ids(input_ids)
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
             raise ValueError(f"input_ids must be in 0..{self.vocab_size - 1} (vocab_size={self.vocab_size}), got "
                              f"min {int(input_ids.min())}, max {int(input_ids.max())}: was the model built with "
@@ -328,39 +321,13 @@ class DNATransformer(nn.Module):
         far (default `positions`: token indices and nucleotide segments).  Decoders only; mode left as is."""
         if not self.causal:
             raise ValueError("generate() needs a causal model (dna_lm_*), this is an encoder")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-            raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
-            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        check_generate_args(max_new_tokens, temperature, top_k)
         if self.classifier is not None:
             raise ValueError("generate() needs token logits: build the decoder with num_classes=0")
         pos_fn = pos_fn or self.positions
-        tokens = input_ids
-        if max_new_tokens == 0:
-            return tokens
-        cache = self.make_cache() if use_cache else None
-        logits = self(tokens, pos_fn(tokens), cache)[:, -1]                       # [b, vocab]
-        for step in range(max_new_tokens):
-            nxt = _sample(logits, temperature, top_k, generator)                  # [b, 1]
-            tokens = torch.cat([tokens, nxt.to(tokens.dtype)], dim=1)
-            if step == max_new_tokens - 1:
-                break
-            pos = pos_fn(tokens)
-            logits = (self(nxt, pos, cache) if use_cache else self(tokens, pos))[:, -1]
-        return tokens
+        return decode(self, input_ids, pos_fn(input_ids), lambda tokens, _: pos_fn(tokens), max_new_tokens,
+                      temperature, top_k, self.make_cache() if use_cache else None, generator)
 
-
-def _sample(logits: Tensor, temperature: float, top_k: Optional[int], generator) -> Tensor:
-    """``[b, vocab]`` -> ``[b, 1]``."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: DNATransformer) -> dict:

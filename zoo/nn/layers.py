@@ -45,3 +45,14 @@ class LayerScale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gamma
+
+
+def init_decoder_weights(model: nn.Module, depth: int, std: float = 0.02, skip: str = None) -> None:
+    """GPT-2 initialisation: every Linear ``N(0, std)`` (the residual projections ``attn.proj`` / ``mlp.fc2``
+    ``N(0, std / sqrt(2 depth))``), biases zero.  Modules whose name contains ``skip`` keep their own init."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and not (skip and skip in name):
+            resid = name.endswith("attn.proj") or name.endswith("mlp.fc2")
+            nn.init.normal_(m.weight, std=std / (2 * depth) ** 0.5 if resid else std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

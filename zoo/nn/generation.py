@@ -1,0 +1,73 @@
+"""Autoregressive decoding shared by every decoder LM: argument checks, sampling and the decode loop.
+
+A model supplies ``step(tokens_or_new, pos, cache) -> logits [b, n, vocab]`` (its forward) and a rule that extends
+the Positions as tokens are appended; `decode` does the rest, with or without a KV cache.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+import torch
+from torch import Tensor
+
+from ..positions import Positions
+
+__all__ = ["check_input_ids", "check_generate_args", "sample_next", "decode"]
+
+
+def check_input_ids(input_ids) -> None:
+    """Raise unless ``input_ids`` is an integer ``[b, n]`` tensor."""
+    if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point() \
+            or input_ids.dtype == torch.bool:
+        got = (f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor)
+               else type(input_ids).__name__)
+        raise ValueError(f"input_ids must be an int [b, n] tensor, got {got}")
+
+
+def check_generate_args(max_new_tokens, temperature, top_k) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: Optional[int] = None,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+    """``[b, vocab]`` logits -> ``[b, 1]`` token ids: argmax when ``temperature == 0``, else a draw from
+    ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]                        # [b, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+@torch.no_grad()
+def decode(step: Callable[..., Tensor], tokens: Tensor, pos: Positions,
+           extend: Callable[[Tensor, Positions], Positions], max_new_tokens: int, temperature: float = 1.0,
+           top_k: Optional[int] = None, cache: Optional[List] = None,
+           generator: Optional[torch.Generator] = None) -> Tensor:
+    """Append ``max_new_tokens`` tokens to ``tokens [b, n]``; returns ``[b, n + max_new_tokens]``.
+
+    Args:
+        step: the model's forward ``step(input_ids, pos, cache) -> logits [b, n, vocab]``.
+        pos: Positions of the prompt.
+        extend: ``extend(tokens [b, m + 1], pos of the first m) -> Positions of all m + 1``.
+        cache: a fresh KV cache (one per block) to decode one token at a time; None re-runs the whole sequence.
+    """
+    check_generate_args(max_new_tokens, temperature, top_k)
+    if max_new_tokens == 0:
+        return tokens
+    logits = step(tokens, pos, cache)[:, -1]                                     # [b, vocab]
+    for i in range(max_new_tokens):
+        nxt = sample_next(logits, temperature, top_k, generator)                 # [b, 1]
+        tokens = torch.cat([tokens, nxt.to(tokens.dtype)], dim=1)
+        if i == max_new_tokens - 1:
+            break
+        pos = extend(tokens, pos)
+        logits = (step(nxt, pos, cache) if cache is not None else step(tokens, pos, None))[:, -1]
+    return tokens
