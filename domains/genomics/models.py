@@ -40,7 +40,6 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from domains.genomics.tokenizers import SPECIAL_TOKENS
