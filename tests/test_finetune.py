@@ -287,7 +287,7 @@ def test_missing_file_and_free_form_model_kwargs(tmp_path):
                       ["model.kwargs.depth=2", "optim.lr=5e-4", "train.steps=7"])
     assert dict(cfg.model.kwargs) == {"anything_goes": 1, "depth": 2}
     assert cfg.optim.lr == 5e-4 and cfg.train.steps == 7 and cfg.output.dir == "runs/vit_irpe_tiny"
-    with pytest.raises(ConfigError, match="available tasks: causal_lm, dna_lm, image_classification, masked_lm, sequence_classification"):
+    with pytest.raises(ConfigError, match="available tasks: causal_lm, dna_lm, entity_linking, image_classification, masked_lm, sequence_classification, word_labelling"):
         finetune(build_config({"task": "segmentation", "model": {"name": "x"}, "data": {"name": "digits"}}))
 
 

@@ -44,4 +44,14 @@ def _forward(task: str, model, kwargs):
         if task in ("sequence_classification", "masked_lm", "dna_lm"):
             x = torch.randint(7, 11, (2, 24))                    # nucleotide ids (after the 7 special tokens)
             return model(x), (2,)
+        if task in ("word_labelling", "entity_linking"):
+            from zoo.positions import Positions
+            x = torch.randint(2, 100, (2, 16))
+            xy = torch.randint(0, 900, (2, 16, 2))
+            boxes = torch.cat([xy, xy + torch.randint(1, 100, (2, 16, 2))], dim=-1)      # x0 y0 x1 y1, 0..1000
+            out = model(x, pos=Positions(ids=torch.arange(16).expand(2, 16), boxes=boxes))
+            if task == "entity_linking":
+                word_entity = torch.arange(16).div(4, rounding_mode="floor").expand(2, 16)   # 4 entities of 4 words
+                return model.link_head(out, word_entity, boxes[:, ::4]), (2, 4, 4)
+            return out, (2, 16)
     raise AssertionError(f"no smoke input defined for task {task!r}: add one here")

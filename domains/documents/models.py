@@ -41,7 +41,7 @@ from zoo.pe.v2pe import V2PE, v2pe_position_ids
 from zoo.positions import Positions
 from zoo.registry import register_model
 
-__all__ = ["PostNormBlock", "DocEncoder", "DocGraphRopeEncoder", "DocV2PEEncoder", "hf_to_zoo",
+__all__ = ["PostNormBlock", "DocEncoder", "DocGraphRopeEncoder", "DocV2PEEncoder", "EntityLinkingHead", "hf_to_zoo",
            "checkpoint_filter_fn", "KINDS"]
 
 KINDS = ("layoutlm", "layoutlmv3", "bros")
@@ -75,6 +75,57 @@ def _check_doc_boxes(boxes, b: int, n: int) -> Tensor:
     return bx
 
 
+class EntityLinkingHead(nn.Module):
+    """Pairwise link scores between form entities (FUNSD "linking", e.g. question -> answer).
+
+    Entity features are the mean of their words' features; entity ``i`` -> ``j`` scores
+    ``mlp(src(e_i) + dst(e_j) + geo(g_ij)) + <src(e_i), dst(e_j)> / sqrt(hidden)`` (an additive MLP plus a bilinear
+    term), where ``g_ij`` is the relative geometry of the two entity boxes (centre offsets and edge gaps)::
+
+        hidden [b, n, c], word_entity [b, n] (-1 = none), entity_boxes [b, e, 4] -> logits [b, e, e]
+    """
+
+    def __init__(self, dim: int, hidden: int = 128):
+        super().__init__()
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0:
+            raise ValueError(f"link_dim must be a positive int, got {hidden!r}")
+        self.hidden = hidden
+        self.src = nn.Linear(dim, hidden)
+        self.dst = nn.Linear(dim, hidden)
+        self.geo = nn.Linear(6, hidden)
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(hidden, 1))
+
+    @staticmethod
+    def pool(x: Tensor, word_entity: Tensor, num_entities: int) -> Tensor:
+        """Mean of the word features of each entity: ``[b, n, c]``, ``[b, n]`` -> ``[b, e, c]``."""
+        b, n, c = x.shape
+        valid = word_entity >= 0
+        idx = word_entity.clamp_min(0)                                            # [b, n]
+        onehot = torch.zeros(b, n, num_entities, dtype=x.dtype, device=x.device)
+        onehot.scatter_(2, idx.unsqueeze(-1), valid.unsqueeze(-1).to(x.dtype))   # [b, n, e]
+        total = onehot.transpose(1, 2) @ x                                        # [b, e, c]
+        return total / onehot.sum(1).clamp_min(1).unsqueeze(-1)
+
+    @staticmethod
+    def geometry(boxes: Tensor) -> Tensor:
+        """``[b, e, 4]`` boxes (0..1000) -> ``[b, e, e, 6]``: centre offsets dx, dy, their magnitudes |dx|, |dy|, and
+        the gaps x0_j - x1_i, y0_j - y1_i, in units of 100 (a tenth of the page), so a row's height is ~0.1-0.5."""
+        bx = boxes.float() / 100.0
+        cx, cy = (bx[..., 0] + bx[..., 2]) / 2, (bx[..., 1] + bx[..., 3]) / 2               # [b, e]
+        dx, dy = cx[:, None, :] - cx[:, :, None], cy[:, None, :] - cy[:, :, None]           # [b, e(i), e(j)]
+        feats = [dx, dy, dx.abs(), dy.abs(), bx[..., 0][:, None, :] - bx[..., 2][:, :, None],
+                 bx[..., 1][:, None, :] - bx[..., 3][:, :, None]]
+        return torch.stack(feats, dim=-1)                                         # [b, e(i), e(j), 6]
+
+    def forward(self, x: Tensor, word_entity: Tensor, entity_boxes: Tensor) -> Tensor:
+        e = entity_boxes.shape[1]
+        ent = self.pool(x, word_entity.to(x.device), e)                          # [b, e, c]
+        s, d = self.src(ent), self.dst(ent)                                       # [b, e, h]
+        geo = self.geo(self.geometry(entity_boxes.to(x.device)).to(x.dtype))      # [b, e, e, h]
+        pair = self.out(s[:, :, None, :] + d[:, None, :, :] + geo).squeeze(-1)    # [b, e, e]
+        return pair + (s @ d.transpose(1, 2)) / self.hidden ** 0.5
+
+
 class PostNormBlock(nn.Module):
     """BERT layer (post-norm) on zoo's `Attention`: ``x = norm1(x + attn(x)); x = norm2(x + mlp(x))``."""
 
@@ -106,6 +157,7 @@ class DocEncoder(nn.Module):
         rel_pos_bins, max_rel_pos, rel_2d_pos_bins, max_rel_2d_pos: LayoutLMv3 buckets (32, 128, 64, 256).
         bbox_scale: BROS (100).
         num_classes: add a per-token linear head (``head``) and return logits.
+        link_dim: add an `EntityLinkingHead` of this width (``link_head``; the task calls it on the features).
     """
 
     def __init__(self, kind: str = "layoutlm", vocab_size: int = 30522, dim: int = 768, depth: int = 12,
@@ -114,7 +166,8 @@ class DocEncoder(nn.Module):
                  coordinate_size: Optional[int] = None, shape_size: Optional[int] = None, rel_pos_bins: int = 32,
                  max_rel_pos: int = 128, rel_2d_pos_bins: int = 64, max_rel_2d_pos: int = 256,
                  bbox_scale: float = 100.0, norm_eps: Optional[float] = None, drop: float = 0.1,
-                 attn_drop: float = 0.1, num_classes: Optional[int] = None, init_std: float = 0.02):
+                 attn_drop: float = 0.1, num_classes: Optional[int] = None, link_dim: Optional[int] = None,
+                 init_std: float = 0.02):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -156,6 +209,7 @@ class DocEncoder(nn.Module):
         self.blocks = nn.ModuleList([PostNormBlock(dim, num_heads, hidden, self.rel, drop, attn_drop, norm_eps)
                                      for _ in range(depth)])
         self.head = nn.Linear(dim, num_classes) if num_classes else None
+        self.link_head = EntityLinkingHead(dim, link_dim) if link_dim else None
         self._init_weights(init_std)
 
     def _init_weights(self, std: float) -> None:
@@ -276,8 +330,8 @@ def hf_to_zoo(state_dict: Dict[str, Tensor], model: "DocEncoder") -> Dict[str, T
         raise ValueError(f"HF state dict has keys this {model.kind} encoder does not know: {extra[:8]}"
                          + (" (text-only: build the HF model with visual_embed=False)" if model.kind == "layoutlmv3"
                             else ""))
-    if model.head is not None:
-        for k in ("head.weight", "head.bias"):
+    for k in own:                                    # task heads are not in HF checkpoints: keep their init
+        if k.startswith(("head.", "link_head.")):
             out[k] = own[k]
     missing = set(own) - set(out)
     if missing:
@@ -303,12 +357,13 @@ class DocGraphRopeEncoder(nn.Module):
     Args:
         vocab_size, dim, depth: sizes; code_dim: width of the sinusoidal code embedding.
         graph: ``"knn"`` (``k`` neighbours) or ``"beta_skeleton"`` (``beta``).
-        num_classes: per-token head (word labelling).
+        num_classes: per-token head (word labelling); link_dim: an `EntityLinkingHead` (``link_head``).
     """
 
     def __init__(self, vocab_size: int = 30522, dim: int = 256, depth: int = 4, code_dim: int = 64,
                  graph: str = "knn", k: int = 8, beta: float = 1.0, max_2d_positions: int = 1024,
-                 num_classes: Optional[int] = None, norm_eps: float = 1e-5, init_std: float = 0.02):
+                 num_classes: Optional[int] = None, link_dim: Optional[int] = None, norm_eps: float = 1e-5,
+                 init_std: float = 0.02):
         super().__init__()
         if graph not in ("knn", "beta_skeleton"):
             raise ValueError(f"graph must be 'knn' or 'beta_skeleton', got {graph!r}")
@@ -321,6 +376,7 @@ class DocGraphRopeEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.layers = nn.ModuleList([ReadingOrderGraphConv(dim, code_dim, norm_eps=norm_eps) for _ in range(depth)])
         self.head = nn.Linear(dim, num_classes) if num_classes else None
+        self.link_head = EntityLinkingHead(dim, link_dim) if link_dim else None
         nn.init.normal_(self.tok_emb.weight, std=init_std)
 
     def graph(self, boxes: Tensor, mask: Optional[Tensor] = None, order: Optional[Tensor] = None):
@@ -367,8 +423,8 @@ class DocV2PEEncoder(nn.Module):
     def __init__(self, vocab_size: int = 30522, dim: int = 256, depth: int = 4, num_heads: int = 4,
                  mlp_ratio: float = 4.0, patch_dim: Optional[int] = None, num_image_token: int = 256,
                  stride: float = 64, train_stride="random", max_2d_positions: int = 1024, rope_base: float = 10000.0,
-                 num_classes: Optional[int] = None, drop: float = 0.0, norm_eps: float = 1e-6,
-                 init_std: float = 0.02):
+                 num_classes: Optional[int] = None, link_dim: Optional[int] = None, drop: float = 0.0,
+                 norm_eps: float = 1e-6, init_std: float = 0.02):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -382,6 +438,7 @@ class DocV2PEEncoder(nn.Module):
                                      for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.head = nn.Linear(dim, num_classes) if num_classes else None
+        self.link_head = EntityLinkingHead(dim, link_dim) if link_dim else None
         nn.init.normal_(self.tok_emb.weight, std=init_std)
 
     def positions(self, visual: Tensor, mask: Tensor) -> Tensor:

@@ -56,6 +56,10 @@ class DataCfg:
     label_rank: Optional[str] = None           # 16S taxonomy rank used as the label (default phylum)
     top_n: Optional[int] = None                # 16S: keep the N most frequent classes (default 5)
     mask_prob: Optional[float] = None          # masked-LM masking probability (default 0.15)
+    # documents (seq_len = words per window, vocab_size = max word vocabulary, tokenizer = a saved word_vocab.json)
+    manuals: Optional[List[str]] = None        # R manuals to use, e.g. [R-intro, R-exts]; null = all
+    min_freq: Optional[int] = None             # words seen fewer times in the train split map to <unk> (default 2)
+    dangling_links: Optional[str] = None       # FUNSD links to missing entities: error | drop (default error)
 
 
 @dataclass
@@ -217,7 +221,7 @@ def _validate(cfg: DictConfig, where: str) -> None:
                        ("data.train_limit", cfg.data.train_limit), ("data.eval_limit", cfg.data.eval_limit),
                        ("data.seq_len", cfg.data.seq_len), ("data.vocab_size", cfg.data.vocab_size),
                        ("data.tokenizer_files", cfg.data.tokenizer_files), ("data.k", cfg.data.k),
-                       ("data.top_n", cfg.data.top_n)):
+                       ("data.top_n", cfg.data.top_n), ("data.min_freq", cfg.data.min_freq)):
         if value is not None and value < 1:
             raise bad(key, value, "must be >= 1")
     if t.seed < 0:

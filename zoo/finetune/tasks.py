@@ -42,6 +42,8 @@ TASK_MODULES: Dict[str, str] = {
     "sequence_classification": "domains.genomics.task",
     "masked_lm": "domains.genomics.task",
     "dna_lm": "domains.genomics.task",
+    "word_labelling": "domains.documents.task",
+    "entity_linking": "domains.documents.task",
 }
 
 _TASKS: Dict[str, Type["Task"]] = {}
