@@ -16,7 +16,25 @@ import sys
 import time
 from typing import Callable, Dict, List
 
-__all__ = ["run_bench", "interleaved", "SUITES"]
+__all__ = ["run_bench", "interleaved", "parse_list", "SUITES", "EXTRAPOLATION_DOMAINS"]
+
+#: ``zoo bench extrapolation --domain D`` -> the module whose ``run_from_cli`` runs it
+EXTRAPOLATION_DOMAINS = {"code": "domains.code.bench", "genomics": "domains.genomics.bench"}
+# code's command-line defaults (genomics applies its own in domains.genomics.bench.run_from_cli)
+_CODE_EXTRAPOLATION_DEFAULTS = {"steps": 300, "lengths": "512,1024,2048,4096,8192", "train_len": 512,
+                                "eval_tokens": 32768}
+
+
+def parse_list(text, kind=str):
+    """``"a,b"`` -> ``["a", "b"]`` (``kind`` applied to each item); None -> None; a bad item raises ConfigError."""
+    from .errors import ConfigError
+    if text is None:
+        return None
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        return [kind(t) for t in items]
+    except ValueError:
+        raise ConfigError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
 
 # suite -> (baseline, candidates); "timm:" names are built with timm.create_model, others with zoo.create
 SUITES: Dict[str, tuple] = {
@@ -118,6 +136,19 @@ def interleaved(specs: List[str], run_one: Callable[[str], dict], rounds: int, d
 def run_bench(suite: str, args, rounds: int = 2) -> int:
     if suite == "linear":
         return run_linear_scaling(args)
+    if suite == "extrapolation":
+        import importlib
+
+        from .errors import ConfigError
+        domain = getattr(args, "domain", None) or "code"
+        if domain not in EXTRAPOLATION_DOMAINS:
+            raise ConfigError(f"zoo bench extrapolation --domain {domain}: not implemented; known: "
+                              f"{', '.join(EXTRAPOLATION_DOMAINS)}")
+        if domain == "genomics":
+            return importlib.import_module(EXTRAPOLATION_DOMAINS[domain]).run_from_cli(args)
+        for key, value in _CODE_EXTRAPOLATION_DEFAULTS.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
     if suite in ("code", "extrapolation"):
         from domains.code.bench import run_from_cli
         return run_from_cli(suite, args)

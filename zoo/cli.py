@@ -117,14 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--device", default="auto")
     pb.add_argument("--models", default=None, help="comma-separated zoo models (default: the suite's list)")
     pb.add_argument("--json", default=None, help="also write the results to this JSON file")
-    g = pb.add_argument_group("extrapolation (zoo bench extrapolation --domain code)")
-    g.add_argument("--domain", default="code", help="domain whose models to compare (code)")
-    g.add_argument("--steps", type=int, default=300, help="training steps per model")
-    g.add_argument("--lengths", default="512,1024,2048,4096,8192", help="evaluation lengths in tokens")
-    g.add_argument("--train-len", type=int, default=512, help="training length in tokens")
-    g.add_argument("--eval-tokens", type=int, default=32768, help="test tokens scored at every length")
-    g.add_argument("--out", default=None, help="output folder (JSON, PNG, runs); default runs/bench/extrapolation_code")
-    g.add_argument("--data-root", default=None, help="a source tree to use instead of the Python stdlib")
+    g = pb.add_argument_group("extrapolation (zoo bench extrapolation --domain code|genomics); unset options take "
+                              "the domain's defaults, code / genomics")
+    g.add_argument("--domain", default="code", help="domain whose models to compare: code (default) or genomics")
+    g.add_argument("--steps", type=int, default=None, help="training steps per model (300 / 300)")
+    g.add_argument("--lengths", default=None, help="evaluation lengths in tokens (512,...,8192 / "
+                   "256,512,1024,2048,4096 bases)")
+    g.add_argument("--train-len", type=int, default=None, help="training length in tokens (512 / 256)")
+    g.add_argument("--eval-tokens", type=int, default=None, help="test tokens scored at every length "
+                   "(32768 / 16384)")
+    g.add_argument("--out", default=None, help="output folder (JSON, PNG, runs); default "
+                   "runs/bench/extrapolation_<domain>")
+    g.add_argument("--data-root", default=None, help="code: a source tree instead of the Python stdlib; genomics: "
+                   "a copy of rRNA16S.gold.fasta")
     g = pb.add_argument_group("code speed (zoo bench code)")
     g.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence")
     g.add_argument("--prompt", type=int, default=128, help="prompt tokens for generate()")

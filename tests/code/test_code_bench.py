@@ -68,7 +68,7 @@ def test_extrapolation_bench_bad_arguments(src, tmp_path):
                             dataset="source_tree", root=str(src), vocab_size=300, tokenizer_files=None,
                             progress=False)
     assert not (tmp_path / "tokenizer.json").exists(), "a refused benchmark writes nothing"
-    assert main(["bench", "extrapolation", "--domain", "genomics", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "extrapolation", "--domain", "vision", "--out", str(tmp_path)]) == 2
     assert main(["bench", "extrapolation", "--lengths", "64,abc", "--out", str(tmp_path)]) == 2
 
 
