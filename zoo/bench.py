@@ -136,6 +136,14 @@ def interleaved(specs: List[str], run_one: Callable[[str], dict], rounds: int, d
 def run_bench(suite: str, args, rounds: int = 2) -> int:
     if suite == "linear":
         return run_linear_scaling(args)
+    if suite == "long":
+        from domains.genomics.long_bench import DEFAULT_PES, long_sequence_bench
+        pes = [m.strip() for m in args.models.split(",")] if getattr(args, "models", None) else DEFAULT_PES
+        rows = long_sequence_bench(tokens=args.tokens, pes=pes, depth=args.depth, batch=args.batch_size or 1)
+        if getattr(args, "json", None):
+            from .io import atomic_write_text
+            atomic_write_text(args.json, json.dumps(rows, indent=2))
+        return 0 if all("error" not in r for r in rows) else 1
     if suite == "extrapolation":
         import importlib
 

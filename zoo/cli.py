@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pb = sub.add_parser("bench", help="speed and memory as ratios against a baseline in the same run; "
                         "'extrapolation': quality beyond the training length")
-    pb.add_argument("suite", choices=["vision", "linear", "code", "extrapolation"])
+    pb.add_argument("suite", choices=["vision", "linear", "code", "extrapolation", "long"])
     pb.add_argument("--batch-size", type=int, default=None, help="default: 8 (16 for extrapolation training)")
     pb.add_argument("--iters", type=int, default=6)
     pb.add_argument("--warmup", type=int, default=2)
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--device", default="auto")
     pb.add_argument("--models", default=None, help="comma-separated zoo models (default: the suite's list)")
     pb.add_argument("--json", default=None, help="also write the results to this JSON file")
+    gl = pb.add_argument_group("long sequences (zoo bench long): forward+backward of dna_*_tiny per encoding vs NoPE")
+    gl.add_argument("--tokens", type=int, default=16384, help="sequence length (default 16384)")
+    gl.add_argument("--depth", type=int, default=None, help="blocks (default: the model's 4; 1 = one layer)")
     g = pb.add_argument_group("extrapolation (zoo bench extrapolation --domain code|genomics); unset options take "
                               "the domain's defaults, code / genomics")
     g.add_argument("--domain", default="code", help="domain whose models to compare: code (default) or genomics")

@@ -16,6 +16,12 @@ values of earlier tokens::
 ``pos`` describes all ``nk = cache.length + nq`` keys; only the new queries and keys are rotated (a rotation
 depends on its own token's position only), biases see every key.  Without a cache nothing changes.
 
+Long sequences (`zoo.nn.chunked`): when the bias path would build ``[b, h, nq, nk]`` float32 tensors larger than
+``max_bias_bytes`` (256 MiB), or when ``chunk_size`` is set, the queries are processed in chunks, each recomputed
+in backward; encodings with ``bias_rows`` (ALiBi, KERPLE, FIRE, T5, BiPE-ALiBi) then never build the full bias::
+
+    for each block of queries q_c [b, h, c, d]:  pe.bias_rows(q_c, k, pos, scale, start) + mask rows -> softmax @ v
+
 Key names (``qkv``, ``proj``) follow timm's ViT so that ViT checkpoints load unchanged.
 """
 from __future__ import annotations
@@ -27,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..positions import Positions
+from .chunked import DEFAULT_MAX_BIAS_BYTES, biased_gemm_attention, plan_chunk_rows, run_query_chunks
 
 __all__ = ["Attention", "KVCache", "build_attn_mask", "split_heads", "merge_heads"]
 
@@ -46,10 +53,11 @@ def merge_heads(x: Tensor) -> Tensor:
 
 
 def build_attn_mask(bias: Optional[Tensor], pos: Optional[Positions], nq: int, nk: int, causal: bool,
-                    dtype: torch.dtype, device) -> Optional[Tensor]:
+                    dtype: torch.dtype, device, query_start: Optional[int] = None) -> Optional[Tensor]:
     """Sum a logit bias with the padding and causal masks into one additive float mask ``[b|1, h|1, nq, nk]``.
 
-    Returns None when there is nothing to add."""
+    The queries are the last ``nq`` of the ``nk`` keys, or the keys ``query_start .. query_start + nq - 1`` (a
+    block of queries).  Returns None when there is nothing to add."""
     mask = None if bias is None else bias.to(dtype)
     neg = torch.finfo(dtype).min
     masked = False
@@ -59,8 +67,9 @@ def build_attn_mask(bias: Optional[Tensor], pos: Optional[Positions], nq: int, n
         mask = pad if mask is None else mask + pad
         masked = True
     if causal:
-        # queries are the last nq of nk positions (KV caches put earlier keys first)
-        keep = torch.ones(nq, nk, dtype=torch.bool, device=device).tril(diagonal=nk - nq)
+        # queries are the last nq of nk positions (KV caches put earlier keys first) unless a block is given
+        start = nk - nq if query_start is None else query_start
+        keep = torch.ones(nq, nk, dtype=torch.bool, device=device).tril(diagonal=start)
         c = torch.zeros(nq, nk, dtype=dtype, device=device).masked_fill(~keep, neg)
         mask = c if mask is None else mask + c
         masked = True
@@ -118,10 +127,18 @@ class Attention(nn.Module):
         qkv_bias: bias on the fused qkv projection.
         pe: a `PositionalEncoding` (or None for no relative encoding in attention).
         causal: always apply a causal mask (decoder LMs); ``Positions.causal`` also switches it on.
+        chunk_size: queries per chunk on the bias path (`zoo.nn.chunked`): None = automatic (chunk only when
+            ``b * h * nq * nk * 4`` bytes exceed ``max_bias_bytes``), 0 = never chunk, n > 0 = chunks of n
+            queries whenever ``nq > n``.  An attribute too (``model.apply`` can set it on every layer).
+
+    ``max_bias_bytes`` (attribute, 256 MiB by default; None disables automatic chunking) is the automatic threshold.
     """
 
+    max_bias_bytes: Optional[int] = DEFAULT_MAX_BIAS_BYTES
+
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, pe: Optional[nn.Module] = None, causal: bool = False):
+                 proj_drop: float = 0.0, pe: Optional[nn.Module] = None, causal: bool = False,
+                 chunk_size: Optional[int] = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -134,6 +151,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.pe = pe
+        self.chunk_size = chunk_size
+
+    @property
+    def chunk_size(self) -> Optional[int]:
+        return self._chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, value: Optional[int]) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"chunk_size must be None (automatic), 0 (never chunk) or a positive int, got {value!r}")
+        self._chunk_size = value
 
     def forward(self, x: Tensor, pos: Optional[Positions] = None, cache: Optional[KVCache] = None) -> Tensor:
         """``x [b, n, c]``.  With ``cache``, ``x`` holds only the new tokens, ``pos`` describes all keys (cached +
@@ -178,11 +206,16 @@ class Attention(nn.Module):
         queries are the last ``nq`` of the ``nk`` keys."""
         pe = self.pe
         causal = self.causal or (pos is not None and pos.causal)
+        nq, nk = q.shape[-2], k.shape[-2]
+        needs_weights = pe is not None and pe.needs_weights
+        chunk = self._query_chunk(q, k) if pe is not None and pe.has_bias and not needs_weights else None
+        if chunk is not None and pe.has_bias_rows:
+            return self._attend_chunked(q, k, v, pos, causal, chunk, None)      # never builds the whole bias
         bias = None
         if pe is not None:
             bias = pe.bias(q, k, pos, self.scale)
-        nq, nk = q.shape[-2], k.shape[-2]
-        needs_weights = pe is not None and pe.needs_weights
+        if chunk is not None and bias is not None:
+            return self._attend_chunked(q, k, v, pos, causal, chunk, bias)      # one full bias, sliced per chunk
         has_pad = pos is not None and pos.mask is not None
 
         if not needs_weights:
@@ -215,10 +248,40 @@ class Attention(nn.Module):
 
     def _biased_gemm_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """``softmax(q k^T * scale + mask) @ v`` on ``[b, h, n, d]`` with the mask added inside the GEMM."""
-        b, h, nq, d = q.shape
+        return biased_gemm_attention(q, k, v, mask, self.scale, self.attn_drop)
+
+    # ---- long sequences: query chunks (zoo.nn.chunked) ------------------------------------------------------
+    def _query_chunk(self, q: Tensor, k: Tensor) -> Optional[int]:
+        """Rows per query chunk for this call, or None for the unchunked path."""
+        b, h, nq, _ = q.shape
         nk = k.shape[-2]
-        mask = mask.expand(b, h, nq, nk).reshape(b * h, nq, nk)                 # [b*h, nq, nk]
-        logits = torch.baddbmm(mask, q.reshape(b * h, nq, d), k.reshape(b * h, nk, d).transpose(1, 2),
-                               alpha=self.scale)
-        weights = self.attn_drop(logits.softmax(dim=-1))
-        return torch.bmm(weights.to(v.dtype), v.reshape(b * h, nk, -1)).view(b, h, nq, -1)
+        if self.chunk_size is not None:
+            return self.chunk_size if 0 < self.chunk_size < nq else None
+        return plan_chunk_rows(b, h, nq, nk, getattr(self.pe, "bias_floats_per_pair", None), self.max_bias_bytes)
+
+    def _attend_chunked(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions], causal: bool, chunk: int,
+                        bias: Optional[Tensor]) -> Tensor:
+        """The bias path one block of ``chunk`` queries at a time; ``bias`` None: rows from ``pe.bias_rows``, else
+        the full ``[b|1, h|1, nq, nk]`` bias sliced per block."""
+        pe, scale = self.pe, self.scale
+        nq, nk = q.shape[-2], k.shape[-2]
+        offset = nk - nq                                                         # key index of query 0
+        drop = self.attn_drop.p if self.training else 0.0
+
+        def block(qc: Tensor, k: Tensor, v: Tensor, s: int, e: int) -> Tensor:
+            # qc [b, h, c, d]: the queries at key indices offset + s .. offset + e - 1
+            if bias is None:
+                bc = pe.bias_rows(qc, k, pos, scale, offset + s)                 # [b|1, h|1, c, nk]
+            else:
+                bc = bias if bias.shape[-2] == 1 else bias[..., s:e, :]
+            mask = build_attn_mask(bc, pos, e - s, nk, causal, qc.dtype, qc.device, query_start=offset + s)
+            if mask is None:
+                return F.scaled_dot_product_attention(qc, k, v, dropout_p=drop)
+            if qc.device.type == "cpu" and bc is not None and bc.requires_grad and torch.is_grad_enabled():
+                return biased_gemm_attention(qc, k, v, mask, scale, self.attn_drop)
+            return F.scaled_dot_product_attention(qc, k, v, attn_mask=mask, dropout_p=drop)
+
+        needs_grad = torch.is_grad_enabled() and (
+            q.requires_grad or k.requires_grad or v.requires_grad or (bias is not None and bias.requires_grad)
+            or (bias is None and any(p.requires_grad for p in pe.parameters())))
+        return run_query_chunks(block, q, k, v, chunk, recompute=needs_grad, preserve_rng_state=drop > 0)

@@ -109,27 +109,32 @@ class ALiBi(PositionalEncoding):
             hit = self._slopes[device] = self._slopes[torch.device("cpu")].to(device)
         return hit
 
+    def _check(self, q: Tensor, k: Tensor) -> None:
+        if q.shape[1] != self.num_heads:
+            raise ValueError(f"q has {q.shape[1]} heads but {type(self).__name__} was built with "
+                             f"num_heads={self.num_heads}")
+        if q.shape[-2] > k.shape[-2]:
+            raise ValueError(f"q has {q.shape[-2]} positions but k only {k.shape[-2]}: queries must be the last nq "
+                             f"of the keys")
+
+    def bias_rows(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float, start: int) -> Tensor:
+        return self._rows(q, k, pos, start)
+
+    def _rows(self, q: Tensor, k: Tensor, pos: Optional[Positions], start: int) -> Tensor:
+        # q [b, h, c, d]: the queries at key indices start .. start + c - 1; k [b, h, nk, d]
+        self._check(q, k)
+        if pos is not None and pos.ids is not None and pos.ids.shape[-1] != k.shape[-2]:
+            raise ValueError(f"pos.ids has {pos.ids.shape[-1]} positions but k has {k.shape[-2]}")
+        pi, pj = query_key_positions(pos, q.shape[-2], k.shape[-2], q.device, by=type(self).__name__, start=start)
+        b = _bias_from_rel(pj - pi, self.slopes(q.device), self.causal)          # [b?, h, c, nk]
+        return b if b.ndim == 4 else b[None]
+
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
         # q [b, h, nq, d], k [b, h, nk, d]
-        if q.shape[1] != self.num_heads:
-            raise ValueError(f"q has {q.shape[1]} heads but ALiBi was built with num_heads={self.num_heads}")
+        self._check(q, k)
         nq, nk = q.shape[-2], k.shape[-2]
-        if nq > nk:
-            raise ValueError(f"q has {nq} positions but k only {nk}: queries must be the last nq of the keys")
-        ids = pos.ids if pos is not None else None
-        if ids is not None:
-            if ids.shape[-1] != nk:
-                raise ValueError(f"pos.ids has {ids.shape[-1]} positions but k has {nk}")
-            if ids.ndim == 2 and ids.shape[0] > 1 and ids.stride(0) == 0:
-                ids = ids[0]                                                     # expanded batch: one bias
-            if ids.ndim not in (1, 2):
-                raise ValueError(f"pos.ids must be [b, n] or [n], got shape {tuple(ids.shape)}")
-            ids = ids.to(q.device)
-            rel = ids[..., None, :] - ids[..., nk - nq:, None]                   # [b?, nq, nk]  pos_j - pos_i
-            b = _bias_from_rel(rel, self.slopes(q.device), self.causal)          # [b?, h, nq, nk]
-            return b if b.ndim == 4 else b[None]
-        if self.training:
-            return alibi_bias(nq, nk, self.slopes(q.device), self.causal, q.device)
+        if (pos is not None and pos.ids is not None) or self.training:
+            return self._rows(q, k, pos, nk - nq)
         key = (nq, nk, q.device, torch.is_inference_mode_enabled())
         hit = self._cache.get(key)
         if hit is None:
@@ -143,13 +148,18 @@ class ALiBi(PositionalEncoding):
 # ---- shared by the relative-bias family (T5, Shaw, KERPLE, FIRE, ...) -------------------------------------------
 
 def query_key_positions(pos: Optional[Positions], nq: int, nk: int, device=None,
-                        by: str = "this encoding") -> Tuple[Tensor, Tensor]:
-    """Positions of the queries ``[b?, nq, 1]`` and of the keys ``[b?, 1, nk]``, queries = the last ``nq`` keys.
+                        by: str = "this encoding", start: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """Positions of the queries ``[b?, nq, 1]`` and of the keys ``[b?, 1, nk]``, queries = the last ``nq`` keys, or
+    the keys ``start .. start + nq - 1`` when ``start`` is given (a block of queries, `PositionalEncoding.bias_rows`).
 
     From ``pos.ids`` (``[b, nk]`` or ``[nk]``, floats allowed; an expanded batch gives one row) when given, else the
     token indices ``0..nk-1`` (long).  ``pj - pi`` is the T5 ``relative_position`` (key - query)."""
     if nq <= 0 or nk <= 0 or nq > nk:
         raise ValueError(f"{by}: need 0 < nq <= nk (queries are the last nq of the keys), got nq={nq}, nk={nk}")
+    if start is None:
+        start = nk - nq
+    elif isinstance(start, bool) or not isinstance(start, int) or start < 0 or start + nq > nk:
+        raise ValueError(f"{by}: a block of {nq} queries starting at key {start!r} does not fit in {nk} keys")
     ids = pos.ids if pos is not None else None
     if ids is None:
         j = torch.arange(nk, device=device)                                      # [nk]
@@ -162,7 +172,7 @@ def query_key_positions(pos: Optional[Positions], nq: int, nk: int, device=None,
         if ids.ndim == 2 and ids.shape[0] > 1 and ids.stride(0) == 0:
             ids = ids[0]                                                         # expanded batch: one row
         j = ids.to(device)
-    return j[..., nk - nq:, None], j[..., None, :]                               # [b?, nq, 1], [b?, 1, nk]
+    return j[..., start:start + nq, None], j[..., None, :]                       # [b?, nq, 1], [b?, 1, nk]
 
 
 # ---- ALiBi with position interpolation --------------------------------------------------------------------------
@@ -219,3 +229,8 @@ class InterpolatedALiBi(ALiBi):
         b = super().bias(q, k, pos, scale)
         s = self.interpolation_scale(k.shape[-2])
         return b if s == 1.0 else b / s                                          # new tensor: the cache stays intact
+
+    def bias_rows(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float, start: int) -> Tensor:
+        b = super().bias_rows(q, k, pos, scale, start)
+        s = self.interpolation_scale(k.shape[-2])                                # from all keys, as `bias`
+        return b if s == 1.0 else b / s

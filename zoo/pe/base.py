@@ -5,6 +5,9 @@ A `PositionalEncoding` overrides only the hooks it uses; which ones it overrides
     embed(x, pos)            -> x             add to token features          (APE, LayoutLM, PEG)
     rotate(q, k, pos)        -> (q, k)        rotate queries / keys           (RoPE family, HiRoPE, V2PE)
     bias(q, k, pos, scale)   -> [b|1, h|1, nq, nk] added to the scaled logits (ALiBi, T5, KERPLE, iRPE-q/k)
+    bias_rows(q, k, pos, scale, start)
+                             -> [b|1, h|1, c, nk] rows of that bias for a block of c queries (optional; lets the
+                                attention chunk long sequences without ever holding the whole bias)
     value(attn, pos)         -> [b, h, nq, d]  added to the attention output, computed from the post-softmax
                                                weights (iRPE on values); forces the slow attention path
 
@@ -33,8 +36,24 @@ class PositionalEncoding(nn.Module):
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Optional[Tensor]:
         return None
 
+    def bias_rows(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float,
+                  start: int) -> Optional[Tensor]:
+        """The rows of `bias` for a block of queries: ``q`` ``[b, h, c, d]`` are the queries sitting at key indices
+        ``start .. start + c - 1`` (``k`` ``[b, h, nk, d]`` are all keys, ``pos`` describes all keys).
+
+        Must equal ``bias(q_all, k, pos, scale)[..., r:r + c, :]`` with ``r = start - (nk - nq_all)``, i.e.
+        ``bias(q, k, pos, scale) == bias_rows(q, k, pos, scale, nk - nq)``.  Encodings that implement it (see
+        `has_bias_rows`) let `zoo.nn.Attention` process long sequences in query chunks without ever materialising
+        the full ``[b|1, h, nq, nk]`` bias; the others get the full bias computed once and sliced.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no row form of its bias (bias_rows)")
+
     def value(self, attn: Tensor, pos: Optional[Positions]) -> Optional[Tensor]:
         return None
+
+    #: float32 values per (query, key) pair that ``bias_rows`` builds, all heads together (the bias itself and the
+    #: temporaries autograd keeps); sizes the attention's query chunks.  None: about ``2 * num_heads``.
+    bias_floats_per_pair: Optional[int] = None
 
     # ---- introspection ------------------------------------------------------------------------------------
     @property
@@ -50,6 +69,14 @@ class PositionalEncoding(nn.Module):
         return overrides(self, "bias")
 
     @property
+    def has_bias_rows(self) -> bool:
+        """True when `bias_rows` is implemented by the class that also defines `bias` (or a subclass of it): a
+        subclass that changes `bias` without updating `bias_rows` loses the row form instead of returning rows of
+        the parent's bias."""
+        rows_cls, bias_cls = _defined_in(type(self), "bias_rows"), _defined_in(type(self), "bias")
+        return rows_cls is not PositionalEncoding and bias_cls is not None and issubclass(rows_cls, bias_cls)
+
+    @property
     def needs_weights(self) -> bool:
         """True when the encoding reads the attention weights (then SDPA cannot be used)."""
         return overrides(self, "value")
@@ -59,3 +86,11 @@ def overrides(pe: nn.Module, hook: str) -> bool:
     """Whether ``pe`` implements ``hook`` itself rather than inheriting the identity from the base class."""
     impl = getattr(type(pe), hook, None)
     return impl is not None and impl is not getattr(PositionalEncoding, hook)
+
+
+def _defined_in(cls: type, name: str) -> Optional[type]:
+    """The class of ``cls``'s MRO whose body defines ``name``."""
+    for c in cls.__mro__:
+        if name in c.__dict__:
+            return c
+    return None

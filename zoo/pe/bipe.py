@@ -199,16 +199,22 @@ class BiPEALiBi(PositionalEncoding):
 
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
         # q [b, h, nq, d], k [b, h, nk, d]
+        return self.bias_rows(q, k, pos, scale, k.shape[-2] - q.shape[-2])
+
+    def bias_rows(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float, start: int) -> Tensor:
+        # q [b, h, c, d]: the queries at key indices start .. start + c - 1; k [b, h, nk, d]
         if q.shape[1] != self.num_heads:
             raise ValueError(f"q has {q.shape[1]} heads but BiPEALiBi was built with num_heads={self.num_heads}")
         nq, nk = q.shape[-2], k.shape[-2]
         if nq > nk:
             raise ValueError(f"q has {nq} positions but k only {nk}: queries must be the last nq of the keys")
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0 or start + nq > nk:
+            raise ValueError(f"BiPEALiBi: a block of {nq} queries starting at key {start!r} does not fit in {nk} keys")
         seg = _segments(pos, nk, "BiPEALiBi").to(q.device)
         if seg.ndim == 2 and seg.shape[0] > 1 and seg.stride(0) == 0:
             seg = seg[0]                                                         # expanded batch: one bias
         seg = seg.to(torch.float32)
-        dist = seg[..., nk - nq:, None] - seg[..., None, :]                      # [b?, nq, nk]  seg_i - seg_j
+        dist = seg[..., start:start + nq, None] - seg[..., None, :]              # [b?, c, nk]  seg_i - seg_j
         dist = dist.clamp(min=0) if self.causal else dist.abs()
-        b = -dist.unsqueeze(-3) * self.slopes(q.device)[:, None, None]           # [b?, h, nq, nk]
+        b = -dist.unsqueeze(-3) * self.slopes(q.device)[:, None, None]           # [b?, h, c, nk]
         return b if b.ndim == 4 else b[None]

@@ -108,12 +108,21 @@ class FIRE(PositionalEncoding):
         hdn = F.relu(F.linear(x, l0.weight.float(), l0.bias.float()))
         return F.linear(hdn, l2.weight.float(), l2.bias.float())
 
-    def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
-        # q [b, h, nq, d], k [b, h, nk, d]
+    @property
+    def bias_floats_per_pair(self) -> int:
+        return 2 * self.mlp_width + 2 * self.num_heads + 2                       # MLP activations dominate
+
+    def bias_rows(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float, start: int) -> Tensor:
+        # q [b, h, c, d]: the queries at key indices start .. start + c - 1; k [b, h, nk, d]
         if q.shape[1] != self.num_heads:
             raise ValueError(f"q has {q.shape[1]} heads but FIRE was built with num_heads={self.num_heads}")
-        pi, pj = query_key_positions(pos, q.shape[-2], k.shape[-2], q.device, by="FIRE")
+        pi, pj = query_key_positions(pos, q.shape[-2], k.shape[-2], q.device, by="FIRE", start=start)
         with torch.autocast(device_type=q.device.type, enabled=False):
-            x = fire_inputs(pi, pj, self.c, self.threshold, self.causal, self.eps)   # [b?, nq, nk]
-            out = self.mlp_f32(x.unsqueeze(-1)).movedim(-1, -3)                    # [b?, h, nq, nk]
+            # the normaliser reads every key (first / last position), so rows equal those of the full bias
+            x = fire_inputs(pi, pj, self.c, self.threshold, self.causal, self.eps)   # [b?, c, nk]
+            out = self.mlp_f32(x.unsqueeze(-1)).movedim(-1, -3)                    # [b?, h, c, nk]
         return out if out.ndim == 4 else out[None]
+
+    def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
+        # q [b, h, nq, d], k [b, h, nk, d]
+        return self.bias_rows(q, k, pos, scale, k.shape[-2] - q.shape[-2])

@@ -90,18 +90,26 @@ class _Kerple(PositionalEncoding):
     def _kernel(self, dist: Tensor, p: Tensor, a: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
-        # q [b, h, nq, d], k [b, h, nk, d]
+    @property
+    def bias_floats_per_pair(self) -> int:
+        return 3 * self.num_heads + 1                                            # dist, a*dist, log1p, -p*...
+
+    def bias_rows(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float, start: int) -> Tensor:
+        # q [b, h, c, d]: the queries at key indices start .. start + c - 1; k [b, h, nk, d]
         if q.shape[1] != self.num_heads:
             raise ValueError(f"q has {q.shape[1]} heads but {type(self).__name__} was built with "
                              f"num_heads={self.num_heads}")
         name = type(self).__name__
-        pi, pj = query_key_positions(pos, q.shape[-2], k.shape[-2], q.device, by=name)
+        pi, pj = query_key_positions(pos, q.shape[-2], k.shape[-2], q.device, by=name, start=start)
         with torch.autocast(device_type=q.device.type, enabled=False):
-            dist = kerple_distance(pi, pj, self.causal).unsqueeze(-3)            # [b?, 1, nq, nk]
+            dist = kerple_distance(pi, pj, self.causal).unsqueeze(-3)            # [b?, 1, c, nk]
             p, a = self.effective_params()                                       # [h, 1, 1]
-            out = self._kernel(dist, p, a)                                       # [b?, h, nq, nk]
+            out = self._kernel(dist, p, a)                                       # [b?, h, c, nk]
         return out if out.ndim == 4 else out[None]
+
+    def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
+        # q [b, h, nq, d], k [b, h, nk, d]
+        return self.bias_rows(q, k, pos, scale, k.shape[-2] - q.shape[-2])
 
 
 class KerpleLog(_Kerple):

@@ -139,9 +139,21 @@ class T5RelativeBias(PositionalEncoding):
 
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
         # q [b, h, nq, d], k [b, h, nk, d]
+        self._check(q)
+        ids = self.buckets(q.shape[-2], k.shape[-2], pos, q.device)               # [b?, nq, nk]
+        return self._lookup(ids)
+
+    def bias_rows(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float, start: int) -> Tensor:
+        # q [b, h, c, d]: the queries at key indices start .. start + c - 1; k [b, h, nk, d]; buckets not cached
+        self._check(q)
+        pi, pj = query_key_positions(pos, q.shape[-2], k.shape[-2], q.device, by="T5RelativeBias", start=start)
+        return self._lookup(t5_bucket(pj - pi, self.bidirectional, self.num_buckets, self.max_distance))
+
+    def _check(self, q: Tensor) -> None:
         if q.shape[1] != self.num_heads:
             raise ValueError(f"q has {q.shape[1]} heads but T5RelativeBias was built with num_heads={self.num_heads}")
-        ids = self.buckets(q.shape[-2], k.shape[-2], pos, q.device)               # [b?, nq, nk]
+
+    def _lookup(self, ids: Tensor) -> Tensor:
         vals = F.embedding(ids, self.relative_attention_bias.weight.float())      # [b?, nq, nk, h] float32
         vals = vals.movedim(-1, -3)                                               # [b?, h, nq, nk]
         return vals if vals.ndim == 4 else vals[None]
