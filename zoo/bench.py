@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Callable, Dict, List
 
-__all__ = ["run_bench", "interleaved", "parse_list", "SUITES", "EXTRAPOLATION_DOMAINS"]
+__all__ = ["run_bench", "interleaved", "run_worker", "parse_list", "SUITES", "EXTRAPOLATION_DOMAINS"]
 
 #: ``zoo bench extrapolation --domain D`` -> the module whose ``run_from_cli`` runs it
 EXTRAPOLATION_DOMAINS = {"code": "domains.code.bench", "genomics": "domains.genomics.bench"}
@@ -108,14 +108,19 @@ def _worker(spec: str, batch: int, iters: int, warmup: int, img: int, device: st
     return {"model": spec, "times": times, "peak_mib": peak, "params": params, "device": device}
 
 
-def _run_one(spec: str, args) -> dict:
-    cmd = [sys.executable, "-m", "zoo.bench", "_worker", spec, str(args.batch_size), str(args.iters),
-           str(args.warmup), str(args.img_size), args.device]
-    env = dict(os.environ)
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def run_worker(module: str, spec: str, *worker_args: str) -> dict:
+    """Run ``python -m module _worker spec *worker_args`` in a subprocess (so its peak memory is its own) and return
+    the JSON object printed on its last stdout line; a failed worker raises RuntimeError with the end of stderr."""
+    cmd = [sys.executable, "-m", module, "_worker", spec, *worker_args]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if res.returncode != 0:
         raise RuntimeError(f"benchmark of {spec} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _run_one(spec: str, args) -> dict:
+    return run_worker("zoo.bench", spec, str(args.batch_size), str(args.iters), str(args.warmup),
+                      str(args.img_size), args.device)
 
 
 def interleaved(specs: List[str], run_one: Callable[[str], dict], rounds: int, desc: str,

@@ -20,9 +20,7 @@ cache/no-cache speed-ups; absolute numbers are for this machine only.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,17 +34,6 @@ EXTRAPOLATION_MODELS = tuple(f"code_lm_{pe}_tiny" for pe in PE_ORDER)
 SPEED_BASELINE = "code_lm_nope_small"
 SPEED_MODELS = tuple(f"code_lm_{pe}_small" for pe in PE_ORDER if pe != "nope")
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
-
-
-def _parse_list(text: Optional[str], kind=str) -> Optional[List]:
-    if text is None:
-        return None
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    try:
-        return [kind(t) for t in items]
-    except ValueError:
-        from zoo.errors import ConfigError
-        raise ConfigError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
 
 
 def _check_models(models: Sequence[str]) -> List[str]:
@@ -146,46 +133,21 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
 
 def format_extrapolation(result: Dict[str, Any]) -> str:
     """The perplexity table: one row per model, one column per length (``*`` marks the training length)."""
-    lengths = result["lengths"]
-    ppl = {(r["model"], r["length"]): r["ppl"] for r in result["rows"]}
-    head = [f"{L}{'*' if L == result['train_len'] else ''}" for L in lengths]
-    lines = [f"zoo bench extrapolation --domain code: test perplexity on {result['dataset']}, trained "
+    from zoo.extrapolation import format_ppl_table
+
+    title = (f"zoo bench extrapolation --domain code: test perplexity on {result['dataset']}, trained "
              f"{result['steps']} steps x {result['batch_size']} windows at {result['train_len']} tokens "
-             f"({result['device']}, {result['amp']}); {result['eval_tokens']} test tokens per length",
-             f"{'model':24s}" + "".join(f"{h:>10s}" for h in head)]
-    for name in result["models"]:
-        lines.append(f"{name:24s}" + "".join(f"{ppl[(name, L)]:10.2f}" for L in lengths))
-    return "\n".join(lines)
+             f"({result['device']}, {result['amp']}); {result['eval_tokens']} test tokens per length")
+    return format_ppl_table(result, title, name_width=24, col_width=10, decimals=2)
 
 
 def plot_extrapolation(result: Dict[str, Any], path: Path) -> Path:
     """Perplexity vs evaluation length (log-log), one line per model; written atomically as PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullLocator, ScalarFormatter
+    from zoo.extrapolation import plot_ppl_vs_length
 
-    from zoo.io import atomic_write
-
-    fig = Figure(figsize=(7, 4.5), dpi=110)
-    ax = fig.add_subplot(1, 1, 1)
-    for name in result["models"]:
-        pts = sorted((r["length"], r["ppl"]) for r in result["rows"] if r["model"] == name)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-    ax.axvline(result["train_len"], color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(result["lengths"], [str(v) for v in result["lengths"]])
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(ScalarFormatter())
-    ax.set_xlabel("evaluation length (tokens); dotted: training length")
-    ax.set_ylabel("test perplexity")
-    ax.set_title(f"Length extrapolation on {result['dataset']} ({result['steps']} steps at {result['train_len']})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return plot_ppl_vs_length(
+        result, path, xlabel="evaluation length (tokens); dotted: training length", ylabel="test perplexity",
+        title=f"Length extrapolation on {result['dataset']} ({result['steps']} steps at {result['train_len']})")
 
 
 # ---- speed -------------------------------------------------------------------------------------------------------
@@ -257,11 +219,9 @@ def _speed_worker(spec: str, batch: int, seq_len: int, iters: int, warmup: int, 
 
 
 def _speed_run_one(spec: str, opts: Dict[str, Any]) -> Dict[str, Any]:
-    cmd = [sys.executable, "-m", "domains.code.bench", "_worker", spec, json.dumps(opts)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-    if res.returncode != 0:
-        raise RuntimeError(f"benchmark of {spec} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    from zoo.bench import run_worker
+
+    return run_worker("domains.code.bench", spec, json.dumps(opts))
 
 
 def speed(models: Optional[Sequence[str]] = None, baseline: str = SPEED_BASELINE, batch: int = 8,
@@ -312,14 +272,15 @@ def speed(models: Optional[Sequence[str]] = None, baseline: str = SPEED_BASELINE
 
 def run_from_cli(suite: str, args) -> int:
     """``zoo bench extrapolation --domain code`` and ``zoo bench code`` (arguments from ``zoo.cli``)."""
+    from zoo.bench import parse_list
     from zoo.errors import ConfigError
 
-    models = _parse_list(getattr(args, "models", None))
+    models = parse_list(getattr(args, "models", None))
     if suite == "extrapolation":
         domain = getattr(args, "domain", None) or "code"
         if domain != "code":
             raise ConfigError(f"zoo bench extrapolation --domain {domain}: only 'code' is implemented")
-        lengths = _parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
+        lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
         result = extrapolation(models=models, steps=args.steps, lengths=lengths, train_len=args.train_len,
                                batch_size=args.batch_size or 16, eval_tokens=args.eval_tokens,
                                out=args.out or "runs/bench/extrapolation_code", root=args.data_root,

@@ -38,6 +38,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from zoo.splits import SPLITS, split_for_hash
+
 from domains.code.hierarchy import EXTENSIONS, LEVELS, check_language, hierarchical_positions
 
 __all__ = [
@@ -59,7 +61,6 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
-SPLITS: Tuple[str, ...] = ("train", "val", "test")
 DEFAULT_MAX_BYTES = 1 << 20  # 1 MiB: larger files are generated tables, not code worth modelling
 DEFAULT_EXCLUDE_DIRS = (".git", ".hg", ".svn", "__pycache__", "node_modules")
 _CORPUS_FORMAT = 1
@@ -68,17 +69,6 @@ _CORPUS_FORMAT = 1
 # ---------------------------------------------------------------------------------------------------------------
 # Source trees
 # ---------------------------------------------------------------------------------------------------------------
-
-def split_for_hash(sha256_hex: str, fractions: Sequence[float] = (0.90, 0.05, 0.05)) -> str:
-    """Map a content hash to a split: the first 64 bits as a number in [0, 1) against cumulative ``fractions``."""
-    x = int(sha256_hex[:16], 16) / float(1 << 64)
-    acc = 0.0
-    for name, frac in zip(SPLITS, fractions):
-        acc += frac
-        if x < acc:
-            return name
-    return [name for name, frac in zip(SPLITS, fractions) if frac > 0][-1]  # float round-off at the top end
-
 
 def _check_fractions(fractions: Sequence[float]) -> Tuple[float, ...]:
     fr = tuple(float(f) for f in fractions)

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from zoo.nn import Block
 from zoo.nn.attention import KVCache
-from zoo.nn.generation import check_generate_args, check_input_ids, decode
+from zoo.nn.generation import check_generate_args, check_input_ids, check_positions, check_seq_len, decode
 from zoo.nn.layers import init_decoder_weights
 from zoo.pe.alibi import ALiBi
 from zoo.pe.bipe import BiPEALiBi, BiPEIntraEmbedding, BiPERoPE
@@ -299,22 +299,8 @@ class CodeLM(nn.Module):
         return Positions(ids=torch.arange(past + n, device=input_ids.device).expand(b, past + n))
 
     def _check_positions(self, pos: Positions, b: int, nk: int, past: int) -> None:
-        if not isinstance(pos, Positions):
-            raise ValueError(f"pos must be a zoo.Positions, got {type(pos).__name__}")
-        hint = " (build them with domains.code.data, or code_positions(input_ids, ...))"
-        missing = [f for f in self.needs if getattr(pos, f) is None]
-        if missing:
-            raise ValueError(f"CodeLM(pe={self.pe_kind!r}) needs Positions.{', '.join(missing)}, which the input does "
-                             f"not provide{hint}")
-        for f, axis in Positions._TOKEN_AXES:
-            t = getattr(pos, f)
-            if t is None:
-                continue
-            if t.shape[axis] != nk:
-                raise ValueError(f"Positions.{f} describes {t.shape[axis]} tokens but the model sees {nk} "
-                                 f"({past} cached + {nk - past} new): pos must describe all keys, past and new")
-            if t.ndim == 1 - axis and t.shape[0] not in (1, b):                # batched field
-                raise ValueError(f"Positions.{f} has batch {t.shape[0]}, input_ids has {b}")
+        check_positions(pos, self.needs, b, nk, past, f"CodeLM(pe={self.pe_kind!r})",
+                        " (build them with domains.code.data, or code_positions(input_ids, ...))")
 
     # ---- forward ------------------------------------------------------------------------------------------
     def make_cache(self) -> List[KVCache]:
@@ -336,10 +322,8 @@ class CodeLM(nn.Module):
         b, n = input_ids.shape
         past = cache[0].length if cache is not None else 0
         nk = past + n
-        if nk > self.max_seq_len and not self.allow_longer:
-            raise ValueError(f"{nk} tokens ({past} cached + {n} new) exceed max_seq_len={self.max_seq_len}; set "
-                             f"allow_longer=True (argument or attribute) to run longer sequences"
-                             + (" (BiPE's intra-line positions clip at max_intra - 1)" if self.intra_pe else ""))
+        check_seq_len(n, past, self.max_seq_len, self.allow_longer,
+                      " (BiPE's intra-line positions clip at max_intra - 1)" if self.intra_pe else "")
         if pos is None:
             pos = self.default_positions(input_ids, past)
         self._check_positions(pos, b, nk, past)

@@ -21,7 +21,6 @@ read back from the run folder rather than trained again, so the token ids cannot
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.errors import CheckpointError, ConfigError, DatasetNotFoundError
+from zoo.finetune.engine import read_run
 from zoo.finetune.tasks import Task, register_task
 from zoo.positions import Positions
 
@@ -303,16 +303,8 @@ def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu"
     from domains.code.tokenizer import TOKENIZER_FILE, CodeTokenizer
 
     run_dir = Path(run_dir)
-    summary_path, weights = run_dir / "summary.json", run_dir / "model.safetensors"
-    for path, what in ((summary_path, "the run summary"), (weights, "the weights"),
-                       (run_dir / TOKENIZER_FILE, "the tokenizer the model was trained with")):
-        if not path.is_file():
-            raise CheckpointError(f"{run_dir} is not a finished causal_lm run: {path.name} ({what}) is missing")
-    try:
-        summary = json.loads(summary_path.read_text())
-        name, kwargs = summary["model"], dict(summary["model_kwargs"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{summary_path}: unreadable run summary ({e})") from None
+    name, kwargs, weights = read_run(run_dir, "causal_lm",
+                                     [(run_dir / TOKENIZER_FILE, "the tokenizer the model was trained with")])
     tokenizer = CodeTokenizer.load(run_dir / TOKENIZER_FILE)
     if kwargs.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
         raise CheckpointError(f"{run_dir}: {TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the model only "

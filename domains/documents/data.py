@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 from zoo.errors import DatasetNotFoundError
 from zoo.io import atomic_write, atomic_write_text
 from zoo.positions import Positions
+from zoo.splits import SPLITS, split_for_hash
 
 from domains.documents.document import DocumentFormatError, Page
 
@@ -53,7 +54,6 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 LABELS = ("body", "heading", "code", "math")          # same order as domains.documents.pdf.LABELS
 FUNSD_BIO = ("O", "B-HEADER", "I-HEADER", "B-QUESTION", "I-QUESTION", "B-ANSWER", "I-ANSWER")
-SPLITS = ("train", "val", "test")
 R_MANUAL_DIRS = ("/usr/share/doc/r-doc-pdf/manual", "/usr/share/R/doc/manual")
 # fullrefman.pdf (only under /usr/share/R/doc/manual) has the same 2,415 pages as refman.pdf
 _SKIP_MANUALS = frozenset({"fullrefman.pdf"})
@@ -97,14 +97,7 @@ class PageWords:
 
 def split_of_page(texts: Sequence[str], fractions: Sequence[float] = (0.90, 0.05, 0.05)) -> str:
     """The split of a page: sha256 of its word texts joined by newlines, first 64 bits against ``fractions``."""
-    h = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
-    x = int(h[:16], 16) / float(1 << 64)
-    acc = 0.0
-    for name, frac in zip(SPLITS, fractions):
-        acc += frac
-        if x < acc:
-            return name
-    return SPLITS[-1]
+    return split_for_hash(hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest(), fractions)
 
 
 def find_r_manuals(root: Optional[PathLike] = None) -> List[Path]:

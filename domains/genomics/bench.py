@@ -130,20 +130,13 @@ def load_lm_run(run_dir, device="cpu", allow_longer: bool = False):
     """``(model, tokenizer)`` of a finished ``dna_lm`` run folder (``summary.json``, ``model.safetensors``,
     ``dna_tokenizer.json``), in eval mode."""
     import zoo
-    from zoo.errors import CheckpointError
+    from zoo.finetune.engine import read_run
 
     from domains.genomics.tokenizers import TOKENIZER_FILE, DNATokenizer
 
     run_dir = Path(run_dir)
-    summary_path, weights, tok = run_dir / "summary.json", run_dir / "model.safetensors", run_dir / TOKENIZER_FILE
-    for path, what in ((summary_path, "the run summary"), (weights, "the weights"), (tok, "the tokenizer")):
-        if not path.is_file():
-            raise CheckpointError(f"{run_dir} is not a finished dna_lm run: {path.name} ({what}) is missing")
-    try:
-        summary = json.loads(summary_path.read_text())
-        name, kwargs = summary["model"], dict(summary["model_kwargs"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{summary_path}: unreadable run summary ({e})") from None
+    tok = run_dir / TOKENIZER_FILE
+    name, kwargs, weights = read_run(run_dir, "dna_lm", [(tok, "the tokenizer")])
     tokenizer = DNATokenizer.load(tok)
     model = zoo.create(name, pretrained_file=str(weights), **kwargs)
     if allow_longer:
@@ -235,48 +228,24 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
 
 def format_extrapolation(result: Dict[str, Any]) -> str:
     """The perplexity table: one row per model, one column per length (``*`` marks the training length)."""
-    lengths = result["lengths"]
-    ppl = {(r["model"], r["length"]): r["ppl"] for r in result["rows"]}
-    head = [f"{L}{'*' if L == result['train_len'] else ''}" for L in lengths]
+    from zoo.extrapolation import format_ppl_table
+
     sep = f"'{result['separator']}'-joined" if result["separator"] else "concatenated"
-    lines = [f"zoo bench extrapolation --domain genomics: perplexity per base on {result['eval_records']} held-out "
+    title = (f"zoo bench extrapolation --domain genomics: perplexity per base on {result['eval_records']} held-out "
              f"16S records ({sep}), trained {result['steps']} steps x {result['batch_size']} windows at "
              f"{result['train_len']} bases ({result['device']}, amp {result['amp']}); first {result['eval_tokens']} "
-             f"tokens at every length",
-             f"{'model':20s}" + "".join(f"{h:>9s}" for h in head)]
-    for name in result["models"]:
-        lines.append(f"{name:20s}" + "".join(f"{ppl[(name, L)]:9.3f}" for L in lengths))
-    return "\n".join(lines)
+             f"tokens at every length")
+    return format_ppl_table(result, title, name_width=20, col_width=9, decimals=3)
 
 
 def plot_extrapolation(result: Dict[str, Any], path: Path) -> Path:
     """Perplexity vs evaluation length (log-log), one line per model; written atomically as PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullLocator, ScalarFormatter
+    from zoo.extrapolation import plot_ppl_vs_length
 
-    from zoo.io import atomic_write
-
-    fig = Figure(figsize=(7, 4.5), dpi=110)
-    ax = fig.add_subplot(1, 1, 1)
-    for name in result["models"]:
-        pts = sorted((r["length"], r["ppl"]) for r in result["rows"] if r["model"] == name)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-    ax.axvline(result["train_len"], color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(result["lengths"], [str(v) for v in result["lengths"]])
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(ScalarFormatter())
-    ax.set_xlabel("evaluation length (bases); dotted: training length")
-    ax.set_ylabel("held-out perplexity per base")
-    ax.set_title(f"DNA length extrapolation, 16S rRNA ({result['steps']} steps at {result['train_len']})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return plot_ppl_vs_length(
+        result, path, xlabel="evaluation length (bases); dotted: training length",
+        ylabel="held-out perplexity per base",
+        title=f"DNA length extrapolation, 16S rRNA ({result['steps']} steps at {result['train_len']})")
 
 
 # ---- command line ------------------------------------------------------------------------------------------------

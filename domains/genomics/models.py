@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from domains.genomics.tokenizers import SPECIAL_TOKENS
 from zoo.nn import Block
 from zoo.nn.attention import KVCache
-from zoo.nn.generation import check_generate_args, check_input_ids, decode
+from zoo.nn.generation import check_generate_args, check_input_ids, check_positions, check_seq_len, decode
 from zoo.nn.layers import init_decoder_weights
 from zoo.pe.alibi import ALiBi
 from zoo.pe.bipe import BiPEIntraEmbedding, BiPERoPE
@@ -218,22 +218,9 @@ class DNATransformer(nn.Module):
         return dna_positions(input_ids, spans, mask, self.segment_bases, self.causal)
 
     def _check_positions(self, pos: Positions, b: int, nk: int, past: int) -> None:
-        if not isinstance(pos, Positions):
-            raise ValueError(f"pos must be a zoo.Positions, got {type(pos).__name__}")
-        missing = [f for f in self.needs if getattr(pos, f) is None]
-        if missing:
-            raise ValueError(f"DNATransformer(pe={self.pe_kind!r}) needs Positions.{', '.join(missing)}, which the "
-                             f"input does not provide (build them with domains.genomics.models.dna_positions or "
-                             f"model.positions(input_ids, spans, mask))")
-        for f, axis in Positions._TOKEN_AXES:
-            t = getattr(pos, f)
-            if t is None:
-                continue
-            if t.shape[axis] != nk:
-                raise ValueError(f"Positions.{f} describes {t.shape[axis]} tokens but the model sees {nk} "
-                                 f"({past} cached + {nk - past} new): pos must describe all keys, past and new")
-            if t.ndim == 1 - axis and t.shape[0] not in (1, b):
-                raise ValueError(f"Positions.{f} has batch {t.shape[0]}, input_ids has {b}")
+        check_positions(pos, self.needs, b, nk, past, f"DNATransformer(pe={self.pe_kind!r})",
+                        " (build them with domains.genomics.models.dna_positions or model.positions(input_ids, spans, "
+                        "mask))")
 
     # ---- forward ------------------------------------------------------------------------------------------
     def make_cache(self) -> List[KVCache]:
@@ -260,9 +247,7 @@ class DNATransformer(nn.Module):
         b, n = input_ids.shape
         past = cache[0].length if cache is not None else 0
         nk = past + n
-        if nk > self.max_seq_len and not self.allow_longer:
-            raise ValueError(f"{nk} tokens ({past} cached + {n} new) exceed max_seq_len={self.max_seq_len}; set "
-                             f"allow_longer=True (argument or attribute) to run longer sequences")
+        check_seq_len(n, past, self.max_seq_len, self.allow_longer)
         if pos is None:
             if past:
                 raise ValueError("with a non-empty cache, pass pos describing all keys (past and new)")

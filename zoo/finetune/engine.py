@@ -28,7 +28,7 @@ import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from .config import build_config, load_config
 from .tasks import Task, get_task
 
 __all__ = ["finetune", "run_from_cli", "param_groups", "lr_lambda", "read_checkpoint", "save_checkpoint",
-           "TrainingDivergedError", "RESUME_MUTABLE_KEYS", "CHECKPOINT_FORMAT"]
+           "read_run", "TrainingDivergedError", "RESUME_MUTABLE_KEYS", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "zoo.finetune/1"
 # config keys that may differ between a checkpoint and the run resuming it (they do not change the trajectory)
@@ -182,6 +182,24 @@ def read_checkpoint(path: Path) -> Dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a zoo fine-tuning checkpoint (format {CHECKPOINT_FORMAT})")
     return ckpt
+
+
+def read_run(run_dir: Union[str, Path], task: str, extra_files: Sequence[Tuple[Path, str]] = ()
+             ) -> Tuple[str, Dict[str, Any], Path]:
+    """``(model name, model kwargs, weights path)`` of a finished ``task`` run folder: ``summary.json`` and
+    ``model.safetensors`` must be there, and every ``(path, what)`` of ``extra_files`` (e.g. the tokenizer); a
+    missing file or an unreadable summary raises CheckpointError."""
+    run_dir = Path(run_dir)
+    summary_path, weights = run_dir / "summary.json", run_dir / "model.safetensors"
+    for path, what in ((summary_path, "the run summary"), (weights, "the weights"), *extra_files):
+        if not path.is_file():
+            raise CheckpointError(f"{run_dir} is not a finished {task} run: {path.name} ({what}) is missing")
+    try:
+        summary = json.loads(summary_path.read_text())
+        name, kwargs = summary["model"], dict(summary["model_kwargs"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{summary_path}: unreadable run summary ({e})") from None
+    return name, kwargs, weights
 
 
 def _config_diff(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:

@@ -1,4 +1,5 @@
-"""Autoregressive decoding shared by every decoder LM: argument checks, sampling and the decode loop.
+"""Autoregressive decoding shared by every decoder LM: argument checks (input ids, length, Positions against a KV
+cache), sampling and the decode loop.
 
 A model supplies ``step(tokens_or_new, pos, cache) -> logits [b, n, vocab]`` (its forward) and a rule that extends
 the Positions as tokens are appended; `decode` does the rest, with or without a KV cache.
@@ -12,7 +13,8 @@ from torch import Tensor
 
 from ..positions import Positions
 
-__all__ = ["check_input_ids", "check_generate_args", "sample_next", "decode"]
+__all__ = ["check_input_ids", "check_seq_len", "check_positions", "check_generate_args", "sample_next",
+           "decode"]
 
 
 def check_input_ids(input_ids) -> None:
@@ -22,6 +24,35 @@ def check_input_ids(input_ids) -> None:
         got = (f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor)
                else type(input_ids).__name__)
         raise ValueError(f"input_ids must be an int [b, n] tensor, got {got}")
+
+
+def check_seq_len(n: int, past: int, max_seq_len: int, allow_longer: bool, note: str = "") -> None:
+    """Raise unless ``past`` cached + ``n`` new tokens fit in ``max_seq_len`` (or ``allow_longer`` is set); ``note``
+    is appended to the message."""
+    nk = past + n
+    if nk > max_seq_len and not allow_longer:
+        raise ValueError(f"{nk} tokens ({past} cached + {n} new) exceed max_seq_len={max_seq_len}; set "
+                         f"allow_longer=True (argument or attribute) to run longer sequences" + note)
+
+
+def check_positions(pos, needs, b: int, nk: int, past: int, model: str, hint: str) -> None:
+    """Raise unless ``pos`` is a `Positions` with every field of ``needs`` and each token field describes all ``nk``
+    keys (``past`` cached + new) with batch 1 or ``b``.  ``model`` names the model in the message (e.g.
+    ``"CodeLM(pe='rope')"``), ``hint`` (appended) says how to build the missing fields."""
+    if not isinstance(pos, Positions):
+        raise ValueError(f"pos must be a zoo.Positions, got {type(pos).__name__}")
+    missing = [f for f in needs if getattr(pos, f) is None]
+    if missing:
+        raise ValueError(f"{model} needs Positions.{', '.join(missing)}, which the input does not provide{hint}")
+    for f, axis in Positions._TOKEN_AXES:
+        t = getattr(pos, f)
+        if t is None:
+            continue
+        if t.shape[axis] != nk:
+            raise ValueError(f"Positions.{f} describes {t.shape[axis]} tokens but the model sees {nk} "
+                             f"({past} cached + {nk - past} new): pos must describe all keys, past and new")
+        if t.ndim == 1 - axis and t.shape[0] not in (1, b):                    # batched field
+            raise ValueError(f"Positions.{f} has batch {t.shape[0]}, input_ids has {b}")
 
 
 def check_generate_args(max_new_tokens, temperature, top_k) -> None:

@@ -44,6 +44,17 @@ def alibi_slopes(num_heads: int) -> Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
+def slopes_on(per_device: Dict[torch.device, Tensor], device=None) -> Tensor:
+    """The slopes of ``per_device`` (a plain dict holding at least the CPU copy, so ``module.half()`` does not round
+    them) on ``device`` (default CPU), copied there once and kept: one host-to-device copy per device, not one per
+    forward."""
+    device = torch.device("cpu" if device is None else device)
+    hit = per_device.get(device)
+    if hit is None:
+        hit = per_device[device] = per_device[torch.device("cpu")].to(device)
+    return hit
+
+
 def _bias_from_rel(rel: Tensor, slopes: Tensor, causal: bool) -> Tensor:
     """rel = pos_k - pos_q ``[..., nq, nk]`` -> bias ``[..., h, nq, nk]`` float32."""
     rel = rel.to(torch.float32)
@@ -102,12 +113,7 @@ class ALiBi(PositionalEncoding):
 
     def slopes(self, device=None) -> Tensor:
         """float32 ``[num_heads]``, zeros for heads beyond ``num_alibi_heads``."""
-        device = torch.device("cpu" if device is None else device)
-        hit = self._slopes.get(device)
-        if hit is None:
-            # one host-to-device copy per device, not one per forward
-            hit = self._slopes[device] = self._slopes[torch.device("cpu")].to(device)
-        return hit
+        return slopes_on(self._slopes, device)
 
     def _check(self, q: Tensor, k: Tensor) -> None:
         if q.shape[1] != self.num_heads:

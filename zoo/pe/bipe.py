@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .alibi import alibi_slopes
+from .alibi import alibi_slopes, slopes_on
 from .base import PositionalEncoding
 from .rope import RoPE
 
@@ -191,11 +191,7 @@ class BiPEALiBi(PositionalEncoding):
 
     def slopes(self, device=None) -> Tensor:
         """float32 ``[num_heads]``: ``slope_multiplier * alibi_slopes(num_heads)``."""
-        device = torch.device("cpu" if device is None else device)
-        hit = self._slopes.get(device)
-        if hit is None:
-            hit = self._slopes[device] = self._slopes[torch.device("cpu")].to(device)
-        return hit
+        return slopes_on(self._slopes, device)
 
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
         # q [b, h, nq, d], k [b, h, nk, d]

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from ..positions import Positions
 from .base import PositionalEncoding
-from .rope import apply_rotary, rope_inv_freq
+from .rope import apply_rotary, check_rotary_qk, rope_inv_freq
 
 __all__ = ["hierarchical_positions", "hirope_split", "hirope_angles", "HiRoPE"]
 
@@ -210,11 +210,7 @@ class HiRoPE(PositionalEncoding):
 
     # ---- positions ----------------------------------------------------------------------------------------
     def _checked_levels(self, q: Tensor, k: Tensor, pos: Optional[Positions]) -> Tensor:
-        if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
-            raise ValueError(f"q/k head dim {q.shape[-1]}/{k.shape[-1]} does not match HiRoPE head_dim={self.head_dim}")
-        nq, nk = q.shape[-2], k.shape[-2]
-        if nq > nk:
-            raise ValueError(f"q has {nq} positions but k only {nk}: queries must be the last nq of the keys")
+        nq, nk = check_rotary_qk(q, k, self.head_dim, "HiRoPE")
         if pos is None or pos.levels is None:
             raise ValueError("HiRoPE needs Positions.levels ([b, n, L] hierarchical ids, coarsest to finest, last "
                              "column = token index), which the input does not provide")

@@ -200,6 +200,26 @@ def half_to_interleaved(w: Tensor, head_dim: int, rot_dim: Optional[int] = None)
     return _permute_rows(w, head_dim, rot_dim, to_half=False)
 
 
+def check_rotary_qk(q: Tensor, k: Tensor, head_dim: int, by: str) -> Tuple[int, int]:
+    """``(nq, nk)`` of q ``[b, h, nq, d]``, k ``[b, h, nk, d]``; raises unless ``d == head_dim`` (``by`` names the
+    encoding) and the queries can be the last ``nq`` keys."""
+    if q.shape[-1] != head_dim or k.shape[-1] != head_dim:
+        raise ValueError(f"q/k head dim {q.shape[-1]}/{k.shape[-1]} does not match {by} head_dim={head_dim}")
+    nq, nk = q.shape[-2], k.shape[-2]
+    if nq > nk:
+        raise ValueError(f"q has {nq} positions but k only {nk}: queries must be the last nq of the keys")
+    return nq, nk
+
+
+def check_key_ids(ids: Tensor, nq: int, nk: int) -> None:
+    """Raise unless ``pos.ids`` is ``[b, nk]`` or ``[nk]``: one id per key (the queries take the last ``nq``)."""
+    if ids.shape[-1] != nk:
+        raise ValueError(f"pos.ids has {ids.shape[-1]} positions but k has {nk} (ids describe the keys; "
+                         f"queries take the last {nq})")
+    if ids.ndim not in (1, 2):
+        raise ValueError(f"pos.ids must be [b, n] or [n], got shape {tuple(ids.shape)}")
+
+
 class RoPE(PositionalEncoding):
     """Rotary position embedding (Su et al., RoFormer, 2021) on the ``rotate`` hook.
 
@@ -299,20 +319,12 @@ class RoPE(PositionalEncoding):
     # ---- the hook ------------------------------------------------------------------------------------------------
     def rotate(self, q: Tensor, k: Tensor, pos: Optional[Positions]) -> Tuple[Tensor, Tensor]:
         # q [b, h, nq, d], k [b, h, nk, d]
-        if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
-            raise ValueError(f"q/k head dim {q.shape[-1]}/{k.shape[-1]} does not match RoPE head_dim={self.head_dim}")
-        nq, nk = q.shape[-2], k.shape[-2]
-        if nq > nk:
-            raise ValueError(f"q has {nq} positions but k only {nk}: queries must be the last nq of the keys")
+        nq, nk = check_rotary_qk(q, k, self.head_dim, "RoPE")
         ids = pos.ids if pos is not None else None
         if ids is None:
             cos, sin = self.cos_sin_range(nk, k.device)                          # [nk, r/2]
         else:
-            if ids.shape[-1] != nk:
-                raise ValueError(f"pos.ids has {ids.shape[-1]} positions but k has {nk} (ids describe the keys; "
-                                 f"queries take the last {nq})")
-            if ids.ndim not in (1, 2):
-                raise ValueError(f"pos.ids must be [b, n] or [n], got shape {tuple(ids.shape)}")
+            check_key_ids(ids, nq, nk)
             if ids.ndim == 2 and ids.shape[0] > 1 and ids.stride(0) == 0:
                 ids = ids[0]                                                     # expanded batch: one table
             # HF's rule for length-dependent frequencies: seq_len = max(position_ids) + 1 over the whole batch

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..positions import Positions
 from .base import PositionalEncoding
-from .rope import _check_layout, apply_rotary, rope_angles, rope_inv_freq
+from .rope import _check_layout, apply_rotary, check_key_ids, check_rotary_qk, rope_angles, rope_inv_freq
 
 __all__ = ["xpos_zeta", "xpos_scale", "XPos"]
 
@@ -77,21 +77,13 @@ class XPos(PositionalEncoding):
 
     def rotate(self, q: Tensor, k: Tensor, pos: Optional[Positions]) -> Tuple[Tensor, Tensor]:
         # q [b, h, nq, d], k [b, h, nk, d]
-        if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
-            raise ValueError(f"q/k head dim {q.shape[-1]}/{k.shape[-1]} does not match XPos head_dim={self.head_dim}")
-        nq, nk = q.shape[-2], k.shape[-2]
-        if nq > nk:
-            raise ValueError(f"q has {nq} positions but k only {nk}: queries must be the last nq of the keys")
+        nq, nk = check_rotary_qk(q, k, self.head_dim, "XPos")
         ids = pos.ids if pos is not None else None
         if ids is None:
             ids = torch.arange(nk, device=k.device)
             center = float((nk + 1) // 2)                                # torchscale: -(-nk // 2)
         else:
-            if ids.shape[-1] != nk:
-                raise ValueError(f"pos.ids has {ids.shape[-1]} positions but k has {nk} (ids describe the keys; "
-                                 f"queries take the last {nq})")
-            if ids.ndim not in (1, 2):
-                raise ValueError(f"pos.ids must be [b, n] or [n], got shape {tuple(ids.shape)}")
+            check_key_ids(ids, nq, nk)
             ids = ids.to(k.device)
             with torch.autocast(device_type=k.device.type, enabled=False):
                 center = torch.ceil((ids.min().float() + ids.max().float() + 1) / 2)   # a tensor: no host sync
