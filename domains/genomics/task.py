@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -305,7 +306,7 @@ class _WindowTask(_GenomicsTask):
         return self.ids["train"], self.ids["eval"]
 
     def _eval_inputs(self) -> Dict[str, Tensor]:
-        raise NotImplementedError
+        return self._make_batch(self.ids["eval"], 0)                             # a fixed mask stream (seed 0)
 
     def model_kwargs(self, cfg) -> Dict[str, Any]:
         kwargs = {"vocab_size": self.tokenizer.vocab_size, "max_seq_len": self.seq_len}
@@ -333,8 +334,9 @@ class _WindowTask(_GenomicsTask):
             b = self._make_batch(ids, int(seeds[i]))
             yield {k: v.to(getattr(self, "device", "cpu")) for k, v in b.items()}
 
+    @abstractmethod
     def _make_batch(self, ids: Tensor, seed: int) -> Dict[str, Tensor]:
-        raise NotImplementedError
+        """Model inputs and targets for the windows ``ids``; ``seed`` drives any masking."""
 
     def _check_model(self, model: nn.Module) -> None:
         causal = getattr(model, "causal", None)
@@ -397,9 +399,6 @@ class MaskedLMTask(_WindowTask):
         inputs, targets = mlm_mask(ids, self.tokenizer, self.mask_prob, seed=seed)
         return {"inputs": inputs, "targets": targets}
 
-    def _eval_inputs(self) -> Dict[str, Tensor]:
-        return self._make_batch(self.ids["eval"], 0)
-
 
 @register_task("dna_lm")
 class DNACausalLMTask(_WindowTask):
@@ -414,6 +413,3 @@ class DNACausalLMTask(_WindowTask):
 
     def _make_batch(self, ids: Tensor, seed: int) -> Dict[str, Tensor]:
         return {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
-
-    def _eval_inputs(self) -> Dict[str, Tensor]:
-        return self._make_batch(self.ids["eval"], 0)

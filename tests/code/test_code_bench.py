@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-pytest.importorskip("tree_sitter")
-pytest.importorskip("tokenizers")
+import tree_sitter  # noqa: F401
+import tokenizers  # noqa: F401
 
 from zoo.cli import main  # noqa: E402
 from zoo.errors import ConfigError  # noqa: E402

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("tree_sitter")
-pytest.importorskip("tokenizers")
+import tree_sitter  # noqa: F401
+import tokenizers  # noqa: F401
 
 from domains.code import data as code_data  # noqa: E402
 from domains.code.data import (SPLITS, CodeWindows, SourceTree, TokenizedCorpus, collate_windows,  # noqa: E402

@@ -8,8 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-pytest.importorskip("tree_sitter")
-pytest.importorskip("tokenizers")
+import tree_sitter  # noqa: F401
+import tokenizers  # noqa: F401
 
 import zoo  # noqa: E402
 from zoo.errors import CheckpointError, ConfigError, DatasetNotFoundError  # noqa: E402

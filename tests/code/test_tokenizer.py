@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("tokenizers")
+import tokenizers  # noqa: F401
 
 from domains.code.data import find_cpython_stdlib  # noqa: E402
 from domains.code.tokenizer import SPECIAL_TOKENS, CodeTokenizer, train_bpe  # noqa: E402

@@ -24,7 +24,7 @@ TINY = {"dim": 32, "depth": 1, "num_heads": 2, "mlp_hidden": 64, "drop": 0.0, "a
 def manuals_dir(tmp_path_factory):
     import pypdfium2 as pdfium
     if not R_INTRO.is_file():
-        pytest.skip("r-doc-pdf is not installed")
+        pytest.fail(f"{R_INTRO} is missing: run scripts/setup.sh (apt-get install r-doc-pdf)")
     src, out = pdfium.PdfDocument(str(R_INTRO)), pdfium.PdfDocument.new()
     out.import_pages(src, SLICE)
     folder = tmp_path_factory.mktemp("manuals")

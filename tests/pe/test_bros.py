@@ -5,7 +5,7 @@ import torch
 from zoo.pe.bros import BROS_CORNERS, BrosRelativeBias, bros_corners, bros_sinusoid
 from zoo.positions import Positions
 
-transformers = pytest.importorskip("transformers")
+import transformers
 from transformers.models.bros import modeling_bros as hf_bros  # noqa: E402
 
 

@@ -8,7 +8,7 @@ from zoo.pe.layout import (ForwardMemo, LayoutLM2DEmbedding, LayoutLMv3SpatialBi
                            check_boxes, layoutlmv3_bucket, roberta_position_ids)
 from zoo.positions import Positions
 
-transformers = pytest.importorskip("transformers")
+import transformers
 from transformers.models.layoutlmv3 import modeling_layoutlmv3 as hf_v3  # noqa: E402
 
 

@@ -8,7 +8,7 @@ from zoo import Positions
 from zoo.pe.rope import RoPE, apply_rotary, interleaved_to_half, rope_angles, rope_inv_freq
 from zoo.pe.rope_scaling import ScaledRoPE, rope_frequencies
 
-transformers = pytest.importorskip("transformers")
+import transformers
 
 
 # ---- HF reference helpers (transformers only here, never in zoo/) ------------------------------------------------

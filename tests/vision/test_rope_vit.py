@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-timm = pytest.importorskip("timm")
+import timm
 
 import zoo  # noqa: E402
 import domains.vision.rope_vit as rope_vit  # noqa: E402  (registers the vit_rope_* models)

@@ -7,7 +7,10 @@ A `PositionalEncoding` overrides only the hooks it uses; which ones it overrides
     bias(q, k, pos, scale)   -> [b|1, h|1, nq, nk] added to the scaled logits (ALiBi, T5, KERPLE, iRPE-q/k)
     bias_rows(q, k, pos, scale, start)
                              -> [b|1, h|1, c, nk] rows of that bias for a block of c queries (optional; lets the
-                                attention chunk long sequences without ever holding the whole bias)
+                                attention chunk long sequences without ever holding the whole bias). Contract:
+                                equals bias(q_all, k, pos, scale)[..., start - (nk - nq_all) + i, :] for the c
+                                queries q at key indices start .. start + c - 1. The base class does not define
+                                it: encodings without it get the full bias once, sliced per chunk
     value(attn, pos)         -> [b, h, nq, d]  added to the attention output, computed from the post-softmax
                                                weights (iRPE on values); forces the slow attention path
 
@@ -36,18 +39,6 @@ class PositionalEncoding(nn.Module):
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Optional[Tensor]:
         return None
 
-    def bias_rows(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float,
-                  start: int) -> Optional[Tensor]:
-        """The rows of `bias` for a block of queries: ``q`` ``[b, h, c, d]`` are the queries sitting at key indices
-        ``start .. start + c - 1`` (``k`` ``[b, h, nk, d]`` are all keys, ``pos`` describes all keys).
-
-        Must equal ``bias(q_all, k, pos, scale)[..., r:r + c, :]`` with ``r = start - (nk - nq_all)``, i.e.
-        ``bias(q, k, pos, scale) == bias_rows(q, k, pos, scale, nk - nq)``.  Encodings that implement it (see
-        `has_bias_rows`) let `zoo.nn.Attention` process long sequences in query chunks without ever materialising
-        the full ``[b|1, h, nq, nk]`` bias; the others get the full bias computed once and sliced.
-        """
-        raise NotImplementedError(f"{type(self).__name__} has no row form of its bias (bias_rows)")
-
     def value(self, attn: Tensor, pos: Optional[Positions]) -> Optional[Tensor]:
         return None
 
@@ -74,7 +65,7 @@ class PositionalEncoding(nn.Module):
         subclass that changes `bias` without updating `bias_rows` loses the row form instead of returning rows of
         the parent's bias."""
         rows_cls, bias_cls = _defined_in(type(self), "bias_rows"), _defined_in(type(self), "bias")
-        return rows_cls is not PositionalEncoding and bias_cls is not None and issubclass(rows_cls, bias_cls)
+        return rows_cls is not None and bias_cls is not None and issubclass(rows_cls, bias_cls)
 
     @property
     def needs_weights(self) -> bool:

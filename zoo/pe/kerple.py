@@ -23,6 +23,8 @@ outside the range; `project_` copies the clamped values back if one wants the of
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from typing import Optional
 
 import torch
@@ -58,7 +60,7 @@ def kerple_power_bias(distance: Tensor, p: Tensor, a: Tensor) -> Tensor:
     return -a * distance.pow(p)
 
 
-class _Kerple(PositionalEncoding):
+class _Kerple(PositionalEncoding, ABC):
     kernel = ""
     p_max: Optional[float] = None
 
@@ -87,8 +89,9 @@ class _Kerple(PositionalEncoding):
         self.bias_p.clamp_(self.eps, self.p_max)
         self.bias_a.clamp_(min=self.eps)
 
+    @abstractmethod
     def _kernel(self, dist: Tensor, p: Tensor, a: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The bias ``[..., h, c, nk]`` from distances and the clamped per-head ``p``, ``a``."""
 
     @property
     def bias_floats_per_pair(self) -> int:
