@@ -41,7 +41,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from zoo.nn import Block
+from zoo.nn import Block, shared_encodings
 from zoo.nn.attention import KVCache
 from zoo.nn.generation import check_generate_args, check_input_ids, check_positions, check_seq_len, decode
 from zoo.nn.layers import init_decoder_weights
@@ -332,8 +332,9 @@ class CodeLM(nn.Module):
             intra = line_intra(pos.segments.to(input_ids.device), self.max_intra)   # [b?, nk]
             x = self.intra_pe.embed(x, Positions(ids=intra[..., past:]))
         x = self.drop(x)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, pos, None if cache is None else cache[i])
+        with shared_encodings(self.blocks, pos):                                # one bias per forward
+            for i, blk in enumerate(self.blocks):
+                x = blk(x, pos, None if cache is None else cache[i])
         return self.head(self.norm(x))                                           # [b, n, vocab]
 
     # ---- generation ---------------------------------------------------------------------------------------

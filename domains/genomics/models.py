@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from domains.genomics.tokenizers import SPECIAL_TOKENS
-from zoo.nn import Block
+from zoo.nn import Block, shared_encodings
 from zoo.nn.attention import KVCache
 from zoo.nn.generation import check_generate_args, check_input_ids, check_positions, check_seq_len, decode
 from zoo.nn.layers import init_decoder_weights
@@ -258,8 +258,9 @@ class DNATransformer(nn.Module):
             intra = segment_intra(pos.segments.to(input_ids.device), self.max_intra)   # [b?, nk]
             x = self.intra_pe.embed(x, Positions(ids=intra[..., past:]))
         x = self.drop(x)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, pos, None if cache is None else cache[i])
+        with shared_encodings(self.blocks, pos):                                # one bias per forward
+            for i, blk in enumerate(self.blocks):
+                x = blk(x, pos, None if cache is None else cache[i])
         return self.norm(x)
 
     def token_logits(self, x: Tensor) -> Tensor:

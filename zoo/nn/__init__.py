@@ -1,7 +1,7 @@
 """Attention, blocks and shared layers (torch only)."""
 from .attention import Attention, KVCache, build_attn_mask
-from .block import Block
+from .block import Block, shared_encodings
 from .layers import DropPath, LayerScale, Mlp
 from .linear_attention import LinearAttention
 
-__all__ = ["Attention", "KVCache", "Block", "build_attn_mask", "DropPath", "LayerScale", "Mlp", "LinearAttention"]
+__all__ = ["Attention", "KVCache", "Block", "shared_encodings", "build_attn_mask", "DropPath", "LayerScale", "Mlp", "LinearAttention"]

@@ -1,7 +1,8 @@
 """Pre-norm transformer block (timm ViT key names: norm1, attn, norm2, mlp)."""
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterable, Iterator, Optional
 
 from torch import Tensor, nn
 
@@ -9,7 +10,7 @@ from ..positions import Positions
 from .attention import Attention, KVCache
 from .layers import DropPath, LayerScale, Mlp
 
-__all__ = ["Block"]
+__all__ = ["Block", "shared_encodings"]
 
 
 class Block(nn.Module):
@@ -33,3 +34,19 @@ class Block(nn.Module):
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), pos, cache)))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
+
+
+@contextlib.contextmanager
+def shared_encodings(blocks: Iterable[nn.Module], pos: Optional[Positions] = None) -> Iterator[None]:
+    """Open ``pe.shared(pos)`` once for every distinct encoding used by the attention of ``blocks``: for one
+    forward, an encoding shared by all blocks builds what depends only on the positions (e.g. an ALiBi / T5 /
+    KERPLE / FIRE bias) once instead of once per block."""
+    seen = {}
+    for blk in blocks:
+        pe = getattr(getattr(blk, "attn", None), "pe", None)
+        if pe is not None and hasattr(pe, "shared"):
+            seen.setdefault(id(pe), pe)
+    with contextlib.ExitStack() as stack:
+        for pe in seen.values():
+            stack.enter_context(pe.shared(pos))
+        yield

@@ -93,6 +93,8 @@ class ALiBi(PositionalEncoding):
     is added to logits already scaled by ``1/sqrt(d)``.  Index-based biases are cached per (nq, nk, device) in eval.
     """
 
+    bias_from_positions_only = True
+
     max_cache = 8
 
     def __init__(self, num_heads: int, causal: bool = False, num_alibi_heads: Optional[int] = None):

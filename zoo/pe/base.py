@@ -15,16 +15,59 @@ A `PositionalEncoding` overrides only the hooks it uses; which ones it overrides
                                                weights (iRPE on values); forces the slow attention path
 
 Tensor layout inside attention: q, k, v are ``[b, h, n, d]``.
+
+Encodings whose bias depends only on the positions, the shapes and their own parameters (never on the values of q
+and k) set ``bias_from_positions_only = True``.  A model whose blocks share one such encoding opens
+``with pe.shared(pos):`` around its blocks; inside, the attention builds the bias once per forward and every layer
+reuses it (autograd sums the layers' gradients into the encoding's parameters as before).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+from typing import Any, Callable, Iterator, Optional, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from ..positions import Positions
 
-__all__ = ["PositionalEncoding", "overrides"]
+__all__ = ["PositionalEncoding", "ForwardMemo", "overrides"]
+
+
+class ForwardMemo:
+    """A one-slot memo that a model opens for one forward pass so that an encoding computed from the positions
+    (a ``[b, h, n, n]`` bias, BROS's ``[b, n, n, d]`` box features) is built once and shared by every layer.
+
+    ``with memo.scope(): ...`` -- inside, ``memo.get(pos, build, extra)`` builds once per ``Positions`` object
+    (compared by identity) and ``extra`` (compared by equality: shapes, scale, dtype); outside, it builds every time
+    (correct, only slower).  Nothing outlives the ``with`` block, so no stale value or autograd graph survives an
+    optimiser step."""
+
+    def __init__(self):
+        self._active = False
+        self._key: Any = None
+        self._extra: Any = None
+        self._value: Any = None
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        outer = (self._active, self._key, self._extra, self._value)
+        self._active, self._key, self._extra, self._value = True, None, None, None
+        try:
+            yield
+        finally:
+            self._active, self._key, self._extra, self._value = outer
+
+    def get(self, pos: Any, build: Callable[[], Any], extra: Any = None) -> Any:
+        if not self._active:
+            return build()
+        if self._value is None or self._key is not pos or self._extra != extra:
+            self._key, self._extra, self._value = pos, extra, build()
+        return self._value
 
 
 class PositionalEncoding(nn.Module):
@@ -45,6 +88,31 @@ class PositionalEncoding(nn.Module):
     #: float32 values per (query, key) pair that ``bias_rows`` builds, all heads together (the bias itself and the
     #: temporaries autograd keeps); sizes the attention's query chunks.  None: about ``2 * num_heads``.
     bias_floats_per_pair: Optional[int] = None
+
+    #: the bias is a function of the positions, the shapes and the encoding's parameters only (never of q / k
+    #: values): inside ``with pe.shared(pos):`` `shared_bias` builds it once and every layer reuses it.
+    bias_from_positions_only: bool = False
+
+    # ---- one bias per forward ------------------------------------------------------------------------------
+    @property
+    def _forward_memo(self) -> ForwardMemo:
+        memo = self.__dict__.get("_memo")
+        if memo is None:
+            memo = self.__dict__["_memo"] = ForwardMemo()
+        return memo
+
+    def shared(self, pos: Optional[Positions] = None):
+        """Context manager for one forward of a model whose blocks share this encoding: inside it, what the
+        encoding computes from the positions alone is built once (see ``bias_from_positions_only``)."""
+        return self._forward_memo.scope()
+
+    def shared_bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Optional[Tensor]:
+        """`bias`, built once per ``shared`` scope when ``bias_from_positions_only`` (keyed by the ``Positions``
+        object, the query / key counts, ``scale``, device and dtype); otherwise a plain call."""
+        if not self.bias_from_positions_only:
+            return self.bias(q, k, pos, scale)
+        extra = (q.shape[-2], k.shape[-2], float(scale), q.device, q.dtype, torch.is_grad_enabled())
+        return self._forward_memo.get(pos, lambda: self.bias(q, k, pos, scale), extra)
 
     # ---- introspection ------------------------------------------------------------------------------------
     @property

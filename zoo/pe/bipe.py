@@ -174,6 +174,8 @@ class BiPEALiBi(PositionalEncoding):
     (where ``alibi[h, seg_j]`` is added per key: the same up to a row constant that softmax ignores).
     """
 
+    bias_from_positions_only = True
+
     def __init__(self, num_heads: int, causal: bool = False, slope_multiplier: float = 96.0):
         super().__init__()
         if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads <= 0:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..positions import Positions
 from .base import PositionalEncoding
-from .layout import ForwardMemo, check_boxes
+from .layout import check_boxes
 
 __all__ = ["BROS_CORNERS", "bros_corners", "bros_inv_freq", "bros_sinusoid", "BrosRelativeBias"]
 
@@ -88,14 +88,10 @@ class BrosRelativeBias(PositionalEncoding):
         self.hidden_size, self.head_dim, self.dim_bbox, self.bbox_scale = hidden_size, head_dim, dim_bbox, bbox_scale
         self.dim_2d, self.dim_1d = dim_2d, dim_2d // dim_bbox
         self.bbox_projection = nn.Linear(dim_2d, head_dim, bias=False)
-        self._memo = ForwardMemo()
 
     def extra_repr(self) -> str:
         return f"sinusoid={self.dim_bbox}x{self.dim_1d}, head_dim={self.head_dim}, bbox_scale={self.bbox_scale:g}"
 
-    def shared(self, pos: Optional[Positions] = None):
-        """Context manager: build ``P`` once per ``Positions`` inside it (one forward of the model)."""
-        return self._memo.scope()
 
     def scaled_coords(self, boxes: Tensor) -> Tensor:
         """``[b, n, 4]`` boxes in 0..1000 -> ``[b, n, dim_bbox]`` float32 ``boxes / 1000 * bbox_scale``."""
@@ -122,5 +118,5 @@ class BrosRelativeBias(PositionalEncoding):
         if q.shape[-2] != k.shape[-2] or pos.boxes.shape[-2] != n:
             raise ValueError(f"BrosRelativeBias is an encoder bias: queries, keys and Positions.boxes must describe "
                              f"the same tokens, got {q.shape[-2]}, {k.shape[-2]} and {pos.boxes.shape[-2]}")
-        mem = self._memo.get(pos, lambda: self.memory(pos.boxes))                # [b, n, n, d]
+        mem = self._forward_memo.get(pos, lambda: self.memory(pos.boxes))                # [b, n, n, d]
         return torch.einsum("bhid,bijd->bhij", q, mem.to(q.dtype)) * scale

@@ -75,6 +75,8 @@ class FIRE(PositionalEncoding):
     ``init_L``.  ``bias`` returns float32 ``[b|1, h, nq, nk]``; queries = the last ``nq`` keys.
     """
 
+    bias_from_positions_only = True
+
     def __init__(self, num_heads: int, mlp_width: int = 32, init_c: float = 0.1, init_L: float = 512.0,
                  causal: bool = True, eps: float = 1e-6):
         super().__init__()

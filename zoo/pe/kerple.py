@@ -63,6 +63,7 @@ def kerple_power_bias(distance: Tensor, p: Tensor, a: Tensor) -> Tensor:
 class _Kerple(PositionalEncoding, ABC):
     kernel = ""
     p_max: Optional[float] = None
+    bias_from_positions_only = True
 
     def __init__(self, num_heads: int, causal: bool = True, eps: float = EPS):
         super().__init__()

@@ -24,14 +24,13 @@ integer (the tables are indexed by integers).
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import ForwardMemo, PositionalEncoding
 from .t5 import t5_bucket
 
 __all__ = ["check_boxes", "LayoutLM2DEmbedding", "LayoutLMv3SpatialEmbedding", "LayoutLMv3SpatialBias",
@@ -69,36 +68,6 @@ def _boxes_of(pos: Optional[Positions], by: str) -> Tensor:
     if pos is None or pos.boxes is None:
         raise ValueError(f"{by} needs Positions.boxes [b, n, 4], which the input does not provide")
     return pos.boxes
-
-
-class ForwardMemo:
-    """A one-slot memo that a model opens for one forward pass so that an encoding computed from the positions
-    (a ``[b, h, n, n]`` bias, BROS's ``[b, n, n, d]`` box features) is built once and shared by every layer.
-
-    ``with pe.shared(pos): ...`` -- inside, ``memo.get(pos, build)`` builds once per ``Positions`` object; outside,
-    it builds every time (correct, only slower).  Nothing outlives the ``with`` block, so no stale value or autograd
-    graph survives an optimiser step."""
-
-    def __init__(self):
-        self._active = False
-        self._key = None
-        self._value = None
-
-    @contextlib.contextmanager
-    def scope(self) -> Iterator[None]:
-        outer = (self._active, self._key, self._value)
-        self._active, self._key, self._value = True, None, None
-        try:
-            yield
-        finally:
-            self._active, self._key, self._value = outer
-
-    def get(self, pos, build):
-        if not self._active:
-            return build()
-        if self._key is not pos:
-            self._key, self._value = pos, build()
-        return self._value
 
 
 class LayoutLM2DEmbedding(PositionalEncoding):
@@ -224,15 +193,11 @@ class LayoutLMv3SpatialBias(PositionalEncoding):
         for m in (self.rel_pos_bias, self.rel_pos_x_bias, self.rel_pos_y_bias):
             if m is not None:
                 nn.init.normal_(m.weight, std=init_std)
-        self._memo = ForwardMemo()
 
     def extra_repr(self) -> str:
         return (f"num_heads={self.num_heads}, 1d={self.rel_pos_bins}/{self.max_rel_pos}, "
                 f"2d={self.rel_2d_pos_bins}/{self.max_rel_2d_pos}, spatial={self.spatial}")
 
-    def shared(self, pos: Optional[Positions] = None):
-        """Context manager: build the bias once per ``Positions`` inside it (one forward of the model)."""
-        return self._memo.scope()
 
     @staticmethod
     def _lookup(values: Tensor, table: Tensor, num_buckets: int, max_distance: int) -> Tensor:
@@ -270,4 +235,4 @@ class LayoutLMv3SpatialBias(PositionalEncoding):
             raise ValueError(f"q has {q.shape[1]} heads but LayoutLMv3SpatialBias has num_heads={self.num_heads}")
         if q.shape[-2] != k.shape[-2]:
             raise ValueError("LayoutLMv3SpatialBias is an encoder bias: queries and keys must be the same tokens")
-        return self._memo.get(pos, lambda: self.full_bias(k.shape[-2], pos, q.device) * scale)
+        return self._forward_memo.get(pos, lambda: self.full_bias(k.shape[-2], pos, q.device) * scale)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..positions import Positions
 from .base import PositionalEncoding
-from .layout import ForwardMemo, check_boxes
+from .layout import check_boxes
 
 __all__ = ["box_centers", "knn_graph", "beta_skeleton_graph", "adjacency_to_neighbors", "reading_order_codes",
            "reading_order_embedding", "ReadingOrderGraphConv", "ReadingOrderBias"]
@@ -220,10 +220,7 @@ class ReadingOrderBias(PositionalEncoding):
         self.code_proj = nn.Linear(code_dim, num_heads, bias=False)
         nn.init.normal_(self.code_proj.weight, std=0.02)
         self.far = None if restrict else nn.Parameter(torch.zeros(num_heads))
-        self._memo = ForwardMemo()
 
-    def shared(self, pos: Optional[Positions] = None):
-        return self._memo.scope()
 
     def graph(self, pos: Positions) -> Tuple[Tensor, Tensor, Tensor]:
         """``idx, valid, codes`` ``[b, n, k]`` from ``pos.boxes`` (k-NN), ``pos.ids`` and ``pos.mask``."""
@@ -254,4 +251,4 @@ class ReadingOrderBias(PositionalEncoding):
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
         if q.shape[1] != self.num_heads:
             raise ValueError(f"q has {q.shape[1]} heads but ReadingOrderBias has num_heads={self.num_heads}")
-        return self._memo.get(pos, lambda: self._build(pos, q.device))
+        return self._forward_memo.get(pos, lambda: self._build(pos, q.device))

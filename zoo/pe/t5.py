@@ -95,6 +95,8 @@ class T5RelativeBias(PositionalEncoding):
     nk]`` from ``pos.ids`` (any integer positions; floats are rounded after subtraction).
     """
 
+    bias_from_positions_only = True
+
     max_cache = 8
 
     def __new__(cls, *args, **kwargs):
