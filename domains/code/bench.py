@@ -1,6 +1,7 @@
 """Code-LM benchmarks: length extrapolation (quality) and training / generation speed (ratios).
 
     zoo bench extrapolation --domain code [--steps 300] [--lengths 512,1024,2048,4096,8192] [--models a,b] [--out D]
+    zoo bench extrapolation --domain code --runs runs/code_lm_nope_tiny_pystdlib,runs/code_lm_rope_tiny_pystdlib,...
     zoo bench code [--models a,b] [--seq-len 512] [--batch-size 8]
 
 **Extrapolation.** One byte-level BPE is trained on the training split and shared by every model. Each
@@ -11,6 +12,8 @@ split at every length of ``--lengths`` with ``allow_longer=True`` (the models' s
 non-overlapping windows of ``L`` tokens), so a column compares models on the same text and a row shows what a longer
 context does to one model. Written to ``--out``: ``extrapolation.json`` (every number), ``extrapolation.png``
 (perplexity vs length, log-log), ``tokenizer.json`` and one training run folder per model under ``runs/``.
+With ``--runs``, nothing is trained: the finished ``causal_lm`` runs given (e.g. the ``configs/code`` recipes, all
+at one training length) are scored, each with the tokenizer saved in its run folder.
 
 **Speed.** Each model runs in its own subprocess, interleaved with the baseline ``code_lm_nope_small`` over
 ``--rounds`` rounds (``zoo.bench.interleaved``): forward+backward tokens/s on random tokens at ``--seq-len``, and
@@ -57,9 +60,14 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
                   out: str = "runs/bench/extrapolation_code", eval_tokens: int = 32768, dataset: str = "cpython_stdlib",
                   root: Optional[str] = None, vocab_size: int = 8192, tokenizer_files: Optional[int] = 400,
                   lr: float = 2e-3, model_kwargs: Optional[Dict[str, Any]] = None, amp: str = "auto",
-                  device: str = "auto", seed: int = 0, progress: bool = True) -> Dict[str, Any]:
+                  device: str = "auto", seed: int = 0, progress: bool = True,
+                  runs: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train every model of ``models`` at ``train_len`` tokens and score it at every length of ``lengths``; writes
-    and returns the results (see the module docstring). ``amp="auto"`` is bf16 autocast on CUDA and on CPUs."""
+    and returns the results (see the module docstring). ``amp="auto"`` is bf16 autocast on CUDA and on CPUs.
+
+    ``runs``: finished ``causal_lm`` run folders (e.g. the ``configs/code`` recipes' outputs) to score instead of
+    training: each model is scored with its own tokenizer on the test split of ``dataset``; ``models``, ``steps``
+    and ``train_len`` then come from the runs."""
     from types import SimpleNamespace
 
     from zoo.errors import ConfigError
@@ -70,6 +78,8 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
     from domains.code.data import tokenize_files
     from domains.code.task import get_tokenizer, lm_metrics, load_run, open_source_tree, stream_tensors
 
+    if runs:
+        return _extrapolation_of_runs(runs, lengths, out, eval_tokens, dataset, root, amp, device, progress)
     models = _check_models(list(models or EXTRAPOLATION_MODELS))
     lengths = sorted({int(v) for v in lengths})
     if not lengths or lengths[0] < 2:
@@ -109,34 +119,123 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
         train[name] = {"eval_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
                        "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir)}
         model, _ = load_run(run_dir, device=dev, allow_longer=True)
-        for length in lengths:
-            windows = max(1, eval_tokens // length)
-            bs = max(1, min(windows, 16384 // length))
-            t0 = time.perf_counter()
-            m = lm_metrics(model, stream, length, windows, bs, tokenizer.pad_id, autocast)
-            rows.append({"model": name, "length": length, "trained_at": train_len, "loss": m["loss"],
-                         "ppl": m["perplexity"], "token_accuracy": m["token_accuracy"], "tokens": int(m["tokens"]),
-                         "eval_s": round(time.perf_counter() - t0, 3)})
+        rows += _score(model, name, stream, lengths, eval_tokens, train_len, tokenizer.pad_id, autocast)
         del model
 
     result = {"benchmark": "extrapolation", "domain": "code", "dataset": tree.name, "fingerprint": tree.fingerprint,
               "train_len": train_len, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
               "lengths": lengths, "eval_tokens": eval_tokens, "vocab_size": tokenizer.vocab_size,
               "device": str(dev), "amp": amp_mode, "models": models, "train": train, "rows": rows}
+    result = _write_result(result, out_dir)
+    result["files"]["tokenizer"] = str(tok_path)
+    return result
+
+
+def _score(model, name: str, stream, lengths: Sequence[int], eval_tokens: int, train_len: int, pad_id: int,
+           autocast) -> List[Dict[str, Any]]:
+    """One row per length: loss / perplexity / token accuracy on the first ``eval_tokens`` tokens of ``stream``."""
+    from domains.code.task import lm_metrics
+
+    rows = []
+    for length in lengths:
+        windows = max(1, eval_tokens // length)
+        bs = max(1, min(windows, 16384 // length))
+        t0 = time.perf_counter()
+        m = lm_metrics(model, stream, length, windows, bs, pad_id, autocast)
+        rows.append({"model": name, "length": length, "trained_at": train_len, "loss": m["loss"],
+                     "ppl": m["perplexity"], "token_accuracy": m["token_accuracy"], "tokens": int(m["tokens"]),
+                     "eval_s": round(time.perf_counter() - t0, 3)})
+    return rows
+
+
+def _write_result(result: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
+    from zoo.io import atomic_write_text
+
     json_path = atomic_write_text(out_dir / "extrapolation.json", json.dumps(result, indent=2) + "\n")
     png_path = plot_extrapolation(result, out_dir / "extrapolation.png")
     print(format_extrapolation(result))
     print(f"wrote {json_path}, {png_path}")
-    result["files"] = {"json": str(json_path), "png": str(png_path), "tokenizer": str(tok_path)}
+    result["files"] = {"json": str(json_path), "png": str(png_path)}
     return result
+
+
+def _extrapolation_of_runs(runs: Sequence[str], lengths: Sequence[int], out: str, eval_tokens: int, dataset: str,
+                           root: Optional[str], amp: str, device: str, progress: bool) -> Dict[str, Any]:
+    """`extrapolation` on finished run folders: no training, each model with the tokenizer saved in its run."""
+    import hashlib
+
+    from zoo.errors import ConfigError
+    from zoo.finetune.engine import _autocast, _resolve_device
+
+    from domains.code.data import tokenize_files
+    from domains.code.task import load_run, open_source_tree, stream_tensors
+    from domains.code.tokenizer import TOKENIZER_FILE
+
+    lengths = sorted({int(v) for v in lengths})
+    if not lengths or lengths[0] < 2:
+        raise ConfigError(f"--lengths must be token counts >= 2, got {lengths}")
+    if eval_tokens < 1:
+        raise ConfigError(f"--eval-tokens must be positive, got {eval_tokens}")
+    dev = _resolve_device(device)
+    amp_mode = "bf16" if amp == "auto" else amp
+    autocast, _ = _autocast(amp_mode, dev)
+    tree = open_source_tree(dataset, root)
+    test_files = tree.split("test")
+    streams: Dict[str, Any] = {}                                  # tokenizer digest -> test stream
+    rows, train, models, train_lens, steps = [], {}, [], set(), set()
+    for run in runs:
+        run_dir = Path(run).expanduser()
+        summary_path = run_dir / "summary.json"
+        model, tokenizer = load_run(run_dir, device=dev, allow_longer=True)   # checks the run's files
+        summary = json.loads(summary_path.read_text())
+        name = summary["model"]
+        if name in train:
+            raise ConfigError(f"--runs: two runs of {name} ({train[name]['run_dir']} and {run_dir}); pass one")
+        train_len = int((summary.get("data") or {}).get("seq_len") or 0)
+        if train_len < 2:
+            raise ConfigError(f"{summary_path}: no training length (data.seq_len) in the run summary")
+        digest = hashlib.sha256((run_dir / TOKENIZER_FILE).read_bytes()).hexdigest()[:16]
+        if digest not in streams:
+            test = tokenize_files(test_files, tokenizer, progress=progress, cache_dir=True)
+            if len(test) < lengths[-1] + 1:
+                raise ConfigError(f"the test split of {tree.name} has {len(test)} tokens with the tokenizer of "
+                                  f"{run_dir}, fewer than the longest length {lengths[-1]} + 1; drop it from "
+                                  f"--lengths")
+            streams[digest] = {k: v.to(dev) for k, v in stream_tensors(test).items()}
+        if train_lens and train_len not in train_lens:
+            raise ConfigError(f"--runs: {run_dir} was trained at {train_len} tokens, the others at "
+                              f"{train_lens.pop()}: compare runs of one training length")
+        models.append(name)
+        train_lens.add(train_len)
+        steps.add(int(summary.get("steps") or 0))
+        train[name] = {"eval_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
+                       "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir), "steps": summary.get("steps"),
+                       "train_len": train_len, "tokenizer_sha256": digest}
+        rows += _score(model, name, streams[digest], lengths, eval_tokens, train_len, tokenizer.pad_id, autocast)
+        del model
+    if len(streams) > 1:
+        print(f"note: the runs use {len(streams)} different tokenizers: perplexities per token are not comparable "
+              f"between them", file=sys.stderr)
+    result = {"benchmark": "extrapolation", "domain": "code", "dataset": tree.name, "fingerprint": tree.fingerprint,
+              "train_len": train_lens.pop(),
+              "steps": steps.pop() if len(steps) == 1 else sorted(steps), "batch_size": None, "lr": None,
+              "seed": None, "lengths": lengths, "eval_tokens": eval_tokens, "vocab_size": None,
+              "device": str(dev), "amp": amp_mode, "models": models, "train": train, "rows": rows,
+              "from_runs": [str(r) for r in runs], "tokenizers": len(streams)}
+    return _write_result(result, Path(out).expanduser())
 
 
 def format_extrapolation(result: Dict[str, Any]) -> str:
     """The perplexity table: one row per model, one column per length (``*`` marks the training length)."""
     from zoo.extrapolation import format_ppl_table
 
-    title = (f"zoo bench extrapolation --domain code: test perplexity on {result['dataset']}, trained "
-             f"{result['steps']} steps x {result['batch_size']} windows at {result['train_len']} tokens "
+    if result.get("from_runs"):
+        trained = (f"models of {len(result['from_runs'])} finished runs ({result['steps']} steps at "
+                   f"{result['train_len']} tokens, {result['tokenizers']} tokenizer(s))")
+    else:
+        trained = (f"trained {result['steps']} steps x {result['batch_size']} windows at {result['train_len']} "
+                   f"tokens")
+    title = (f"zoo bench extrapolation --domain code: test perplexity on {result['dataset']}, {trained} "
              f"({result['device']}, {result['amp']}); {result['eval_tokens']} test tokens per length")
     return format_ppl_table(result, title, name_width=24, col_width=10, decimals=2)
 
@@ -282,6 +381,7 @@ def run_from_cli(suite: str, args) -> int:
             raise ConfigError(f"zoo bench extrapolation --domain {domain}: only 'code' is implemented")
         lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
         result = extrapolation(models=models, steps=args.steps, lengths=lengths, train_len=args.train_len,
+                               runs=parse_list(getattr(args, "runs", None)),
                                batch_size=args.batch_size or 16, eval_tokens=args.eval_tokens,
                                out=args.out or "runs/bench/extrapolation_code", root=args.data_root,
                                dataset="source_tree" if args.data_root else "cpython_stdlib",

@@ -60,6 +60,39 @@ def test_extrapolation_bench_end_to_end(src, tmp_path, capsys):
     assert result["files"]["png"].endswith("extrapolation.png")
 
 
+def test_extrapolation_of_finished_runs_scores_them_as_the_training_bench_did(src, tmp_path, capsys):
+    trained = tmp_path / "trained"
+    first = bench.extrapolation(models=["code_lm_nope_tiny", "code_lm_bipe_tiny"], steps=3, lengths=[64, 128],
+                                train_len=64, batch_size=4, out=str(trained), eval_tokens=384,
+                                dataset="source_tree", root=str(src), vocab_size=300, tokenizer_files=None,
+                                device="cpu", model_kwargs={"dim": 32, "depth": 1, "num_heads": 2}, progress=False)
+    runs = [str(trained / "runs" / m) for m in ("code_lm_bipe_tiny", "code_lm_nope_tiny")]
+    out = tmp_path / "scored"
+    assert main(["bench", "extrapolation", "--domain", "code", "--runs", ",".join(runs), "--lengths", "64,128",
+                 "--eval-tokens", "384", "--data-root", str(src), "--device", "cpu", "--out", str(out),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads((out / "extrapolation.json").read_text())
+    assert data["models"] == ["code_lm_bipe_tiny", "code_lm_nope_tiny"], "in the order of --runs"
+    assert data["train_len"] == 64 and data["steps"] == 3 and data["tokenizers"] == 1
+    before = {(r["model"], r["length"]): r["ppl"] for r in first["rows"]}
+    after = {(r["model"], r["length"]): r["ppl"] for r in data["rows"]}
+    assert after.keys() == before.keys()
+    for key in before:                     # same weights, same tokenizer, same test tokens: the same perplexity
+        assert after[key] == pytest.approx(before[key], rel=1e-6), key
+    assert (out / "extrapolation.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert "finished runs" in printed and not (out / "runs").exists(), "nothing is trained"
+    with pytest.raises(ConfigError, match="two runs of code_lm_nope_tiny"):
+        bench.extrapolation(runs=[runs[1], runs[1]], lengths=[64], out=str(tmp_path / "x"), dataset="source_tree",
+                            root=str(src), device="cpu", progress=False)
+    from zoo.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="tokenizer.json"):
+        (trained / "runs" / "code_lm_bipe_tiny" / "tokenizer.json").unlink()
+        bench.extrapolation(runs=[runs[0]], lengths=[64], out=str(tmp_path / "y"), dataset="source_tree",
+                            root=str(src), device="cpu", progress=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists(), "a refused benchmark writes nothing"
+
+
 def test_extrapolation_bench_bad_arguments(src, tmp_path):
     with pytest.raises(ConfigError, match="unknown code model.*code_lm_nope_tiny"):
         bench.extrapolation(models=["code_lm_fancy_tiny"], out=str(tmp_path))
