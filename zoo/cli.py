@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "the domain's defaults, code / genomics")
     g.add_argument("--domain", default="code", help="domain whose models to compare: code (default) or genomics")
     g.add_argument("--steps", type=int, default=None, help="training steps per model (300 / 300)")
+    g.add_argument("--retrain", action="store_true", help="train every model again, even one already trained in "
+                   "--out with the same config (reused by default)")
     g.add_argument("--runs", default=None, help="code: comma-separated finished causal_lm run folders to score "
                    "instead of training (e.g. the configs/code recipes' outputs)")
     g.add_argument("--lengths", default=None, help="evaluation lengths in tokens (512,...,8192 / "

@@ -3,13 +3,51 @@
 A result is a dict with ``models`` (names, in order), ``lengths`` (evaluation lengths), ``train_len`` and ``rows``
 (one dict per model and length with ``model``, ``length`` and ``ppl``). matplotlib is imported only when a plot is
 drawn (Agg backend), never when this module is imported.
+
+`finished_run` lets a benchmark reuse a model it trained before with the same config (e.g. after adding a model to
+``--models``, or when models were trained by two processes into one ``--out``) instead of training it again.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
-__all__ = ["format_ppl_table", "plot_ppl_vs_length"]
+__all__ = ["format_ppl_table", "plot_ppl_vs_length", "finished_run"]
+
+#: config keys that do not change what a run trains
+RUN_KEYS_IGNORED = frozenset({"train.progress", "output.dir", "output.overwrite"})
+
+
+def finished_run(run_dir: Union[str, Path], cfg: Dict[str, Any],
+                 same_files: Sequence[Tuple[str, Union[str, Path]]] = ()) -> Optional[Dict[str, Any]]:
+    """The ``summary.json`` of a finished, uninterrupted fine-tune run in ``run_dir`` whose saved ``config.yaml``
+    has every value of ``cfg`` (except `RUN_KEYS_IGNORED`) and whose files named in ``same_files`` (``(name in the
+    run folder, path of the file it must equal byte for byte)``, e.g. the tokenizer) are unchanged; else None."""
+    from omegaconf import OmegaConf
+
+    from .finetune.engine import _flatten
+
+    run_dir = Path(run_dir)
+    paths = [run_dir / n for n in ("summary.json", "config.yaml", "model.safetensors")]
+    if not all(p.is_file() for p in paths):
+        return None
+    try:
+        summary = json.loads(paths[0].read_text())
+        saved = _flatten(OmegaConf.to_container(OmegaConf.load(paths[1]), resolve=True))
+    except Exception:                                                      # unreadable: train again
+        return None
+    if not isinstance(summary, dict) or summary.get("interrupted") or "final" not in summary:
+        return None
+    missing = object()
+    for key, value in _flatten(json.loads(json.dumps(cfg))).items():     # tuples -> lists, as in the YAML
+        if key not in RUN_KEYS_IGNORED and saved.get(key, missing) != value:
+            return None
+    for name, path in same_files:
+        mine, theirs = run_dir / name, Path(path)
+        if not mine.is_file() or not theirs.is_file() or mine.read_bytes() != theirs.read_bytes():
+            return None
+    return summary
 
 
 def format_ppl_table(result: Dict[str, Any], title: str, name_width: int, col_width: int, decimals: int) -> str:

@@ -61,22 +61,24 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
                   root: Optional[str] = None, vocab_size: int = 8192, tokenizer_files: Optional[int] = 400,
                   lr: float = 2e-3, model_kwargs: Optional[Dict[str, Any]] = None, amp: str = "auto",
                   device: str = "auto", seed: int = 0, progress: bool = True,
-                  runs: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+                  runs: Optional[Sequence[str]] = None, retrain: bool = False) -> Dict[str, Any]:
     """Train every model of ``models`` at ``train_len`` tokens and score it at every length of ``lengths``; writes
     and returns the results (see the module docstring). ``amp="auto"`` is bf16 autocast on CUDA and on CPUs.
 
     ``runs``: finished ``causal_lm`` run folders (e.g. the ``configs/code`` recipes' outputs) to score instead of
     training: each model is scored with its own tokenizer on the test split of ``dataset``; ``models``, ``steps``
-    and ``train_len`` then come from the runs."""
+    and ``train_len`` then come from the runs.  A model already trained in ``out`` with the same config and
+    tokenizer is reused (scored again, not retrained) unless ``retrain``."""
     from types import SimpleNamespace
 
     from zoo.errors import ConfigError
+    from zoo.extrapolation import finished_run
     from zoo.finetune import finetune
     from zoo.finetune.engine import _autocast, _resolve_device
-    from zoo.io import atomic_write_text
 
     from domains.code.data import tokenize_files
-    from domains.code.task import get_tokenizer, lm_metrics, load_run, open_source_tree, stream_tensors
+    from domains.code.task import get_tokenizer, load_run, open_source_tree, stream_tensors
+    from domains.code.tokenizer import TOKENIZER_FILE
 
     if runs:
         return _extrapolation_of_runs(runs, lengths, out, eval_tokens, dataset, root, amp, device, progress)
@@ -115,7 +117,12 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
                          "device": device, "eval_batch_size": batch_size, "progress": progress,
                          "log_every": max(1, min(20, steps))},
                "output": {"dir": str(run_dir), "overwrite": True}}
-        summary = finetune(cfg)
+        summary = None if retrain else finished_run(run_dir, cfg, [(TOKENIZER_FILE, tok_path)])
+        if summary is not None:
+            print(f"{name}: reusing the finished run {run_dir} (same config and tokenizer; --retrain trains it "
+                  f"again)", file=sys.stderr)
+        else:
+            summary = finetune(cfg)
         train[name] = {"eval_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
                        "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir)}
         model, _ = load_run(run_dir, device=dev, allow_longer=True)
@@ -382,6 +389,7 @@ def run_from_cli(suite: str, args) -> int:
         lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
         result = extrapolation(models=models, steps=args.steps, lengths=lengths, train_len=args.train_len,
                                runs=parse_list(getattr(args, "runs", None)),
+                               retrain=bool(getattr(args, "retrain", False)),
                                batch_size=args.batch_size or 16, eval_tokens=args.eval_tokens,
                                out=args.out or "runs/bench/extrapolation_code", root=args.data_root,
                                dataset="source_tree" if args.data_root else "cpython_stdlib",

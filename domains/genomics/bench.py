@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -152,12 +153,14 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
                   root: Optional[str] = None, separator: Optional[str] = "<sep>", lr: float = 2e-3,
                   model_kwargs: Optional[Dict[str, Any]] = None, amp: str = "auto", device: str = "auto",
                   seed: int = 0, train_limit: Optional[int] = None, val_windows: int = 64,
-                  progress: bool = True) -> Dict[str, Any]:
+                  progress: bool = True, retrain: bool = False) -> Dict[str, Any]:
     """Train every model of ``models`` at ``train_len`` bases and score it at every length of ``lengths``; writes
     and returns the results (module docstring).  ``amp="auto"``: bf16 autocast on CUDA, float32 on CPU (the
     engine's rule); ``train_limit`` keeps that many training windows; ``val_windows`` validation windows are scored
-    at the end of training (``train[model].val_loss_at_train_len``)."""
+    at the end of training (``train[model].val_loss_at_train_len``).  A model already trained in ``out`` with the
+    same config is reused (scored again, not retrained) unless ``retrain``."""
     from zoo.errors import ConfigError
+    from zoo.extrapolation import finished_run
     from zoo.finetune import finetune
     from zoo.finetune.engine import _autocast, _resolve_device
     from zoo.io import atomic_write_text
@@ -197,7 +200,12 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
                "train": {"steps": steps, "batch_size": batch_size, "seed": seed, "amp": amp, "device": device,
                          "eval_batch_size": 64, "progress": progress, "log_every": max(1, min(20, steps))},
                "output": {"dir": str(run_dir), "overwrite": True}}
-        summary = finetune(cfg)
+        summary = None if retrain else finished_run(run_dir, cfg)
+        if summary is not None:
+            print(f"{name}: reusing the finished run {run_dir} (same config; --retrain trains it again)",
+                  file=sys.stderr)
+        else:
+            summary = finetune(cfg)
         if summary.get("interrupted"):
             raise KeyboardInterrupt(f"training of {name} was interrupted; nothing written to {out_dir}")
         train[name] = {"val_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
@@ -261,7 +269,8 @@ def run_from_cli(args) -> int:
                            train_len=args.train_len or DEFAULT_TRAIN_LEN, batch_size=args.batch_size or 16,
                            eval_tokens=args.eval_tokens or DEFAULT_EVAL_TOKENS,
                            out=args.out or "runs/bench/extrapolation_genomics", root=args.data_root,
-                           device=args.device, progress=not args.quiet)
+                           device=args.device, progress=not args.quiet,
+                           retrain=bool(getattr(args, "retrain", False)))
     if getattr(args, "json", None):
         from zoo.io import atomic_write_text
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")

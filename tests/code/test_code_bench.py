@@ -58,6 +58,21 @@ def test_extrapolation_bench_end_to_end(src, tmp_path, capsys):
     ppl = {(r["model"], r["length"]): r["ppl"] for r in data["rows"]}
     assert [float(v) for v in rope[1:]] == [pytest.approx(ppl[("code_lm_rope_tiny", L)], abs=0.01) for L in (64, 128)]
     assert result["files"]["png"].endswith("extrapolation.png")
+    # run again: both models are reused (same config, same tokenizer), not retrained; another vocabulary retrains
+    stamp = (out / "runs" / "code_lm_alibi_tiny" / "model.safetensors").stat().st_mtime_ns
+    again = bench.extrapolation(models=["code_lm_rope_tiny", "code_lm_alibi_tiny"], steps=4, lengths=[128, 64],
+                                train_len=64, batch_size=4, out=str(out), eval_tokens=512, dataset="source_tree",
+                                root=str(src), vocab_size=300, tokenizer_files=None, device="cpu",
+                                model_kwargs={"dim": 32, "depth": 1, "num_heads": 2}, progress=False)
+    assert capsys.readouterr().err.count("reusing the finished run") == 2
+    assert (out / "runs" / "code_lm_alibi_tiny" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert [r["ppl"] for r in again["rows"]] == [r["ppl"] for r in data["rows"]]
+    bench.extrapolation(models=["code_lm_alibi_tiny"], steps=4, lengths=[64], train_len=64, batch_size=4,
+                        out=str(out), eval_tokens=512, dataset="source_tree", root=str(src), vocab_size=280,
+                        tokenizer_files=None, device="cpu", model_kwargs={"dim": 32, "depth": 1, "num_heads": 2},
+                        progress=False)
+    assert "reusing" not in capsys.readouterr().err, "a new tokenizer means a new model"
+    assert (out / "runs" / "code_lm_alibi_tiny" / "model.safetensors").stat().st_mtime_ns != stamp
 
 
 def test_extrapolation_of_finished_runs_scores_them_as_the_training_bench_did(src, tmp_path, capsys):

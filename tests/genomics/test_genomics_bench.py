@@ -105,6 +105,37 @@ def test_extrapolation_bench_end_to_end(fasta, tmp_path, capsys):
 
 
 @require(RRNA16S_PATH, "microbiomeutil-data")
+def test_extrapolation_bench_reuses_runs_trained_with_the_same_config(fasta, tmp_path, capsys):
+    out = tmp_path / "reuse"
+    kw = dict(steps=2, lengths=[32, 64], train_len=32, batch_size=2, out=str(out), eval_tokens=128,
+              root=str(fasta), model_kwargs=TINY, device="cpu", train_limit=16, val_windows=4, progress=False)
+    first = bench.extrapolation(models=["dna_lm_rope_tiny"], **kw)
+    weights = out / "runs" / "dna_lm_rope_tiny" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    # a second process / a later call adds a model: the first one is scored again, not retrained
+    second = bench.extrapolation(models=["dna_lm_rope_tiny", "dna_lm_alibi_tiny"], **kw)
+    assert "dna_lm_rope_tiny: reusing the finished run" in capsys.readouterr().err
+    assert weights.stat().st_mtime_ns == stamp
+    rope = lambda res: [r["ppl"] for r in res["rows"] if r["model"] == "dna_lm_rope_tiny"]   # noqa: E731
+    assert rope(second) == rope(first), "same weights, same held-out bases: the same perplexities"
+    assert second["train"]["dna_lm_rope_tiny"]["val_loss_at_train_len"] == \
+        first["train"]["dna_lm_rope_tiny"]["val_loss_at_train_len"]
+    # another config (more steps), or --retrain, trains again
+    bench.extrapolation(models=["dna_lm_rope_tiny"], **{**kw, "steps": 3})
+    assert "reusing" not in capsys.readouterr().err and weights.stat().st_mtime_ns != stamp
+    stamp = weights.stat().st_mtime_ns
+    bench.extrapolation(models=["dna_lm_rope_tiny"], **{**kw, "steps": 3}, retrain=True)
+    assert "reusing" not in capsys.readouterr().err and weights.stat().st_mtime_ns != stamp
+    # an interrupted (or unfinished) run is never reused
+    summary = out / "runs" / "dna_lm_rope_tiny" / "summary.json"
+    data = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**data, "interrupted": True}))
+    stamp = weights.stat().st_mtime_ns
+    bench.extrapolation(models=["dna_lm_rope_tiny"], **{**kw, "steps": 3})
+    assert "reusing" not in capsys.readouterr().err and weights.stat().st_mtime_ns != stamp
+
+
+@require(RRNA16S_PATH, "microbiomeutil-data")
 def test_extrapolation_bench_cli(fasta, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["bench", "extrapolation", "--domain", "genomics", "--models", "dna_lm_nope_tiny", "--steps", "1",
