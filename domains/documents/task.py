@@ -1,13 +1,17 @@
-"""Document tasks for the fine-tune engine: word labelling on R-manual pages, entity linking on FUNSD-format forms.
+"""Document tasks for the fine-tune engine: word labelling on R-manual pages, entity linking on the R manuals' link
+pages and on FUNSD-format forms.
 
     word_labelling   data.name=r_manuals: every page's words (reading order) with boxes 0..1000 and a font label
                      (body / heading / code / math, `domains.documents.data.LABELS`), cut into windows of
                      ``data.seq_len`` words (default 256); per-word cross-entropy (padding ignored);
                      metrics over the eval words: accuracy, macro_f1 (main), f1_<label>, loss
     entity_linking   data.name=funsd: FUNSD annotation JSON (``data.root`` is required: FUNSD is not installable
-                     here); the first ``data.seq_len`` words of a form (default 512); the encoder's word features
-                     are pooled per entity and scored pairwise by the model's `EntityLinkingHead` (built with
-                     ``link_dim``); binary cross-entropy over ordered entity pairs i != j;
+                     here), or data.name=r_manual_links: the table-of-contents and index pages of the R manuals,
+                     entry text (key) -> page number (value) from the PDFs' own link annotations
+                     (`domains.documents.pdf_links`), cut into crops of whole lines of <= ``data.seq_len`` words
+                     (`link_windows`); the first ``data.seq_len`` words of a form / crop (default 512); the
+                     encoder's word features are pooled per entity and scored pairwise by the model's
+                     `EntityLinkingHead` (built with ``link_dim``); binary cross-entropy over ordered entity pairs i != j;
                      metrics: link_f1 (main), link_precision, link_recall, loss
 
 Models: any ``doc_*`` encoder taking ``(input_ids, pos=Positions(ids=reading order, boxes, mask))``. The data fills
@@ -21,9 +25,9 @@ window), ``vocab_size`` (max words, default 20,000), ``min_freq`` (default 2), `
 forms: the first N of a fixed seed-0 permutation), ``eval_split`` (``val`` | ``test``), ``cache`` (R-manual page
 cache under ``$ZOO_HOME/documents``), ``dangling_links`` (FUNSD: ``error`` | ``drop``).
 
-Splits: R manuals by page content hash (`domains.documents.data.split_of_page`, 90/5/5); FUNSD by its own
-``training_data`` / ``testing_data`` folders (val = a fixed 10% of training_data), or by file-name hash (80/10/10)
-for a plain folder of annotations. The word vocabulary is built on the (limited) training pages, saved with the
+Splits: R manuals (both tasks) by page content hash (`domains.documents.data.split_of_page`, 90/5/5); FUNSD by
+its own ``training_data`` / ``testing_data`` folders (val = a fixed 10% of training_data), or by file-name hash
+(80/10/10) for a plain folder of annotations. The word vocabulary is built on the (limited) training pages, saved with the
 weights (``word_vocab.json`` + ``labels.json``, `save_artifacts`) and read back from the run folder on ``--resume``.
 
 Exact resume: an epoch's order is ``randperm`` from the engine's epoch generator; micro-batch ``i`` is the slice
@@ -307,6 +311,20 @@ def link_counts(logits: Tensor, target: Tensor, valid: Tensor) -> Tuple[int, int
     return int((pred & gold).sum()), int(pred.sum()), int(gold.sum())
 
 
+def _r_manual_links(cfg, skipped: Counter) -> Dict[str, list]:
+    """The R manuals' link pages by split (``data.root``, ``data.manuals``, ``data.cache``), cut into crops of at
+    most ``data.seq_len`` words (`domains.documents.pdf_links.link_windows`)."""
+    from .pdf_links import r_manual_link_pages
+
+    d = cfg.data
+    manuals = list(d.manuals) if d.manuals is not None else None
+    try:
+        return r_manual_link_pages(d.root, manuals, cache_dir=bool(d.cache), progress=bool(cfg.train.progress),
+                                   skipped=skipped, max_words=int(_opt(d, "seq_len", "link_seq_len")))
+    except ZooError as e:                           # DatasetNotFoundError / PdfError: names the folder or file
+        raise ConfigError(f"data (r_manual_links, data.root={d.root!r}, data.manuals={manuals}): {e}") from None
+
+
 @register_task("entity_linking")
 class EntityLinkingTask(_DocumentTask):
     """Links between FUNSD entities: ``model.link_head(model(input_ids, pos=...), word_entity, entity_boxes)``
@@ -314,7 +332,7 @@ class EntityLinkingTask(_DocumentTask):
 
     main_metric = "link_f1"
     main_mode = "max"
-    DATASETS = ("funsd",)
+    DATASETS = ("funsd", "r_manual_links")
     labels = ("no_link", "link")
 
     def build_data(self, cfg):
@@ -325,25 +343,29 @@ class EntityLinkingTask(_DocumentTask):
         if d.name not in self.DATASETS:
             raise ConfigError(f"unknown dataset data.name={d.name!r} for task entity_linking; known: "
                               f"{', '.join(self.DATASETS)}")
-        if d.root is None:
-            raise ConfigError("entity_linking needs data.root: the folder of your FUNSD copy (FUNSD is not "
-                              "installable here; https://guillaumejaume.github.io/FUNSD/)")
         split = _check_eval_split(d)
-        dangling = _opt(d, "dangling_links")
-        if dangling not in ("error", "drop"):
-            raise ConfigError(f"invalid value for config key 'data.dangling_links': {dangling!r} (error or drop)")
         self.skipped = Counter()
-        try:
-            by_split = read_funsd_pages(d.root, LayoutPolicy(dangling_link=dangling), self.skipped)
-        except (DocumentFormatError, FileNotFoundError) as e:
-            hint = "; set data.dangling_links=drop to drop such links" if "link" in str(e) else ""
-            raise ConfigError(f"data.root={d.root!r}: {e}{hint}") from None
+        if d.name == "r_manual_links":
+            by_split = _r_manual_links(cfg, self.skipped)
+        else:
+            if d.root is None:
+                raise ConfigError("entity_linking needs data.root: the folder of your FUNSD copy (FUNSD is not "
+                                  "installable here; https://guillaumejaume.github.io/FUNSD/)")
+            dangling = _opt(d, "dangling_links")
+            if dangling not in ("error", "drop"):
+                raise ConfigError(f"invalid value for config key 'data.dangling_links': {dangling!r} (error or drop)")
+            try:
+                by_split = read_funsd_pages(d.root, LayoutPolicy(dangling_link=dangling), self.skipped)
+            except (DocumentFormatError, FileNotFoundError) as e:
+                hint = "; set data.dangling_links=drop to drop such links" if "link" in str(e) else ""
+                raise ConfigError(f"data.root={d.root!r}: {e}{hint}") from None
         chosen = {}
         for name, src, limit in (("train", "train", d.train_limit), ("eval", split, d.eval_limit)):
             ps = by_split[src]
             chosen[name] = [ps[i] for i in _limit(len(ps), limit)]
             if not chosen[name]:
-                raise ConfigError(f"funsd ({d.root}): no {src} forms (data.{name}_limit / the split is empty)")
+                raise ConfigError(f"{d.name} ({d.root or 'default folder'}): no {src} pages (data.{name}_limit / "
+                                  f"the split is empty)")
         self.pages = chosen
         self.seq_len = int(_opt(d, "seq_len", "link_seq_len"))
         self.vocab = _vocab(d, (w.text for p in chosen["train"] for w in p.words[:self.seq_len]), self.resume_dir)
