@@ -126,7 +126,7 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
         train[name] = {"eval_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
                        "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir)}
         model, _ = load_run(run_dir, device=dev, allow_longer=True)
-        rows += _score(model, name, stream, lengths, eval_tokens, train_len, tokenizer.pad_id, autocast)
+        rows += _score(model, name, stream, lengths, eval_tokens, train_len, tokenizer.pad_id, autocast, progress)
         del model
 
     result = {"benchmark": "extrapolation", "domain": "code", "dataset": tree.name, "fingerprint": tree.fingerprint,
@@ -139,12 +139,14 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
 
 
 def _score(model, name: str, stream, lengths: Sequence[int], eval_tokens: int, train_len: int, pad_id: int,
-           autocast) -> List[Dict[str, Any]]:
+           autocast, progress: bool = False) -> List[Dict[str, Any]]:
     """One row per length: loss / perplexity / token accuracy on the first ``eval_tokens`` tokens of ``stream``."""
+    from tqdm import tqdm
+
     from domains.code.task import lm_metrics
 
     rows = []
-    for length in lengths:
+    for length in tqdm(lengths, desc=f"score {name}", unit="length", disable=not progress, dynamic_ncols=True):
         windows = max(1, eval_tokens // length)
         bs = max(1, min(windows, 16384 // length))
         t0 = time.perf_counter()
@@ -218,7 +220,8 @@ def _extrapolation_of_runs(runs: Sequence[str], lengths: Sequence[int], out: str
         train[name] = {"eval_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
                        "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir), "steps": summary.get("steps"),
                        "train_len": train_len, "tokenizer_sha256": digest}
-        rows += _score(model, name, streams[digest], lengths, eval_tokens, train_len, tokenizer.pad_id, autocast)
+        rows += _score(model, name, streams[digest], lengths, eval_tokens, train_len, tokenizer.pad_id, autocast,
+                       progress)
         del model
     if len(streams) > 1:
         print(f"note: the runs use {len(streams)} different tokenizers: perplexities per token are not comparable "

@@ -159,6 +159,8 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
     engine's rule); ``train_limit`` keeps that many training windows; ``val_windows`` validation windows are scored
     at the end of training (``train[model].val_loss_at_train_len``).  A model already trained in ``out`` with the
     same config is reused (scored again, not retrained) unless ``retrain``."""
+    from tqdm import tqdm
+
     from zoo.errors import ConfigError
     from zoo.extrapolation import finished_run
     from zoo.finetune import finetune
@@ -211,7 +213,7 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
         train[name] = {"val_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
                        "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir)}
         model, _ = load_lm_run(run_dir, device=dev, allow_longer=True)
-        for length in lengths:
+        for length in tqdm(lengths, desc=f"score {name}", unit="length", disable=not progress, dynamic_ncols=True):
             windows = eval_tokens // length
             t0 = time.perf_counter()
             m = stream_metrics(model, tokens, length, windows, max(1, min(windows, 16384 // length)),
