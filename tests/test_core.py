@@ -105,3 +105,18 @@ def test_models_md_is_up_to_date():
     have, want = (ROOT / "MODELS.md").read_text(), models_markdown()
     diff = "".join(list(difflib.unified_diff(have.splitlines(True), want.splitlines(True), "MODELS.md", "registry"))[:40])
     assert have == want, f"MODELS.md is out of date: run `zoo list --markdown > MODELS.md`\n{diff}"
+
+
+def test_atomic_write_gives_the_permissions_of_a_plainly_created_file(tmp_path):
+    import os
+
+    from zoo.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        atomic = atomic_write_text(tmp_path / "atomic.txt", "x")
+        assert (atomic.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
