@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
-__all__ = ["format_ppl_table", "plot_ppl_vs_length", "finished_run"]
+__all__ = ["format_ppl_table", "plot_ppl_vs_length", "finished_run", "write_result"]
 
 #: config keys that do not change what a run trains
 RUN_KEYS_IGNORED = frozenset({"train.progress", "output.dir", "output.overwrite"})
@@ -92,3 +92,18 @@ def plot_ppl_vs_length(result: Dict[str, Any], path: Union[str, Path], xlabel: s
     ax.legend(fontsize=8)
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def write_result(result: Dict[str, Any], out_dir: Union[str, Path], table: Callable[[Dict[str, Any]], str],
+                 plot: Callable[[Dict[str, Any], Path], Path]) -> Dict[str, Any]:
+    """Write ``extrapolation.json`` and ``plot(result, out_dir / "extrapolation.png")`` atomically, print
+    ``table(result)`` and the paths; returns ``result`` with ``files`` (json, png) added."""
+    from .io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    json_path = atomic_write_text(out_dir / "extrapolation.json", json.dumps(result, indent=2) + "\n")
+    png_path = plot(result, out_dir / "extrapolation.png")
+    print(table(result))
+    print(f"wrote {json_path}, {png_path}")
+    result["files"] = {"json": str(json_path), "png": str(png_path)}
+    return result

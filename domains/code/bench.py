@@ -80,22 +80,23 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
     from domains.code.task import get_tokenizer, load_run, open_source_tree, stream_tensors
     from domains.code.tokenizer import TOKENIZER_FILE
 
-    if runs:
-        return _extrapolation_of_runs(runs, lengths, out, eval_tokens, dataset, root, amp, device, progress)
-    models = _check_models(list(models or EXTRAPOLATION_MODELS))
+    if not runs:
+        models = _check_models(list(models or EXTRAPOLATION_MODELS))
     lengths = sorted({int(v) for v in lengths})
     if not lengths or lengths[0] < 2:
         raise ConfigError(f"--lengths must be token counts >= 2, got {lengths}")
-    if steps < 1 or train_len < 2 or eval_tokens < 1:
+    if eval_tokens < 1 or (not runs and (steps < 1 or train_len < 2)):
         raise ConfigError(f"--steps ({steps}), --train-len ({train_len}) and --eval-tokens ({eval_tokens}) must be "
                           f"positive")
     out_dir = Path(out).expanduser()
     dev = _resolve_device(device)
     amp_mode = "bf16" if amp == "auto" else amp
     autocast, _ = _autocast(amp_mode, dev)
+    tree = open_source_tree(dataset, root)
+    if runs:
+        return _extrapolation_of_runs(runs, lengths, out_dir, eval_tokens, tree, dev, amp_mode, autocast, progress)
 
     # one tokenizer and one test stream for every model
-    tree = open_source_tree(dataset, root)
     d = SimpleNamespace(tokenizer=None, vocab_size=vocab_size, tokenizer_files=tokenizer_files)
     tokenizer = get_tokenizer(d, tree.split("train"), progress=progress)
     test = tokenize_files(tree.split("test"), tokenizer, progress=progress, cache_dir=True)
@@ -158,37 +159,23 @@ def _score(model, name: str, stream, lengths: Sequence[int], eval_tokens: int, t
 
 
 def _write_result(result: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
-    from zoo.io import atomic_write_text
+    from zoo.extrapolation import write_result
 
-    json_path = atomic_write_text(out_dir / "extrapolation.json", json.dumps(result, indent=2) + "\n")
-    png_path = plot_extrapolation(result, out_dir / "extrapolation.png")
-    print(format_extrapolation(result))
-    print(f"wrote {json_path}, {png_path}")
-    result["files"] = {"json": str(json_path), "png": str(png_path)}
-    return result
+    return write_result(result, out_dir, format_extrapolation, plot_extrapolation)
 
 
-def _extrapolation_of_runs(runs: Sequence[str], lengths: Sequence[int], out: str, eval_tokens: int, dataset: str,
-                           root: Optional[str], amp: str, device: str, progress: bool) -> Dict[str, Any]:
-    """`extrapolation` on finished run folders: no training, each model with the tokenizer saved in its run."""
+def _extrapolation_of_runs(runs: Sequence[str], lengths: List[int], out_dir: Path, eval_tokens: int, tree, dev,
+                           amp_mode: str, autocast, progress: bool) -> Dict[str, Any]:
+    """`extrapolation` on finished run folders (arguments already checked): no training, each model with the
+    tokenizer saved in its run, on the test split of ``tree``."""
     import hashlib
 
     from zoo.errors import ConfigError
-    from zoo.finetune.engine import _autocast, _resolve_device
 
     from domains.code.data import tokenize_files
-    from domains.code.task import load_run, open_source_tree, stream_tensors
+    from domains.code.task import load_run, stream_tensors
     from domains.code.tokenizer import TOKENIZER_FILE
 
-    lengths = sorted({int(v) for v in lengths})
-    if not lengths or lengths[0] < 2:
-        raise ConfigError(f"--lengths must be token counts >= 2, got {lengths}")
-    if eval_tokens < 1:
-        raise ConfigError(f"--eval-tokens must be positive, got {eval_tokens}")
-    dev = _resolve_device(device)
-    amp_mode = "bf16" if amp == "auto" else amp
-    autocast, _ = _autocast(amp_mode, dev)
-    tree = open_source_tree(dataset, root)
     test_files = tree.split("test")
     streams: Dict[str, Any] = {}                                  # tokenizer digest -> test stream
     rows, train, models, train_lens, steps = [], {}, [], set(), set()
@@ -232,7 +219,7 @@ def _extrapolation_of_runs(runs: Sequence[str], lengths: Sequence[int], out: str
               "seed": None, "lengths": lengths, "eval_tokens": eval_tokens, "vocab_size": None,
               "device": str(dev), "amp": amp_mode, "models": models, "train": train, "rows": rows,
               "from_runs": [str(r) for r in runs], "tokenizers": len(streams)}
-    return _write_result(result, Path(out).expanduser())
+    return _write_result(result, out_dir)
 
 
 def format_extrapolation(result: Dict[str, Any]) -> str:

@@ -100,16 +100,26 @@ def split_of_page(texts: Sequence[str], fractions: Sequence[float] = (0.90, 0.05
     return split_for_hash(hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest(), fractions)
 
 
-def find_r_manuals(root: Optional[PathLike] = None) -> List[Path]:
+def find_r_manuals(root: Optional[PathLike] = None, manuals: Optional[Iterable[str]] = None) -> List[Path]:
     """The R manual PDFs in ``root`` or the first of ``R_MANUAL_DIRS`` that has any, sorted by name, without
-    ``fullrefman.pdf`` (a duplicate of refman.pdf)."""
+    ``fullrefman.pdf`` (a duplicate of refman.pdf); with ``manuals`` (names like ``"R-intro"`` or
+    ``"R-intro.pdf"``) only those, in that order (a missing one is a DatasetNotFoundError naming it)."""
     dirs = [Path(root)] if root is not None else [Path(d) for d in R_MANUAL_DIRS]
     for d in dirs:
         found = sorted(p for p in d.glob("*.pdf") if p.name not in _SKIP_MANUALS and p.is_file())
         if found:
-            return found
-    raise DatasetNotFoundError(f"no R manual PDFs in {', '.join(map(str, dirs))}: install them with "
-                               f"`apt-get install r-doc-pdf` (or pass root=)")
+            break
+    else:
+        raise DatasetNotFoundError(f"no R manual PDFs in {', '.join(map(str, dirs))}: install them with "
+                                   f"`apt-get install r-doc-pdf` (or pass root=)")
+    if manuals is None:
+        return found
+    want = [m[:-4] if m.endswith(".pdf") else m for m in ([manuals] if isinstance(manuals, str) else manuals)]
+    have = {p.stem: p for p in found}
+    missing = [m for m in want if m not in have]
+    if missing:
+        raise DatasetNotFoundError(f"R manual(s) {missing} not found; available: {sorted(have)}")
+    return [have[m] for m in want]
 
 
 def _file_sha256(path: Path) -> str:
@@ -189,14 +199,7 @@ def r_manual_pages(root: Optional[PathLike] = None, manuals: Optional[Iterable[s
                    progress: Optional[bool] = None, pages=None) -> List[PageWords]:
     """Pages of the R manuals (``manuals``: names like ``"R-intro"``; default all), optionally of one split;
     pages without words are left out. ``pages`` (a page range, see ``pdf.parse_pages``) applies to every manual."""
-    files = find_r_manuals(root)
-    if manuals is not None:
-        want = [m[:-4] if m.endswith(".pdf") else m for m in ([manuals] if isinstance(manuals, str) else manuals)]
-        have = {p.stem: p for p in files}
-        missing = [m for m in want if m not in have]
-        if missing:
-            raise DatasetNotFoundError(f"R manual(s) {missing} not found; available: {sorted(have)}")
-        files = [have[m] for m in want]
+    files = find_r_manuals(root, manuals)
     if split is not None and split not in SPLITS:
         raise ValueError(f"split={split!r}; expected one of {SPLITS}")
     out = []

@@ -552,16 +552,8 @@ def r_manual_link_pages(root: Optional[PathLike] = None, manuals: Optional[Itera
     or, with ``max_words``, their ``link_windows`` (a crop keeps its page's split). ``skipped`` / ``stats``
     collect the per-file counts."""
     from domains.documents.data import SPLITS, find_r_manuals
-    from zoo.errors import DatasetNotFoundError
 
-    files = find_r_manuals(root)
-    if manuals is not None:
-        want = [m[:-4] if m.endswith(".pdf") else m for m in ([manuals] if isinstance(manuals, str) else manuals)]
-        have = {p.stem: p for p in files}
-        missing = [m for m in want if m not in have]
-        if missing:
-            raise DatasetNotFoundError(f"R manual(s) {missing} not found; available: {sorted(have)}")
-        files = [have[m] for m in want]
+    files = find_r_manuals(root, manuals)
     out: Dict[str, List[Page]] = {s: [] for s in SPLITS}
     for f in files:
         ex = extract_links(f, cache_dir=cache_dir, progress=progress)

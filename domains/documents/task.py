@@ -73,6 +73,18 @@ def _limit(n: int, limit: Optional[int]) -> np.ndarray:
     return np.sort(np.random.default_rng(0).permutation(n)[:limit])
 
 
+def _choose_pages(by_split: Dict[str, list], d, eval_split: str, empty) -> Dict[str, list]:
+    """``{"train": ..., "eval": ...}``: the train split and ``eval_split`` of ``by_split``, each cut to
+    ``data.train_limit`` / ``data.eval_limit`` (`_limit`); an empty one is a ConfigError with ``empty(name, src)``."""
+    chosen = {}
+    for name, src, limit in (("train", "train", d.train_limit), ("eval", eval_split, d.eval_limit)):
+        ps = by_split[src]
+        chosen[name] = [ps[i] for i in _limit(len(ps), limit)]
+        if not chosen[name]:
+            raise ConfigError(empty(name, src))
+    return chosen
+
+
 def _check_eval_split(d) -> str:
     if d.eval_split not in ("val", "test"):
         raise ConfigError(f"invalid value for config key 'data.eval_split': {d.eval_split!r} (val or test)")
@@ -178,13 +190,9 @@ class WordLabellingTask(_DocumentTask):
             raise ConfigError(f"data (r_manuals, data.root={d.root!r}, data.manuals="
                               f"{list(d.manuals) if d.manuals is not None else None}): {e}") from None
         by_split = {s: [p for p in pages if p.split == s] for s in SPLITS}
-        chosen = {}
-        for name, src, limit in (("train", "train", d.train_limit), ("eval", split, d.eval_limit)):
-            ps = by_split[src]
-            chosen[name] = [ps[i] for i in _limit(len(ps), limit)]
-            if not chosen[name]:
-                raise ConfigError(f"r_manuals: no {src} pages with words in {d.manuals or 'all manuals'} "
-                                  f"(data.manuals / data.{name}_limit)")
+        chosen = _choose_pages(by_split, d, split, lambda name, src: (
+            f"r_manuals: no {src} pages with words in {d.manuals or 'all manuals'} (data.manuals / "
+            f"data.{name}_limit)"))
         self.pages = chosen
         self.vocab = _vocab(d, (t for p in chosen["train"] for t in p.texts), self.resume_dir)
         self.seq_len = seq_len
@@ -359,13 +367,8 @@ class EntityLinkingTask(_DocumentTask):
             except (DocumentFormatError, FileNotFoundError) as e:
                 hint = "; set data.dangling_links=drop to drop such links" if "link" in str(e) else ""
                 raise ConfigError(f"data.root={d.root!r}: {e}{hint}") from None
-        chosen = {}
-        for name, src, limit in (("train", "train", d.train_limit), ("eval", split, d.eval_limit)):
-            ps = by_split[src]
-            chosen[name] = [ps[i] for i in _limit(len(ps), limit)]
-            if not chosen[name]:
-                raise ConfigError(f"{d.name} ({d.root or 'default folder'}): no {src} pages (data.{name}_limit / "
-                                  f"the split is empty)")
+        chosen = _choose_pages(by_split, d, split, lambda name, src: (
+            f"{d.name} ({d.root or 'default folder'}): no {src} pages (data.{name}_limit / the split is empty)"))
         self.pages = chosen
         self.seq_len = int(_opt(d, "seq_len", "link_seq_len"))
         self.vocab = _vocab(d, (w.text for p in chosen["train"] for w in p.words[:self.seq_len]), self.resume_dir)

@@ -162,10 +162,9 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
     from tqdm import tqdm
 
     from zoo.errors import ConfigError
-    from zoo.extrapolation import finished_run
+    from zoo.extrapolation import finished_run, write_result
     from zoo.finetune import finetune
     from zoo.finetune.engine import _autocast, _resolve_device
-    from zoo.io import atomic_write_text
 
     from domains.genomics.tokenizers import nucleotide_tokenizer
 
@@ -228,12 +227,7 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
               "separator": separator or None, "tokenizer": tokenizer.kind, "train_len": train_len, "steps": steps,
               "batch_size": batch_size, "lr": lr, "seed": seed, "lengths": lengths, "eval_tokens": eval_tokens,
               "device": str(dev), "amp": amp_used or "off", "models": models, "train": train, "rows": rows}
-    json_path = atomic_write_text(out_dir / "extrapolation.json", json.dumps(result, indent=2) + "\n")
-    png_path = plot_extrapolation(result, out_dir / "extrapolation.png")
-    print(format_extrapolation(result))
-    print(f"wrote {json_path}, {png_path}")
-    result["files"] = {"json": str(json_path), "png": str(png_path)}
-    return result
+    return write_result(result, out_dir, format_extrapolation, plot_extrapolation)
 
 
 def format_extrapolation(result: Dict[str, Any]) -> str:

@@ -213,8 +213,7 @@ class Attention(nn.Module):
             return self._attend_chunked(q, k, v, pos, causal, chunk, None)      # never builds the whole bias
         bias = None
         if pe is not None:
-            shared = getattr(pe, "shared_bias", None)                            # once per forward in pe.shared()
-            bias = shared(q, k, pos, self.scale) if shared is not None else pe.bias(q, k, pos, self.scale)
+            bias = pe.shared_bias(q, k, pos, self.scale)                         # once per forward in pe.shared()
         if chunk is not None and bias is not None:
             return self._attend_chunked(q, k, v, pos, causal, chunk, bias)      # one full bias, sliced per chunk
         has_pad = pos is not None and pos.mask is not None

@@ -44,7 +44,7 @@ def shared_encodings(blocks: Iterable[nn.Module], pos: Optional[Positions] = Non
     seen = {}
     for blk in blocks:
         pe = getattr(getattr(blk, "attn", None), "pe", None)
-        if pe is not None and hasattr(pe, "shared"):
+        if pe is not None:
             seen.setdefault(id(pe), pe)
     with contextlib.ExitStack() as stack:
         for pe in seen.values():
