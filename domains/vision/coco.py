@@ -163,7 +163,11 @@ class CocoDetection(Dataset):
                     and im["width"] > 0 and im["height"] > 0):
                 raise CocoFormatError(f"{self.ann_file}: image id {iid} ({im['file_name']}) needs positive integer "
                                       f"'width' and 'height', got {im.get('width')!r} x {im.get('height')!r}")
-            path = self.img_dir / im["file_name"]
+            rel = os.path.normpath(im["file_name"])
+            if os.path.isabs(rel) or rel == ".." or rel.startswith(".." + os.sep):
+                raise CocoFormatError(f"{self.ann_file}: image id {iid}: file_name {im['file_name']!r} leaves the "
+                                      f"image folder {self.img_dir}; file names are relative to it (pass img_dir=)")
+            path = self.img_dir / rel
             if check_files and not path.is_file():
                 self._fail("missing_file", f"image id {iid}: file {path} does not exist", DatasetNotFoundError)
                 self._missing.add(iid)
@@ -182,13 +186,17 @@ class CocoDetection(Dataset):
             aid = a.get("id")
             where = f"annotation id {aid}"
             iid = a.get("image_id")
-            if iid not in known_ids:
-                if iid in self._missing:
+            if not isinstance(iid, int) or iid not in known_ids:
+                if isinstance(iid, int) and iid in self._missing:
                     self.skipped["of_missing_file"] += 1   # its image was skipped: its file is missing
                     continue
                 self._fail("unknown_image", f"{where}: image_id {iid!r} is not among the images")
                 continue
             cid = a.get("category_id")
+            if not isinstance(cid, int):
+                self._fail("unknown_category", f"{where}: category_id {cid!r} is not among the categories "
+                                               f"{sorted(self.cat_id_to_label)}")
+                continue
             if cid in self.ignored_category_ids:
                 self._fail("unknown_category", f"{where}: category_id {cid} is an ignored category "
                                                f"({self._ignored_names()})")
@@ -241,22 +249,21 @@ class CocoDetection(Dataset):
     def load_image(self, image_id: int) -> Tensor:
         """Read, resize and normalise one image -> float ``[3, H', W']``."""
         from PIL import Image
+
+        from .data import read_image
         im = self.images[image_id]
         path = im["path"]
         try:
-            with Image.open(path) as pil:
-                pil = pil.convert("RGB")
-                if pil.size != (im["width"], im["height"]):
-                    raise CocoFormatError(f"{self.ann_file}: image id {image_id}: {path} is "
-                                          f"{pil.size[0]}x{pil.size[1]} (w x h) but the annotations say "
-                                          f"{im['width']}x{im['height']}")
-                h, w = self.resized_size(im["height"], im["width"])
-                pil = pil.resize((w, h), Image.BILINEAR)
-                arr = np.asarray(pil, dtype=np.uint8).copy()
+            pil = read_image(path, "RGB")      # 16-bit grey scaled to 8 bits; oversized images refused by name
         except FileNotFoundError as e:
             raise DatasetNotFoundError(f"{self.ann_file}: image id {image_id}: file {path} does not exist") from e
-        except (OSError, SyntaxError) as e:   # PIL.UnidentifiedImageError is an OSError
-            raise CocoFormatError(f"{self.ann_file}: image id {image_id}: cannot read {path}: {e}") from e
+        except ValueError as e:
+            raise CocoFormatError(f"{self.ann_file}: image id {image_id}: {e}") from e
+        if pil.size != (im["width"], im["height"]):
+            raise CocoFormatError(f"{self.ann_file}: image id {image_id}: {path} is {pil.size[0]}x{pil.size[1]} "
+                                  f"(w x h) but the annotations say {im['width']}x{im['height']}")
+        h, w = self.resized_size(im["height"], im["width"])
+        arr = np.asarray(pil.resize((w, h), Image.BILINEAR), dtype=np.uint8).copy()
         x = torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).div_(255.0)   # [3, H', W']
         return (x - self._mean) / self._std
 

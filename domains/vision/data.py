@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -34,6 +35,7 @@ __all__ = [
     "FashionMNIST",
     "Digits",
     "ImageFolder",
+    "read_image",
     "build_dataset",
     "random_crop_flip",
     "DATASETS",
@@ -58,6 +60,7 @@ _IDX_DTYPES: Dict[int, Tuple[str, torch.dtype]] = {
 }
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_IDX_NDIM = 16
+_IDX_CHUNK = 1 << 24
 
 
 def _read_exact(f, n: int) -> bytes:
@@ -103,17 +106,16 @@ def read_idx(path: PathLike) -> torch.Tensor:
             dims = struct.unpack(f">{ndim}I", dim_bytes)
             np_dtype, torch_dtype = _IDX_DTYPES[code]
             itemsize = np.dtype(np_dtype).itemsize
-            expected = int(np.prod(dims, dtype=np.int64)) * itemsize
-            payload = bytearray(expected)
-            view = memoryview(payload)
-            got = 0
-            while got < expected:
-                n = f.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-            view.release()
+            expected = math.prod(dims) * itemsize      # exact: a hostile header must not wrap around
             kind = "pixels" if code == 0x08 and ndim >= 3 else "data"
+            # read in chunks rather than allocating what the header claims: a header may promise terabytes
+            payload = bytearray()
+            while len(payload) < expected:
+                chunk = f.read(min(expected - len(payload), _IDX_CHUNK))
+                if not chunk:
+                    break
+                payload += chunk
+            got = len(payload)
             if got < expected:
                 raise ValueError(f"{path}: truncated: expected {expected} bytes of {kind} for shape "
                                  f"{list(dims)}, found {got}")
@@ -146,6 +148,17 @@ def _pair(size: Optional[SizeLike]) -> Optional[Tuple[int, int]]:
     if len(size) != 2 or min(size) <= 0:
         raise ValueError(f"img_size must be an int or (H, W) of positive ints, got {size}")
     return size  # type: ignore[return-value]
+
+
+def _check_limit(limit: Any) -> Optional[int]:
+    """``limit`` as a non-negative int (None: no limit)."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)):
+        raise TypeError(f"limit must be an int (the number of examples to keep) or None, got {limit!r}")
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    return int(limit)
 
 
 def _check_split(split: str, name: str, splits: Sequence[str] = ("train", "test")) -> str:
@@ -263,12 +276,15 @@ def _fashion_mnist_cache_dir() -> Path:
 
 
 def fashion_mnist_search_dirs(root: Optional[PathLike] = None) -> List[Path]:
-    """Folders searched for the Fashion-MNIST files, in order: ``root`` (and ``root/fashion-mnist``),
-    ``$ZOO_DATA/fashion-mnist``, the system folders (Debian package), the zoo dataset cache."""
+    """Folders searched for the Fashion-MNIST files, in order.
+
+    With ``root``: only ``root``, ``root/fashion-mnist`` and ``root/FashionMNIST/raw`` -- a folder the user names
+    is the one used, never silently replaced by another copy. Without: ``$ZOO_DATA/fashion-mnist``, the system
+    folders (Debian package), the zoo dataset cache."""
     dirs: List[Path] = []
     if root is not None:
         root = Path(root).expanduser()
-        dirs += [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
+        return [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
     zoo_data = os.environ.get("ZOO_DATA")
     if zoo_data:
         dirs.append(Path(zoo_data).expanduser() / "fashion-mnist")
@@ -298,9 +314,10 @@ class FashionMNIST(_InMemoryImages):
     Items are ``(float [1,28,28], int label)``: pixels in [0,1], or normalised with mean 0.2860 / std 0.3530 when
     ``normalize`` (the default). The split is held in memory as uint8 (``self.images [N,28,28]``).
 
-    Files are looked for in :func:`fashion_mnist_search_dirs` (``root``, ``$ZOO_DATA/fashion-mnist``,
-    ``/usr/share/datasets/fashion-mnist``, the zoo cache); ``download=True`` fetches the official files into the zoo
-    cache when none is found. ``limit`` keeps the first ``limit`` examples.
+    Files are looked for in :func:`fashion_mnist_search_dirs`: in ``root`` alone when it is given (a folder without
+    them raises `DatasetNotFoundError` naming it and the files expected there), else in ``$ZOO_DATA/fashion-mnist``,
+    ``/usr/share/datasets/fashion-mnist`` and the zoo cache; ``download=True`` fetches the official files into the
+    zoo cache when none is found. ``limit`` keeps the first ``limit`` examples.
     """
 
     classes = list(FASHION_MNIST_CLASSES)
@@ -311,6 +328,7 @@ class FashionMNIST(_InMemoryImages):
                  normalize: bool = True, limit: Optional[int] = None, img_size: Optional[SizeLike] = None,
                  in_chans: Optional[int] = None):
         self.split = _check_split(split, "FashionMNIST")
+        limit = _check_limit(limit)
         images_path, labels_path = self._locate(root, download)
         self.images_path, self.labels_path = images_path, labels_path
         images = read_idx(images_path)
@@ -324,11 +342,11 @@ class FashionMNIST(_InMemoryImages):
         if labels.shape[0] != images.shape[0]:
             raise ValueError(f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
                              f"{labels.shape[0]} labels")
+        if images.shape[0] == 0:
+            raise ValueError(f"{images_path}: the header declares 0 images: the file holds no images")
         if labels.numel() and int(labels.max()) >= len(self.classes):
             raise ValueError(f"{labels_path}: label {int(labels.max())} out of range 0..{len(self.classes) - 1}")
         if limit is not None:
-            if limit < 0:
-                raise ValueError(f"limit must be >= 0, got {limit}")
             images, labels = images[:limit], labels[:limit]
         self._setup(images, labels, normalize, img_size, in_chans)
 
@@ -343,9 +361,11 @@ class FashionMNIST(_InMemoryImages):
             return self._download(img_name, lbl_name)
         from zoo.errors import DatasetNotFoundError
         places = "\n".join(f"  - {d}" for d in searched)
+        alone = ("" if root is None else "A given root is searched alone (config: `data.root`); leave it unset to "
+                 "search $ZOO_DATA, the system folders and the zoo cache.\n")
         raise DatasetNotFoundError(
             f"Fashion-MNIST ({self.split} split) not found: need {img_name} and {lbl_name} (or their uncompressed "
-            f"forms) in one folder. Searched:\n{places}\n"
+            f"forms) in one folder. Searched:\n{places}\n{alone}"
             "To get it: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, installs it in "
             "/usr/share/datasets/fashion-mnist), or pass `download=True` (config: `data.download=true`) to fetch "
             f"the official files from {FASHION_MNIST_BASE_URL}, or point `root` / $ZOO_DATA at a folder holding "
@@ -388,6 +408,7 @@ class Digits(_InMemoryImages):
                  normalize: bool = False, limit: Optional[int] = None, img_size: Optional[SizeLike] = None,
                  in_chans: Optional[int] = None):
         self.split = _check_split(split, "Digits")
+        limit = _check_limit(limit)
         try:
             from sklearn.datasets import load_digits
         except ImportError as e:  # pragma: no cover - depends on the environment
@@ -402,8 +423,6 @@ class Digits(_InMemoryImages):
         pixels = torch.from_numpy(data[idx] / 16.0).to(torch.float32)  # exact: k/16
         labels = torch.from_numpy(target[idx])
         if limit is not None:
-            if limit < 0:
-                raise ValueError(f"limit must be >= 0, got {limit}")
             pixels, labels = pixels[:limit], labels[:limit]
         self._setup(pixels, labels, normalize, img_size, in_chans)
 
@@ -415,6 +434,49 @@ class Digits(_InMemoryImages):
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def read_image(path: PathLike, mode: str = "RGB") -> "PIL.Image.Image":
+    """Read an image file into memory as an 8-bit ``"RGB"`` or ``"L"`` PIL image.
+
+    16-bit grey images (PIL modes ``I;16*``, and ``I`` from a PNG, whose samples have at most 16 bits) are scaled
+    to 8 bits as ``round(v * 255 / 65535) = round(v / 257)``, the PNG specification's sample-depth rescaling: full
+    scale maps to full scale, and an 8-bit image widened by byte replication (``v * 257``) reads back exactly.
+    (``v >> 8`` truncates instead, up to one level low.) PIL's own conversion clips them to 0..255, which turns
+    almost every pixel white. 32-bit integer (``I``) and float (``F``) images carry no known range and are refused.
+
+    Raises ``ValueError`` naming the file for an unreadable, truncated or oversized image (PIL's decompression-bomb
+    guard, ``PIL.Image.MAX_IMAGE_PIXELS``); a missing file raises ``FileNotFoundError``.
+    """
+    from PIL import Image
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"read_image: mode must be 'RGB' or 'L', got {mode!r}")
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            src_mode = im.mode
+            if src_mode in _MODES_16BIT or (src_mode == "I" and im.format == "PNG"):
+                v = np.asarray(im).astype(np.int64)
+                out = Image.fromarray(((v.clip(0, 65535) + 128) // 257).astype(np.uint8)).convert(mode)
+            elif src_mode in ("I", "F") or src_mode.startswith(("I;", "F;")):
+                out = None
+            else:
+                out = im.convert(mode)         # a loaded copy: the file is closed on return
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        limit = Image.MAX_IMAGE_PIXELS
+        raise ValueError(f"cannot read image {path}: {e} (PIL.Image.MAX_IMAGE_PIXELS = {limit}: PIL warns above "
+                         f"it and refuses above twice it, to guard against decompression bombs); if you trust the "
+                         f"file, raise the limit: `PIL.Image.MAX_IMAGE_PIXELS = <pixels>`") from e
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError; so is a truncation
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    if out is None:
+        kind = "floating-point" if src_mode.startswith("F") else "32-bit integer"
+        raise ValueError(f"cannot read image {path}: mode {src_mode} ({kind} samples) has no known range to scale "
+                         f"to 8 bits; save it as an 8- or 16-bit image")
+    return out
 
 
 class ImageFolder(Dataset):
@@ -435,6 +497,7 @@ class ImageFolder(Dataset):
             raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
         self.in_chans = int(in_chans)
         self.img_size = _pair(img_size)
+        limit = _check_limit(limit)
         exts = ", ".join(IMG_EXTENSIONS)
         if not self.root.is_dir():
             what = "is not a folder" if self.root.exists() else "does not exist"
@@ -491,15 +554,10 @@ class ImageFolder(Dataset):
     def load(self, path: PathLike) -> torch.Tensor:
         """Read one image file -> float ``[C,H,W]`` (converted, resized, normalised)."""
         from PIL import Image
-        path = Path(path)
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB" if self.in_chans == 3 else "L")
-                if self.img_size is not None and im.size != (self.img_size[1], self.img_size[0]):
-                    im = im.resize((self.img_size[1], self.img_size[0]), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8).copy()
-        except (OSError, ValueError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
-            raise ValueError(f"cannot read image {path}: {e}") from e
+        im = read_image(path, "RGB" if self.in_chans == 3 else "L")
+        if self.img_size is not None and im.size != (self.img_size[1], self.img_size[0]):
+            im = im.resize((self.img_size[1], self.img_size[0]), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8).copy()
         x = torch.from_numpy(arr)
         x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
         x = x.to(torch.float32).div_(255.0)

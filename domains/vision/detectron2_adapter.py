@@ -22,6 +22,8 @@ from typing import Any, Dict, Optional
 
 from torch import Tensor, nn
 
+from domains.vision.layers import check_images   # absolute: this file is also loaded on its own
+
 __all__ = ["ZooViTBackbone", "build_zoo_vit_backbone", "add_zoo_vit_config", "ShapeSpec", "HAS_DETECTRON2",
            "register_with_detectron2"]
 
@@ -91,8 +93,7 @@ class ZooViTBackbone(_BackboneBase):
                 for n in self._out_features}
 
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
-        if images.ndim != 4:
-            raise ValueError(f"expected images [B, C, H, W], got shape {tuple(images.shape)}")
+        check_images(images, getattr(self.net, "in_chans", None))
         b, _, hh, ww = images.shape
         if hh % self.patch or ww % self.patch:
             raise ValueError(f"image size {hh}x{ww} is not a multiple of the backbone's size_divisibility "

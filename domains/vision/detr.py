@@ -62,6 +62,7 @@ from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
 
 from .checkpoint import unwrap_state_dict
+from .layers import check_images
 
 __all__ = ["DETR", "DETRTransformer", "TinyConvBackbone", "ResNetBackbone", "HungarianMatcher", "SetCriterion",
            "sine_position_embedding", "parse_rpe_string", "box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "box_iou",
@@ -157,6 +158,7 @@ class TinyConvBackbone(nn.Module):
             prev = c
         self.body = nn.Sequential(layers)
         self.num_channels = prev
+        self.in_chans = in_chans
         self.stride = 2 ** len(channels)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
@@ -187,6 +189,7 @@ class ResNetBackbone(nn.Module):
             (k, getattr(net, k)) for k in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3",
                                            "layer4")))
         self.num_channels = 512 if name in ("resnet18", "resnet34") else 2048
+        self.in_chans = 3
         self.stride = 16 if dilation else 32
         for n, p in self.body.named_parameters():
             if not any(n.startswith(t) for t in train_layers):
@@ -422,8 +425,7 @@ class DETR(nn.Module):
         """``images [B, 3, H, W]``, ``mask [B, H, W]`` (True = real pixel; None = no padding) -> ``pred_logits
         [B, Q, K+1]``, ``pred_boxes [B, Q, 4]`` (cx, cy, w, h relative to each image's real extent) and, with
         ``aux_loss``, ``aux_outputs`` (one such dict per earlier decoder layer)."""
-        if images.ndim != 4:
-            raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
+        check_images(images, getattr(self.backbone, "in_chans", None))
         b, _, hh, ww = images.shape
         if mask is None:
             mask = torch.ones(b, hh, ww, dtype=torch.bool, device=images.device)

@@ -6,7 +6,7 @@ The patch embedding keeps timm's key (``patch_embed.proj``), so checkpoints of e
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from zoo.pe.learned import to_pair
 from zoo.positions import Positions
 
-__all__ = ["PatchEmbed", "patch_geometry", "grid_for_images", "cached_grid_positions",
+__all__ = ["PatchEmbed", "patch_geometry", "check_images", "grid_for_images", "cached_grid_positions",
            "init_linears_and_norms", "new_head"]
 
 _POS_CACHE_SIZE = 16   # patch grids (x device) whose `Positions` a model keeps
@@ -41,18 +41,36 @@ def patch_geometry(img_size: Union[int, Tuple[int, int]], patch_size: Union[int,
     return img, patch, (img[0] // patch[0], img[1] // patch[1])
 
 
+def check_images(x: Any, in_chans: Optional[int]) -> None:
+    """Check what a model's ``forward`` received: a floating-point tensor ``[B, in_chans, H, W]`` with ``B, H, W >
+    0`` (``in_chans=None``: any channel count). Errors say what was given and how to convert it."""
+    c = "C" if in_chans is None else in_chans
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected images as a torch.Tensor [B, {c}, H, W], got {type(x).__name__}; convert with "
+                        f"torch.as_tensor(...)")
+    if not x.is_floating_point():
+        raise TypeError(f"expected floating-point images [B, {c}, H, W] (float32 / bfloat16 / float16, normalised "
+                        f"as in training), got dtype {x.dtype}; convert 8-bit pixels with x.float() / 255 before "
+                        f"normalising")
+    if x.ndim != 4:
+        raise ValueError(f"expected images [B, {c}, H, W], got a tensor of shape {tuple(x.shape)}")
+    if in_chans is not None and x.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channel(s), got {x.shape[1]} (input shape {tuple(x.shape)}); "
+                         f"build the model with in_chans={x.shape[1]} to change it")
+    if x.shape[0] == 0:
+        raise ValueError(f"empty batch: images of shape {tuple(x.shape)} hold no image")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"image size {x.shape[2]}x{x.shape[3]} is empty (input shape {tuple(x.shape)})")
+
+
 def grid_for_images(x: Tensor, in_chans: int, patch_size: Tuple[int, int],
                     fixed_size: Optional[Tuple[int, int]] = None, fixed_note: str = "") -> Tuple[int, int]:
     """The ``(h, w)`` patch grid of images ``x [B, in_chans, H, W]``, with errors that say what to change.
 
     ``fixed_size``: the only ``(H, W)`` accepted (a model built without ``dynamic_img_size``); ``fixed_note`` ends
     the error raised for any other size."""
-    if x.ndim != 4:
-        raise ValueError(f"expected images [B, {in_chans}, H, W], got a tensor of shape {tuple(x.shape)}")
-    c, hh, ww = x.shape[1:]
-    if c != in_chans:
-        raise ValueError(f"expected {in_chans} input channel(s), got {c} (input shape {tuple(x.shape)}); "
-                         f"build the model with in_chans={c} to change it")
+    check_images(x, in_chans)
+    hh, ww = x.shape[2:]
     if fixed_size is not None and (hh, ww) != tuple(fixed_size):
         raise ValueError(f"expected a {fixed_size[0]}x{fixed_size[1]} image, got {hh}x{ww}; build the model with "
                          f"dynamic_img_size=True to accept other sizes, or with img_size=({hh}, {ww}) to change its "
@@ -61,8 +79,6 @@ def grid_for_images(x: Tensor, in_chans: int, patch_size: Tuple[int, int],
     if hh % ph or ww % pw:
         raise ValueError(f"image size {hh}x{ww} is not divisible by the patch size {ph}x{pw} (each side must be a "
                          f"positive multiple of the patch size)")
-    if hh == 0 or ww == 0:
-        raise ValueError(f"image size {hh}x{ww} is not a positive multiple of the patch size {ph}x{pw}")
     return hh // ph, ww // pw
 
 

@@ -156,3 +156,47 @@ def test_labelme_root_missing_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(C, "LABELME_COCO_DIR", tmp_path / "absent")
     with pytest.raises(DatasetNotFoundError, match="apt-get install labelme-examples"):
         C.labelme_examples_root()
+
+
+def test_16bit_png_is_scaled_by_its_bit_depth(copy, tmp_path):
+    ann, write = copy
+    ramp = np.round(np.linspace(0, 65535, 32 * 48)).astype(np.uint16).reshape(32, 48)
+    Image.fromarray(ramp).save(tmp_path / "JPEGImages" / "deep.png")
+    ann["images"][0].update(file_name="JPEGImages/deep.png", width=48, height=32)
+    ds = C.CocoDetection(write(ann), max_size=48, on_invalid="skip")       # boxes of the 500x338 photo: skipped
+    img = ds.load_image(ann["images"][0]["id"])
+    mean, std = torch.tensor(C.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(C.IMAGENET_STD).view(3, 1, 1)
+    # PNG spec sample-depth scaling to 8 bits: round(v * 255 / 65535); grey -> three equal channels
+    want = torch.from_numpy(np.round(ramp / 257.0)).float().div(255).expand(3, -1, -1)
+    torch.testing.assert_close(img * std + mean, want, atol=1e-5, rtol=0)
+
+
+def test_oversized_image_names_the_file_and_the_limit(copy, monkeypatch):
+    ann, write = copy
+    ds = C.CocoDetection(write(ann))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)                  # 500x338 is over twice that
+    with pytest.raises(C.CocoFormatError,
+                       match=r"image id 0: cannot read .*2011_000003\.jpg.*MAX_IMAGE_PIXELS = 10000"):
+        ds[0]
+
+
+@pytest.mark.parametrize("mutate,pattern", [
+    (lambda a: a["annotations"][3].update(image_id=[1]), r"annotation id 3: image_id \[1\] is not"),
+    (lambda a: a["annotations"][3].update(category_id={"id": 15}), r"annotation id 3: category_id \{'id': 15\} is not"),
+    (lambda a: a["annotations"][3].pop("category_id"), r"annotation id 3: category_id None is not"),
+])
+def test_ids_of_another_type_are_named(copy, mutate, pattern):
+    ann, write = copy
+    mutate(ann)
+    path = write(ann)
+    with pytest.raises(C.CocoFormatError, match=re.escape(str(path)) + ": " + pattern):
+        C.CocoDetection(path)
+
+
+@pytest.mark.parametrize("name", ["../outside.jpg", "JPEGImages/../../outside.jpg", "/etc/hostname"])
+def test_file_names_outside_the_image_folder_are_refused(copy, tmp_path, name):
+    ann, write = copy
+    ann["images"][1]["file_name"] = name
+    path = write(ann)
+    with pytest.raises(C.CocoFormatError, match=r"image id 1: file_name '.*' leaves the image folder"):
+        C.CocoDetection(path, check_files=False)

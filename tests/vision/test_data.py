@@ -6,6 +6,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import re
 import shutil
 import struct
 import threading
@@ -200,9 +201,16 @@ def test_fashion_mnist_not_found_message(isolated):
     assert isinstance(ei.value, FileNotFoundError)
     assert "apt-get install dataset-fashion-mnist" in msg
     assert "download=True" in msg and "data.download=true" in msg
-    assert str(empty) in msg  # lists the places searched
-    assert str(isolated / "zoo_home" / "datasets" / "fashion-mnist") in msg
-    assert "/usr/share/datasets/fashion-mnist" not in msg.split("Searched:")[1].split("To get it")[0]
+    assert str(empty) in msg  # lists the places searched: a given root alone
+    searched = msg.split("Searched:")[1].split("To get it")[0]
+    assert str(isolated / "zoo_home" / "datasets" / "fashion-mnist") not in searched
+    assert "searched alone" in msg
+    # without a root: $ZOO_DATA, the system folders (none here) and the zoo cache
+    with pytest.raises(DatasetNotFoundError) as ei:
+        D.FashionMNIST(split="train")
+    searched = str(ei.value).split("Searched:")[1].split("To get it")[0]
+    assert str(isolated / "zoo_home" / "datasets" / "fashion-mnist") in searched
+    assert "/usr/share/datasets/fashion-mnist" not in searched
 
 
 def test_fashion_mnist_corrupt_local_file_is_named(isolated):
@@ -462,3 +470,96 @@ def test_random_crop_flip():
     assert len(offsets) > 1  # per-sample offsets, not one for the batch
     with pytest.raises(ValueError, match=r"\[B,C,H,W\]"):
         D.random_crop_flip(torch.zeros(3, 4, 4))
+
+
+# ------------------------------------------------------------------------------------------------ hostile images
+
+def _ramp16(h: int = 16, w: int = 16) -> np.ndarray:
+    """Every 16-bit grey level from 0 to 65535 in even steps (0, 257, 514, ... hit the 8-bit levels exactly)."""
+    return np.round(np.linspace(0, 65535, h * w)).astype(np.uint16).reshape(h, w)
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_image_folder_16bit_png_is_scaled_by_its_bit_depth(tmp_path, in_chans):
+    from PIL import Image
+    (tmp_path / "a").mkdir()
+    ramp = _ramp16()
+    Image.fromarray(ramp).save(tmp_path / "a" / "x.png")
+    with Image.open(tmp_path / "a" / "x.png") as im:
+        assert im.mode.startswith("I")                                  # a real 16-bit PNG
+    ds = D.ImageFolder(tmp_path, img_size=ramp.shape, in_chans=in_chans, mean=[0.0], std=[1.0])
+    x = ds[0][0]
+    # PNG spec (sample depth scaling): v_8 = round(v_16 * 255 / 65535) = round(v_16 / 257)
+    want = torch.from_numpy(np.round(ramp.astype(np.float64) / 257.0)).float() / 255.0
+    assert x.shape == (in_chans, *ramp.shape)
+    for c in range(in_chans):
+        torch.testing.assert_close(x[c], want, atol=1e-6, rtol=0)
+    assert float((x == 1.0).float().mean()) < 0.01                     # not clipped to white
+
+
+@pytest.mark.parametrize("mode,dtype", [("I", np.int32), ("F", np.float32)])
+def test_image_folder_refuses_32bit_int_and_float_images(tmp_path, mode, dtype):
+    from PIL import Image
+    (tmp_path / "a").mkdir()
+    path = tmp_path / "a" / "x.tif"
+    Image.fromarray(np.arange(64, dtype=dtype).reshape(8, 8) * 1000).save(path)
+    with Image.open(path) as im:
+        assert im.mode == mode
+    (tmp_path / "a" / "ok.png").write_bytes(b"")       # ImageFolder lists files by extension; only x.tif is read
+    ds = D.ImageFolder(tmp_path, img_size=8, in_chans=1)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + f".*mode {mode}"):
+        ds.load(path)
+
+
+@pytest.mark.parametrize("limit,as_error", [(1000, False), (6000, True)])
+def test_image_folder_decompression_bomb_names_the_file(tmp_path, monkeypatch, limit, as_error):
+    import warnings
+
+    from PIL import Image
+    (tmp_path / "a").mkdir()
+    path = tmp_path / "a" / "big.png"
+    Image.new("L", (100, 100)).save(path)                               # 10,000 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    ds = D.ImageFolder(tmp_path, img_size=8, in_chans=1)
+    with warnings.catch_warnings():
+        if as_error:                                                    # PIL warns between 1x and 2x the limit
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(ValueError, match=re.escape(str(path)) + r".*10000 pixels.*" + str(limit)
+                           + r".*MAX_IMAGE_PIXELS"):
+            ds[0]
+
+
+def test_fashion_mnist_root_without_the_files_does_not_fall_back(tmp_path, monkeypatch):
+    # the Debian copy is installed, but an explicit root must be the one used
+    monkeypatch.delenv("ZOO_DATA", raising=False)
+    assert (DEBIAN / "t10k-images-idx3-ubyte.gz").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetNotFoundError) as ei:
+        D.FashionMNIST(root=empty, split="test", limit=5)
+    msg = str(ei.value)
+    assert str(empty) in msg and "t10k-images-idx3-ubyte.gz" in msg and "t10k-labels-idx1-ubyte.gz" in msg
+    with pytest.raises(DatasetNotFoundError, match=re.escape(str(empty))):
+        D.build_dataset("fashion_mnist", split="test", root=empty)
+    assert len(D.FashionMNIST(split="test", limit=5)) == 5             # no root: the system copy serves
+
+
+def test_read_idx_header_larger_than_the_data(tmp_path):
+    # sizes whose product overflows int64 (2**93 bytes), and a plausible-looking 1 TiB claim: both must be reported
+    # as truncated without allocating what the header claims
+    for dims in ((2 ** 31, 2 ** 31, 2 ** 31), (2 ** 16, 2 ** 12, 2 ** 12)):
+        for gz in (False, True):
+            raw = struct.pack(">HBB", 0, 8, 3) + struct.pack(">3I", *dims) + bytes(10)
+            path = tmp_path / f"claim{dims[0]}{'.gz' if gz else ''}"
+            path.write_bytes(gzip.compress(raw) if gz else raw)
+            with pytest.raises(ValueError, match=re.escape(str(path)) + r".*truncated.*found 10"):
+                D.read_idx(path)
+
+
+def test_fashion_mnist_without_images_is_an_error(tmp_path):
+    root = tmp_path / "zero"
+    root.mkdir()
+    (root / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">HBB3I", 0, 8, 3, 0, 28, 28))
+    (root / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">HBBI", 0, 8, 1, 0))
+    with pytest.raises(ValueError, match=re.escape(str(root / "t10k-images-idx3-ubyte")) + ".*no images"):
+        D.FashionMNIST(root=root, split="test")

@@ -55,7 +55,7 @@ def test_features_are_the_vit_patch_tokens_on_their_grid(backbone):
 def test_bad_input_raises(backbone):
     with pytest.raises(ValueError, match="not a multiple of the backbone's size_divisibility 16"):
         backbone(torch.randn(1, 3, 50, 64))
-    with pytest.raises(ValueError, match=r"expected images \[B, C, H, W\]"):
+    with pytest.raises(ValueError, match=r"expected images \[B, 3, H, W\]"):
         backbone(torch.randn(3, 64, 64))
     fixed = zoo.create("vit_irpe_tiny", **SMALL)
     with pytest.raises(ValueError, match="dynamic_img_size=True"):
