@@ -99,11 +99,13 @@ class SourceTree:
     """The source files under ``root`` in ``languages`` (default: all of ``hierarchy.SUPPORTED_LANGUAGES``).
 
     Files are picked by extension (``hierarchy.EXTENSIONS``) and read once to check and hash them. A file is
-    skipped, never fatal, when it is binary (contains a NUL byte), not valid UTF-8, larger than ``max_bytes``, or
-    unreadable; ``skipped`` counts each reason, ``other_files`` counts files with other extensions. Each file's
-    split is a function of its bytes only (``split_for_hash`` of its SHA-256), so identical files always land in the
-    same split and a file keeps its split when others are added or removed. With ``dedupe=True`` only the first
-    (in ``relpath`` order) of identical files is kept; the others are counted as ``skipped["duplicate"]``.
+    skipped, never fatal, when it is binary (contains a NUL byte), not valid UTF-8, larger than ``max_bytes``,
+    unreadable, not a regular file (a dangling or looping link) or a link to a file outside ``root``;
+    ``skipped`` counts each reason (``binary``, ``undecodable``, ``too_large``, ``unreadable``, ``not_a_file``,
+    ``outside_root``), ``other_files`` counts files with other extensions; links to folders are not followed.
+    Each file's split is a function of its bytes only (``split_for_hash`` of its SHA-256), so identical files always
+    land in the same split and a file keeps its split when others are added or removed. With ``dedupe=True`` only
+    the first (in ``relpath`` order) of identical files is kept; the others are counted as ``skipped["duplicate"]``.
     """
 
     def __init__(self, root: PathLike, languages: Optional[Iterable[str]] = None, *,
@@ -125,6 +127,7 @@ class SourceTree:
         self.fractions = _check_fractions(fractions)
         self.exclude_dirs = frozenset(DEFAULT_EXCLUDE_DIRS) | frozenset(exclude_dirs)
         self.name = name or self.root.name
+        self._real_root = self.root.resolve()
         self.skipped: Counter = Counter()
         self.other_files = 0
         self.files: List[SourceFile] = []
@@ -159,6 +162,8 @@ class SourceTree:
         try:
             if not path.is_file():
                 return "not_a_file", None
+            if path.is_symlink() and not path.resolve().is_relative_to(self._real_root):
+                return "outside_root", None
             if path.stat().st_size > self.max_bytes:
                 return "too_large", None
             data = path.read_bytes()
@@ -341,6 +346,10 @@ def tokenize_files(files: Sequence[SourceFile], tokenizer, *, add_eos: bool = Tr
     by the tokenizer and the files' contents, written atomically.
     """
     files = list(files)
+    for i, f in enumerate(files):
+        if not isinstance(f, SourceFile):
+            raise TypeError(f"files[{i}] is a {type(f).__name__}, not a SourceFile: pass the files of a SourceTree "
+                            f"(tree.files or tree.split(name))")
     cache = _resolve_cache(cache_dir)
     cache_file = cache / f"corpus-{_cache_key(files, tokenizer, add_eos)[:32]}.pt" if cache else None
     if cache_file is not None and cache_file.is_file():
@@ -405,6 +414,9 @@ class CodeWindows(Dataset):
 
     def __init__(self, corpus: TokenizedCorpus, seq_len: int, stride: Optional[int] = None):
         self.corpus = corpus
+        for name, v in (("seq_len", seq_len), ("stride", stride)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
         self.seq_len = int(seq_len)
         self.stride = int(stride) if stride is not None else self.seq_len
         if self.seq_len <= 0 or self.stride <= 0:

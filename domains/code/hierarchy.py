@@ -216,7 +216,10 @@ def _unit_ranges(root, query, language: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 
 def _as_spans(spans, n_bytes: int) -> np.ndarray:
-    arr = np.asarray(spans.cpu() if isinstance(spans, Tensor) else spans, dtype=np.int64)
+    arr = np.asarray(spans.cpu() if isinstance(spans, Tensor) else spans)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(f"spans must be integer byte offsets [n, 2], got {arr.dtype}")
+    arr = arr.astype(np.int64)
     if arr.size == 0:
         return arr.reshape(0, 2)
     if arr.ndim != 2 or arr.shape[1] != 2:
@@ -293,6 +296,8 @@ def hierarchical_positions(source: Union[bytes, str], spans, language: str, file
     See the module docstring for the exact meaning of each column.
     """
     lang = check_language(language)
+    if not isinstance(source, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"source must be bytes or str, got {type(source).__name__}")
     if isinstance(source, str):
         source = source.encode("utf-8")
     source = bytes(source)

@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from zoo.nn import Block, shared_encodings
 from zoo.nn.attention import KVCache
-from zoo.nn.generation import check_generate_args, check_input_ids, check_positions, check_seq_len, decode
+from zoo.nn.generation import (check_generate_args, check_input_ids, check_positions, check_prompt, check_seq_len,
+                               decode)
 from zoo.nn.layers import init_decoder_weights
 from zoo.pe.alibi import ALiBi
 from zoo.pe.bipe import BiPEALiBi, BiPEIntraEmbedding, BiPERoPE
@@ -137,6 +138,10 @@ def _table_for(newline_ids: NewlineIds, tokens: Tensor, vocab_size: Optional[int
 
 def _segments_from_tokens(input_ids: Tensor, table: Tensor) -> Tensor:
     # a token's line = newlines in the tokens before it (exclusive cumsum), as the data pipeline counts lines
+    bad = (input_ids < 0) | (input_ids >= table.shape[0])
+    if bool(bad.any()):
+        raise ValueError(f"input_ids holds token id {int(input_ids[bad][0])}, outside 0..{table.shape[0] - 1} "
+                         f"(vocab_size={table.shape[0]} of the newline table)")
     counts = table.to(input_ids.device)[input_ids.long()]                       # [b, n]
     return counts.cumsum(-1) - counts
 
@@ -314,8 +319,9 @@ class CodeLM(nn.Module):
         """Logits ``[b, n, vocab]`` for ``input_ids`` ``[b, n]``.
 
         With ``cache`` (from `make_cache`), ``input_ids`` are the new tokens only, ``pos`` describes all tokens
-        (cached + new) and every layer's cache is extended."""
-        check_input_ids(input_ids)
+        (cached + new) and every layer's cache is extended.  ``input_ids`` must hold at least one token, each in
+        ``0 .. vocab_size - 1``."""
+        check_input_ids(input_ids, self.vocab_size)
         if cache is not None and (len(cache) != self.depth or not all(isinstance(c, KVCache) for c in cache)):
             raise ValueError(f"cache must be a list of {self.depth} KVCache (model.make_cache()), got "
                              f"{type(cache).__name__} of length {len(cache) if hasattr(cache, '__len__') else '?'}")
@@ -356,6 +362,7 @@ class CodeLM(nn.Module):
 
         The model mode is left as it is (call ``eval()`` to turn dropout off)."""
         check_generate_args(max_new_tokens, temperature, top_k)
+        check_prompt(input_ids, self.vocab_size)
         if pos_fn is None:
             def pos_fn(tokens, p):
                 return extend_positions(p, tokens, self.newline_counts)

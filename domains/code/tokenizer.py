@@ -135,11 +135,7 @@ class CodeTokenizer:
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The exact bytes of ``ids`` (special tokens as their text, e.g. ``b"<eos>"``)."""
-        table = self._token_bytes
-        try:
-            return b"".join(table[int(i)] for i in ids)
-        except IndexError as e:
-            raise ValueError(f"token id out of range for a vocabulary of {len(table)}") from e
+        return b"".join(self.token_bytes(i) for i in ids)
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         """Text of ``ids``; bytes that do not form valid UTF-8 (a window cut mid-character) become U+FFFD."""
@@ -150,12 +146,18 @@ class CodeTokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self._token_bytes[int(token_id)]
+        """The bytes of one token; ``ValueError`` for an id outside ``0 .. vocab_size - 1``."""
+        i = int(token_id)
+        if not 0 <= i < len(self._token_bytes):
+            raise ValueError(f"token id {i} is out of range for a vocabulary of {len(self._token_bytes)}")
+        return self._token_bytes[i]
 
     # ---- persistence --------------------------------------------------------------------------------------
     def save(self, directory: Union[str, os.PathLike]) -> Path:
         """Write ``directory/tokenizer.json`` atomically; returns its path."""
         from zoo.io import atomic_write_text
+        if Path(directory).exists() and not Path(directory).is_dir():
+            raise NotADirectoryError(f"cannot save the tokenizer into {directory}: it is a file, not a directory")
         return atomic_write_text(Path(directory) / TOKENIZER_FILE, self.tokenizer.to_str(pretty=True))
 
     @classmethod

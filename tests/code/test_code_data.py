@@ -270,3 +270,30 @@ def test_domain_modules_import_no_heavy_packages():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_symlinks_outside_the_tree_are_skipped_and_counted(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "a.py").write_text(GOOD_PY)
+    (tmp_path / "secret.py").write_text("token = 'not part of the tree'\n")
+    (root / "leak.py").symlink_to(tmp_path / "secret.py")              # a file link pointing out of the tree
+    (root / "alias.py").symlink_to(root / "a.py")                      # a link inside the tree is an ordinary file
+    (root / "loop.py").symlink_to(root / "loop.py")                    # a link to itself
+    tree = SourceTree(root)
+    assert [f.relpath for f in tree.files] == ["a.py", "alias.py"]
+    assert tree.skipped["outside_root"] == 1 and tree.skipped["not_a_file"] == 1
+
+
+def test_tokenize_files_names_an_item_that_is_not_a_source_file(tree_dir, tok):
+    files = make_tree(tree_dir).files[:1] + [str(tree_dir / "a.py")]
+    with pytest.raises(TypeError, match=r"files\[1\] is a str.*SourceTree"):
+        code_data.tokenize_files(files, tok, progress=False)
+
+
+def test_windows_arguments_are_named(tree_dir, tok):
+    corpus = code_data.tokenize_files(make_tree(tree_dir).files, tok, progress=False)
+    with pytest.raises(TypeError, match=r"seq_len must be an int, got str"):
+        CodeWindows(corpus, "12")
+    with pytest.raises(TypeError, match=r"stride must be an int.*float"):
+        CodeWindows(corpus, 4, stride=1.5)

@@ -265,3 +265,12 @@ def test_threads_get_their_own_parsers():
     with ThreadPoolExecutor(4) as pool:
         outs = list(pool.map(lambda _: hierarchical_positions(PY, spans, "python").levels, range(16)))
     assert all(torch.equal(o, want) for o in outs)
+
+
+def test_wrong_types_are_named():
+    with pytest.raises(TypeError, match=r"source must be bytes or str, got int"):
+        hierarchical_positions(3, [[0, 1]], "python")                        # bytes(3) would be b"\0\0\0"
+    with pytest.raises(TypeError, match=r"spans must be integer byte offsets.*got float64"):
+        hierarchical_positions(b"x = 1", [[0.5, 1.0]], "python")
+    with pytest.raises(TypeError, match=r"spans must be integer byte offsets"):
+        hierarchical_positions(b"x = 1", "0 1", "python")

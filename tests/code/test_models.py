@@ -327,3 +327,36 @@ def test_bad_arguments():
         make("nope")(torch.randn(2, 4))
     with pytest.raises(ValueError, match="no pe_kwargs"):
         M.CodeLM(pe="nope", pe_kwargs=dict(base=5))
+
+
+@pytest.mark.parametrize("kind", ["nope", "rope", "bipe"])
+def test_empty_input_and_prompt_are_refused(kind):
+    m = make(kind)
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"input_ids has no tokens"):
+        m(empty)
+    with pytest.raises(ValueError, match=r"input_ids has no tokens"):
+        m(empty, positions(empty))
+    with pytest.raises(ValueError, match=r"input_ids has no tokens.*prompt"):
+        m.generate(empty, 3)
+    with pytest.raises(ValueError, match=r"input_ids has no tokens"):
+        m.generate(empty, 0, use_cache=False)
+
+
+@pytest.mark.parametrize("kind", ["nope", "rope", "hirope", "bipe"])
+@pytest.mark.parametrize("bad", [V, V + 7, -1])
+def test_token_id_outside_vocab_is_refused(kind, bad):
+    m = make(kind)
+    x = tokens()
+    pos = positions(x)
+    x[1, 5] = bad
+    with pytest.raises(ValueError, match=rf"input_ids.*token id {bad}\b.*vocab_size={V}"):
+        m(x, pos)
+    with pytest.raises(ValueError, match=rf"token id {bad}\b.*vocab_size={V}"):
+        m.generate(x[:, :6], 2, pos=prefix(pos, 6))
+    cache = m.make_cache()
+    m(x[:, :5], prefix(pos, 5), cache)
+    with pytest.raises(ValueError, match=rf"token id {bad}\b"):
+        m(x[:, 5:6], prefix(pos, 6), cache)
+    with pytest.raises(ValueError, match=rf"token id {bad}\b.*vocab_size={V}"):
+        M.code_positions(x, NEWLINES, V)                                     # the newline table is V long

@@ -155,3 +155,20 @@ def test_missing_package_error_names_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tokenizers", None)
     with pytest.raises(ImportError, match=r'pip install "zoo-pe\[code\]"'):
         train_bpe(["x"], vocab_size=300)
+
+
+def test_ids_outside_the_vocabulary_are_refused(tok):
+    # a negative id must not wrap around to the last tokens of the table
+    for bad in (-1, tok.vocab_size):
+        with pytest.raises(ValueError, match=rf"token id {bad}\b.*vocabulary of {tok.vocab_size}"):
+            tok.decode([5, bad])
+        with pytest.raises(ValueError, match=rf"token id {bad}\b.*vocabulary of {tok.vocab_size}"):
+            tok.token_bytes(bad)
+
+
+def test_save_into_a_file_path_names_it(tok, tmp_path):
+    target = tmp_path / "model.py"
+    target.write_text("x = 1\n")
+    with pytest.raises(NotADirectoryError, match="model.py"):
+        tok.save(target)
+    assert target.read_text() == "x = 1\n"                                # the user's file is untouched

@@ -243,3 +243,30 @@ def test_alibi_errors():
         BiPEALiBi(0)
     with pytest.raises(ValueError, match="slope_multiplier"):
         BiPEALiBi(2, slope_multiplier=-1.0)
+
+
+def test_empty_sequence_gives_empty_outputs():
+    # n == 0: every helper returns empty tensors of the documented shapes instead of failing inside torch
+    for shape in ((0,), (2, 0)):
+        x = torch.zeros(shape, dtype=torch.long)
+        intra, inter = bipe_ids(x)
+        assert intra.shape == inter.shape == shape and intra.dtype == inter.dtype == torch.long
+        pos = bipe_positions(x)
+        assert pos.ids.shape == pos.segments.shape == shape
+    emb = BiPEIntraEmbedding(16, 8)
+    out = emb.embed(torch.zeros(2, 0, 8), bipe_positions(torch.zeros(2, 0, dtype=torch.long)))
+    assert out.shape == (2, 0, 8)
+    q = torch.randn(2, 4, 0, 8)
+    pos = Positions(segments=torch.zeros(2, 0, dtype=torch.long))
+    rq, rk = BiPERoPE(8).rotate(q, q, pos)
+    assert rq.shape == rk.shape == q.shape
+    assert BiPEALiBi(4, causal=True).bias(q, q, pos, 1.0).shape == (2, 4, 0, 0)
+
+
+def test_length_one_sequence():
+    x = torch.tensor([[LLAMA2_SEPARATORS[0]]])
+    intra, inter = bipe_ids(x)
+    assert intra.tolist() == [[0]] and inter.tolist() == [[0]]             # a separator closes its own segment
+    emb = BiPEIntraEmbedding(16, 8)
+    out = emb.embed(torch.zeros(1, 1, 8), bipe_positions(x))
+    torch.testing.assert_close(out[0, 0], emb.weight[0])

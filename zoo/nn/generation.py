@@ -13,17 +13,29 @@ from torch import Tensor
 
 from ..positions import Positions
 
-__all__ = ["check_input_ids", "check_seq_len", "check_positions", "check_generate_args", "sample_next",
-           "decode"]
+__all__ = ["check_input_ids", "check_prompt", "check_seq_len", "check_positions", "check_generate_args",
+           "sample_next", "decode"]
 
 
-def check_input_ids(input_ids) -> None:
-    """Raise unless ``input_ids`` is an integer ``[b, n]`` tensor."""
+def check_input_ids(input_ids, vocab_size: Optional[int] = None) -> None:
+    """Raise ``ValueError`` unless ``input_ids`` is an integer ``[b, n]`` tensor with at least one token (``n >= 1``)
+    and, when ``vocab_size`` is given, every id in ``0 .. vocab_size - 1`` (the message names the first offending
+    id).  The range check reads one flag back from the device."""
     if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point() \
-            or input_ids.dtype == torch.bool:
+            or input_ids.is_complex() or input_ids.dtype == torch.bool:
         got = (f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor)
                else type(input_ids).__name__)
         raise ValueError(f"input_ids must be an int [b, n] tensor, got {got}")
+    if input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids has no tokens (shape {tuple(input_ids.shape)}): a model needs at least one "
+                         f"token per sequence")
+    if vocab_size is not None:
+        bad = (input_ids < 0) | (input_ids >= vocab_size)                        # [b, n]
+        if bool(bad.any()):
+            first = int(input_ids[bad][0])
+            hint = ": was the model built with the tokenizer's vocab_size?" if first >= vocab_size else ""
+            raise ValueError(f"input_ids holds token id {first}, outside 0..{vocab_size - 1} "
+                             f"(vocab_size={vocab_size}){hint}")
 
 
 def check_seq_len(n: int, past: int, max_seq_len: int, allow_longer: bool, note: str = "") -> None:
@@ -64,6 +76,14 @@ def check_generate_args(max_new_tokens, temperature, top_k) -> None:
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
 
 
+def check_prompt(input_ids, vocab_size: Optional[int] = None) -> None:
+    """`check_input_ids` for a prompt to continue; an empty prompt gets a message saying what to pass instead."""
+    if isinstance(input_ids, Tensor) and input_ids.ndim == 2 and input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids has no tokens (shape {tuple(input_ids.shape)}): generate() needs a prompt of at "
+                         f"least one token (e.g. the <bos> id)")
+    check_input_ids(input_ids, vocab_size)
+
+
 def sample_next(logits: Tensor, temperature: float, top_k: Optional[int] = None,
                 generator: Optional[torch.Generator] = None) -> Tensor:
     """``[b, vocab]`` logits -> ``[b, 1]`` token ids: argmax when ``temperature == 0``, else a draw from
@@ -91,6 +111,7 @@ def decode(step: Callable[..., Tensor], tokens: Tensor, pos: Positions,
         cache: a fresh KV cache (one per block) to decode one token at a time; None re-runs the whole sequence.
     """
     check_generate_args(max_new_tokens, temperature, top_k)
+    check_prompt(tokens)
     if max_new_tokens == 0:
         return tokens
     logits = step(tokens, pos, cache)[:, -1]                                     # [b, vocab]

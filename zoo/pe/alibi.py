@@ -70,8 +70,8 @@ def alibi_bias(nq: int, nk: int, slopes: Tensor, causal: bool = False, device=No
         slopes: ``[h]`` (see `alibi_slopes`).
         causal: ``-(i - j) * m`` below the diagonal and 0 above (pair with a causal mask); else ``-|j - i| * m``.
     """
-    if nq <= 0 or nk <= 0 or nq > nk:
-        raise ValueError(f"need 0 < nq <= nk, got nq={nq}, nk={nk}")
+    if nq < 0 or nq > nk:
+        raise ValueError(f"need 0 <= nq <= nk, got nq={nq}, nk={nk}")
     if slopes.ndim != 1:
         raise ValueError(f"slopes must be [h], got shape {tuple(slopes.shape)}")
     i = torch.arange(nk - nq, nk, device=device)                                 # [nq] query positions
@@ -162,8 +162,8 @@ def query_key_positions(pos: Optional[Positions], nq: int, nk: int, device=None,
 
     From ``pos.ids`` (``[b, nk]`` or ``[nk]``, floats allowed; an expanded batch gives one row) when given, else the
     token indices ``0..nk-1`` (long).  ``pj - pi`` is the T5 ``relative_position`` (key - query)."""
-    if nq <= 0 or nk <= 0 or nq > nk:
-        raise ValueError(f"{by}: need 0 < nq <= nk (queries are the last nq of the keys), got nq={nq}, nk={nk}")
+    if nq < 0 or nq > nk:
+        raise ValueError(f"{by}: need 0 <= nq <= nk (queries are the last nq of the keys), got nq={nq}, nk={nk}")
     if start is None:
         start = nk - nq
     elif isinstance(start, bool) or not isinstance(start, int) or start < 0 or start + nq > nk:

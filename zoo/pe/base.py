@@ -20,10 +20,15 @@ Encodings whose bias depends only on the positions, the shapes and their own par
 and k) set ``bias_from_positions_only = True``.  A model whose blocks share one such encoding opens
 ``with pe.shared(pos):`` around its blocks; inside, the attention builds the bias once per forward and every layer
 reuses it (autograd sums the layers' gradients into the encoding's parameters as before).
+
+Every hook a subclass defines first checks its ``pos`` argument (`check_pos`): None or a `Positions` whose tensor
+fields are tensors, so that a wrong type is a ``TypeError`` naming the argument, not an ``AttributeError`` from
+inside the encoding.  The check reads types only (no device work).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable, Iterator, Optional, Tuple
 
 import torch
@@ -31,7 +36,34 @@ from torch import Tensor, nn
 
 from ..positions import Positions
 
-__all__ = ["PositionalEncoding", "ForwardMemo", "overrides"]
+__all__ = ["PositionalEncoding", "ForwardMemo", "overrides", "check_pos"]
+
+# hook -> index of ``pos`` among its arguments after ``self``
+_POS_ARG = {"embed": 1, "rotate": 2, "bias": 2, "bias_rows": 2, "value": 1}
+_TENSOR_FIELDS = ("ids", "grid", "levels", "segments", "boxes", "mask")
+
+
+def check_pos(pos: Any, by: str = "this encoding") -> None:
+    """Raise ``TypeError`` unless ``pos`` is None or a `Positions` whose tensor fields (ids, grid, levels,
+    segments, boxes, mask) are each None or a ``torch.Tensor``; ``by`` names the caller in the message."""
+    if pos is None:
+        return
+    if not isinstance(pos, Positions):
+        raise TypeError(f"{by}: pos must be a zoo.Positions (or None), got {type(pos).__name__}")
+    for name in _TENSOR_FIELDS:
+        v = getattr(pos, name)
+        if v is not None and not isinstance(v, Tensor):
+            raise TypeError(f"{by}: Positions.{name} must be a torch.Tensor, got {type(v).__name__}")
+
+
+def _checks_pos(fn: Callable, index: int) -> Callable:
+    @functools.wraps(fn)
+    def hook(self, *args, **kwargs):
+        check_pos(kwargs["pos"] if "pos" in kwargs else args[index] if len(args) > index else None,
+                  type(self).__name__)
+        return fn(self, *args, **kwargs)
+    hook._checks_pos = True
+    return hook
 
 
 class ForwardMemo:
@@ -72,6 +104,13 @@ class ForwardMemo:
 
 class PositionalEncoding(nn.Module):
     """Base class. Subclasses override a subset of `embed`, `rotate`, `bias`, `value`."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for hook, index in _POS_ARG.items():                     # every hook checks its pos argument (`check_pos`)
+            fn = cls.__dict__.get(hook)
+            if callable(fn) and not getattr(fn, "_checks_pos", False):
+                setattr(cls, hook, _checks_pos(fn, index))
 
     def embed(self, x: Tensor, pos: Optional[Positions]) -> Tensor:
         return x

@@ -128,6 +128,8 @@ class BiPEIntraEmbedding(PositionalEncoding):
             raise ValueError(f"pos.ids must be integer intra-segment positions, got {ids.dtype}")
         if ids.ndim not in (1, 2) or ids.shape[-1] != x.shape[-2]:
             raise ValueError(f"pos.ids must be [b, n] or [n] with n = {x.shape[-2]} tokens, got {tuple(ids.shape)}")
+        if ids.numel() == 0:                                                     # no tokens: nothing to add
+            return x + self.weight[:0].to(x.dtype)
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.max_intra:
             raise ValueError(f"pos.ids must be in 0..{self.max_intra - 1} (max_intra={self.max_intra}; bipe_ids clips "

@@ -119,6 +119,8 @@ class FIRE(PositionalEncoding):
         if q.shape[1] != self.num_heads:
             raise ValueError(f"q has {q.shape[1]} heads but FIRE was built with num_heads={self.num_heads}")
         pi, pj = query_key_positions(pos, q.shape[-2], k.shape[-2], q.device, by="FIRE", start=start)
+        if pj.shape[-1] == 0:                                                    # no keys: nothing to normalise by
+            return torch.zeros(1, self.num_heads, q.shape[-2], 0, device=q.device)
         with torch.autocast(device_type=q.device.type, enabled=False):
             # the normaliser reads every key (first / last position), so rows equal those of the full bias
             x = fire_inputs(pi, pj, self.c, self.threshold, self.causal, self.eps)   # [b?, c, nk]

@@ -190,6 +190,8 @@ class LearnedAPE(PositionalEncoding):
             raise ValueError(f"pos.ids must be integers for a learned table, got {ids.dtype}")
         if ids.shape[-1] != n:
             raise ValueError(f"pos.ids has {ids.shape[-1]} positions but the sequence has {n} tokens")
+        if ids.numel() == 0:                                                     # no tokens: nothing to add
+            return x + self.pos_embed[0, :0].to(x.dtype)
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.num_tokens:
             raise ValueError(f"pos.ids must be in 0..{self.num_tokens - 1} (num_tokens={self.num_tokens}), "

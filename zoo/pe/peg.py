@@ -79,6 +79,8 @@ class PEG(PositionalEncoding):
         if npre + h * w != n:
             raise ValueError(f"PEG: grid {h}x{w} plus {npre} prefix token(s) is {npre + h * w} tokens, "
                              f"but x has {n} tokens")
+        if h * w == 0:                                                           # an empty grid: nothing to convolve
+            return x
         b, _, c = x.shape
         prefix, feat = x[:, :npre], x[:, npre:]                                  # [B, P, C], [B, h*w, C]
         feat = feat.transpose(1, 2).reshape(b, c, h, w)                          # [B, C, h, w]

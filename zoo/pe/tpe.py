@@ -192,6 +192,8 @@ class MdTpe(PositionalEncoding):
             grid_shape = tuple(pos.grid_size)
         else:
             grid_shape = (n - npre,)
+        if n - npre == 0:                                                        # no grid tokens: nothing to mix
+            return x
         bidir = self.bidirectional and not (pos is not None and pos.causal)
         tokens = x[:, npre:]
         if pos is not None and pos.mask is not None:

@@ -84,6 +84,8 @@ class XPos(PositionalEncoding):
             center = float((nk + 1) // 2)                                # torchscale: -(-nk // 2)
         else:
             check_key_ids(ids, nq, nk)
+            if nk == 0:                                                  # no tokens: nothing to rotate
+                return q, k
             ids = ids.to(k.device)
             with torch.autocast(device_type=k.device.type, enabled=False):
                 center = torch.ceil((ids.min().float() + ids.max().float() + 1) / 2)   # a tensor: no host sync
