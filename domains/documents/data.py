@@ -28,6 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
+import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +61,9 @@ R_MANUAL_DIRS = ("/usr/share/doc/r-doc-pdf/manual", "/usr/share/R/doc/manual")
 # fullrefman.pdf (only under /usr/share/R/doc/manual) has the same 2,415 pages as refman.pdf
 _SKIP_MANUALS = frozenset({"fullrefman.pdf"})
 _CACHE_FORMAT = 1
+# what reading a damaged or truncated cache file raises (numpy's .npz is a zip archive): the cache is rebuilt
+CACHE_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile, zlib.error,
+                struct.error)
 IGNORE = -100
 
 
@@ -176,7 +182,8 @@ def manual_pages(path: PathLike, *, pages=None, cache_dir: Union[PathLike, bool,
     file, keyed by the PDF's sha256; it is used only when ``pages`` is None and no reader options are given,
     written atomically, and rebuilt if unreadable."""
     path = Path(path)
-    from domains.documents.pdf import PdfReader
+    from domains.documents.pdf import PdfReader, check_pdf_path
+    check_pdf_path(path)
     use_cache = cache_dir not in (None, False) and pages is None and not reader_kwargs
     cache = None
     if use_cache:
@@ -185,8 +192,8 @@ def manual_pages(path: PathLike, *, pages=None, cache_dir: Union[PathLike, bool,
         if cache.is_file():
             try:
                 return _load_pages(cache, path.name)
-            except (OSError, ValueError, KeyError, UnicodeDecodeError):
-                pass  # damaged or old: rebuild below and replace atomically
+            except CACHE_ERRORS:
+                pass  # damaged, truncated or old: rebuild below and replace atomically
     with PdfReader(path, **reader_kwargs) as pdf:
         out = [PageWords.from_page(p, path.name) for p in pdf.pages(pages, progress=progress)]
     if cache is not None:
@@ -251,14 +258,25 @@ class WordVocab:
 
     @classmethod
     def load(cls, path: PathLike) -> "WordVocab":
+        path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a directory, not a WordVocab file")
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not a WordVocab file ({e})") from e
-        if not isinstance(data, dict) or data.get("format") != cls.FORMAT or \
-                list(data.get("itos", [])[:2]) != list(cls.SPECIALS):
+        itos = data.get("itos") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or data.get("format") != cls.FORMAT or not isinstance(itos, list) or \
+                itos[:2] != list(cls.SPECIALS):
             raise ValueError(f"{path}: not a WordVocab file (format {cls.FORMAT!r} with <pad>, <unk> first)")
-        return cls(data["itos"][len(cls.SPECIALS):], lowercase=bool(data.get("lowercase", False)))
+        bad = [w for w in itos if not isinstance(w, str)]
+        if bad:
+            raise ValueError(f"{path}: not a WordVocab file (entry {bad[0]!r} is not a string)")
+        if len(set(itos)) != len(itos):
+            dup = next(w for k, w in enumerate(itos) if w in itos[:k])
+            raise ValueError(f"{path}: not a WordVocab file (word {dup!r} appears twice)")
+        return cls(itos[len(cls.SPECIALS):], lowercase=bool(data.get("lowercase", False)))
 
 
 # ---------------------------------------------------------------------------------------------------------------

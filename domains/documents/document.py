@@ -20,13 +20,13 @@ Bad input (``LayoutPolicy``; every skip is counted in the ``skipped`` Counter pa
                  "error"            DocumentFormatError naming the file, page and word
                  "drop"             the word is skipped (reason "box_out_of_range")
     missing_box  "error" (default) / "drop"  a word without a box (None) or with a malformed one (not 4 finite
-                                            numbers); reason "missing_box"
+                                            numbers; strings and booleans are not numbers); reason "missing_box"
     empty_word   "drop" (default) / "error" / "keep"  a word whose text is empty or blank; reason "empty_word"
     empty_page   "keep" (default) / "drop" / "error"  a page with no words left; reason "empty_page"
     dangling_link "error" (default) / "drop"  a link naming an id that does not exist; reason "dangling_link"
 
-All errors are ``DocumentFormatError`` (a ``zoo.errors.ZooError`` and a ``ValueError``); messages start with
-``<source> page <n>`` and name the item.
+A page size (width, height) must be two positive finite numbers. All errors are ``DocumentFormatError`` (a
+``zoo.errors.ZooError`` and a ``ValueError``); messages start with ``<source> page <n>`` and name the item.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from zoo.errors import ZooError
 
 __all__ = [
     "DocumentFormatError", "LayoutPolicy", "Word", "Entity", "Page", "Document",
-    "normalize_box", "check_box", "make_words", "reading_order", "SERIALISATION",
+    "normalize_box", "check_box", "check_page_size", "make_words", "reading_order", "SERIALISATION",
 ]
 
 Box = Tuple[float, float, float, float]
@@ -218,16 +218,31 @@ class Document:
 # ---------------------------------------------------------------------------------------------------------------
 
 def _as_box(box, where: str) -> Optional[Box]:
-    """4 finite floats, or None when the box is missing / malformed."""
-    if box is None:
+    """4 finite floats, or None when the box is missing / malformed (strings and booleans are not numbers here)."""
+    if box is None or isinstance(box, (str, bytes)):
         return None
     try:
+        if any(isinstance(v, (str, bytes, bool, np.bool_)) for v in box):
+            return None
         vals = [float(v) for v in box]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if len(vals) != 4 or not all(math.isfinite(v) for v in vals):
         return None
     return (vals[0], vals[1], vals[2], vals[3])
+
+
+def check_page_size(width, height, where: str, what: str = "page") -> Tuple[float, float]:
+    """``(width, height)`` as floats; anything but two positive finite numbers raises ``DocumentFormatError``."""
+    ok = all(not isinstance(v, (str, bytes, bool, np.bool_)) for v in (width, height))
+    try:
+        w, h = float(width), float(height)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not (ok and math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0):
+        raise DocumentFormatError(f"{where}: {what} size must be positive and finite numbers, got "
+                                  f"{width!r} x {height!r}")
+    return w, h
 
 
 def check_box(box_px, width: float, height: float, *, policy: str = "clamp", where: str = "") -> Optional[Box]:
@@ -237,8 +252,7 @@ def check_box(box_px, width: float, height: float, *, policy: str = "clamp", whe
     ``DocumentFormatError`` for malformed boxes (not 4 finite numbers) and, with ``policy="error"``, for boxes
     outside the page or with swapped corners."""
     _check_choice("box", policy, ("clamp", "error", "drop"))
-    if not (width > 0 and height > 0):
-        raise DocumentFormatError(f"{where}: page size must be positive, got {width}x{height}")
+    width, height = check_page_size(width, height, where)
     b = _as_box(box_px, where)
     if b is None:
         raise DocumentFormatError(f"{where}: box {box_px!r} is not 4 finite numbers (x0, y0, x1, y1)")
@@ -278,8 +292,7 @@ def make_words(texts: Sequence[str], boxes: Sequence, width: float, height: floa
     for name, seq in (("boxes", boxes), ("labels", labels), ("fonts", fonts), ("sizes", sizes)):
         if seq is not None and len(seq) != n:
             raise DocumentFormatError(f"{where}: {n} words but {len(seq)} {name}")
-    if not (width > 0 and height > 0):
-        raise DocumentFormatError(f"{where}: page size must be positive, got {width}x{height}")
+    width, height = check_page_size(width, height, where)
     words: List[Word] = []
     for i, text in enumerate(texts):
         item = f"{where} word {i} ({str(text)[:30]!r})"

@@ -20,20 +20,24 @@ Policy (``LayoutPolicy`` from ``domains.documents.document``): boxes as for ever
 box); ``dangling_link``: a link naming an entity id that is not in the file raises ``DocumentFormatError`` naming
 the file and the entity that holds the link, or is dropped and counted (``skipped["dangling_link"]``). An entity
 dropped by the box policy takes its words and links with it (``skipped["entity_box_out_of_range"]``,
-``skipped["link_to_dropped_entity"]``). Missing keys, duplicate ids and non-list ``words`` / ``linking`` always
-raise. Words come in "lines-ltr" reading order (``order="lines"``) or in file order (``order="file"``).
+``skipped["link_to_dropped_entity"]``). Missing keys, duplicate ids, ids that are not whole numbers (``1.5``, JSON's
+``NaN``), labels or word texts that are not strings, non-list ``words`` / ``linking`` and an image size that is not
+two positive finite numbers always raise. An empty ``form`` list is a page without words (``empty_page`` policy:
+kept by default, or an error). Words come in "lines-ltr" reading order (``order="lines"``) or in file order
+(``order="file"``).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections import Counter
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
-from domains.documents.document import (DocumentFormatError, Entity, LayoutPolicy, Page, check_box, make_words,
-                                        normalize_box, _as_box)
+from domains.documents.document import (DocumentFormatError, Entity, LayoutPolicy, Page, check_box,
+                                        check_page_size, make_words, normalize_box, _as_box)
 from zoo.io import atomic_write_text
 
 __all__ = ["FUNSD_LABELS", "image_size", "page_from_entities", "read_funsd", "read_funsd_dir", "read_xfund",
@@ -53,7 +57,7 @@ def image_size(path: PathLike) -> Tuple[int, int]:
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(32)
-        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
             return struct.unpack(">II", head[16:24])
         if head[:2] == b"\xff\xd8":
             f.seek(2)
@@ -72,6 +76,8 @@ def image_size(path: PathLike) -> Tuple[int, int]:
                 length = struct.unpack(">H", seg)[0]
                 if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):
                     data = f.read(5)
+                    if len(data) < 5:
+                        break
                     h, w = struct.unpack(">HH", data[1:5])
                     return int(w), int(h)
                 f.seek(length - 2, os.SEEK_CUR)
@@ -93,7 +99,8 @@ def _find_image(json_path: Path, image_dir: Optional[PathLike]) -> Optional[Path
 # ---------------------------------------------------------------------------------------------------------------
 
 def _int_id(value, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or int(value) != value:
         raise DocumentFormatError(f"{where}: id {value!r} is not an integer")
     return int(value)
 
@@ -108,8 +115,7 @@ def page_from_entities(entities: Sequence[dict], width: float, height: float, *,
     where = f"{source} page {number}"
     if not isinstance(entities, list):
         raise DocumentFormatError(f"{where}: expected a list of entities, got {type(entities).__name__}")
-    if not (width > 0 and height > 0):
-        raise DocumentFormatError(f"{where}: image size must be positive, got {width}x{height}")
+    width, height = check_page_size(width, height, where, "image")
     words, ents, raw_links, dropped, ids = [], [], [], set(), set()
     for k, e in enumerate(entities):
         if not isinstance(e, dict):
@@ -143,7 +149,11 @@ def page_from_entities(entities: Sequence[dict], width: float, height: float, *,
         for j, w in enumerate(ws):
             if not isinstance(w, dict) or "text" not in w:
                 raise DocumentFormatError(f"{ew} word {j}: expected an object with 'text' and 'box'")
+            if w["text"] is not None and not isinstance(w["text"], str):
+                raise DocumentFormatError(f"{ew} word {j}: text {w['text']!r} is not a string")
         label = e.get("label")
+        if label is not None and not isinstance(label, str):
+            raise DocumentFormatError(f"{ew}: label {label!r} is not a string")
         new = make_words([w["text"] for w in ws], [w.get("box") for w in ws], width, height,
                          labels=[label] * len(ws), policy=policy, skipped=skipped, where=ew, first_id=len(words))
         for w in new:
@@ -235,9 +245,10 @@ def read_xfund(path: PathLike, *, policy=None, skipped: Optional[Counter] = None
             raise DocumentFormatError(f"{where}: missing the 'document' entity list")
         img = doc.get("img") or {}
         try:
-            w, h = float(img["width"]), float(img["height"])
-        except (KeyError, TypeError, ValueError):
-            raise DocumentFormatError(f"{where}: 'img' needs numeric 'width' and 'height', got {img!r}") from None
+            w, h = check_page_size(img["width"], img["height"], where)
+        except (KeyError, TypeError, DocumentFormatError):
+            raise DocumentFormatError(f"{where}: 'img' needs numeric 'width' and 'height' (positive, finite), got "
+                                      f"{img!r}") from None
         page = page_from_entities(doc["document"], w, h, source=f"{path}#{did}", policy=policy, skipped=skipped,
                                   order=order)
         pages.append(page)

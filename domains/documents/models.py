@@ -19,8 +19,10 @@ every block; blocks hold it as an unregistered attribute, so the state dict has 
 opens ``rel.shared()`` around the blocks, so the ``[b, H, n, n]`` bias / ``[b, n, n, D]`` BROS memory is computed
 once per forward.
 
-Inputs: boxes must be in 0..1000 (ValueError otherwise); BROS takes the same boxes and scales them by
-``bbox_scale / 1000`` (HF BROS expects 0..1 boxes times ``bbox_scale``).
+Inputs: ``input_ids`` a non-empty int ``[b, n]`` tensor of ids below ``vocab_size``; boxes in 0..1000 (float boxes
+all within 0..1, HF BROS's page-normalised convention, are refused, not rounded); anything else is a ValueError
+naming the argument.  BROS takes the same 0..1000 boxes and scales them by ``bbox_scale / 1000`` (HF BROS expects
+0..1 boxes times ``bbox_scale``).
 """
 from __future__ import annotations
 
@@ -50,11 +52,26 @@ PAPERS = {"layoutlm": "https://arxiv.org/abs/1912.13318", "layoutlmv3": "https:/
           "v2pe": "https://arxiv.org/abs/2412.09616"}
 
 
-def _check_ids(input_ids) -> None:
+def _check_ids(input_ids, vocab_size: int) -> None:
+    """``input_ids`` must be a non-empty int ``[b, n]`` tensor of ids in ``0..vocab_size - 1``."""
     if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point() \
-            or input_ids.dtype == torch.bool:
+            or input_ids.dtype == torch.bool or input_ids.is_complex():
         raise ValueError(f"input_ids must be an int [b, n] tensor, got "
                          f"{tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids has no tokens (shape {tuple(input_ids.shape)}): a document needs at least one "
+                         f"word")
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"input_ids holds token id {lo if lo < 0 else hi}, outside the vocabulary "
+                         f"0..{vocab_size - 1} (vocab_size={vocab_size})")
+
+
+def _check_index(t, name: str, b: int, n: int) -> None:
+    if not isinstance(t, Tensor) or t.is_floating_point() or t.dtype == torch.bool or t.is_complex() \
+            or tuple(t.shape) not in ((b, n), (n,)):
+        raise ValueError(f"{name} must be an int [b, n] = [{b}, {n}] tensor, got "
+                         f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
 
 
 def _check_mask(mask, b: int, n: int) -> Optional[Tensor]:
@@ -226,7 +243,7 @@ class DocEncoder(nn.Module):
 
         ``pos`` may carry ``boxes`` / ``mask`` instead.  ``position_ids`` overrides the 1D embedding positions
         (default ``0..n-1``; LayoutLMv3: RoBERTa positions from ``input_ids``)."""
-        _check_ids(input_ids)
+        _check_ids(input_ids, self.embeddings.word_embeddings.num_embeddings)
         b, n = input_ids.shape
         if pos is not None:
             boxes = pos.boxes if boxes is None else boxes
@@ -236,11 +253,22 @@ class DocEncoder(nn.Module):
         if position_ids is None:
             position_ids = roberta_position_ids(input_ids, self.pad_token_id) if self.kind == "layoutlmv3" else \
                 torch.arange(n, device=input_ids.device).expand(b, n)
+        else:
+            _check_index(position_ids, "position_ids", b, n)
+        if int(position_ids.min()) < 0:
+            raise ValueError(f"position_ids holds {int(position_ids.min())}; 1D positions start at 0")
         if int(position_ids.max()) >= self.max_positions:
             raise ValueError(f"{n} tokens need 1D positions up to {int(position_ids.max())}, but the table has "
                              f"{self.max_positions} rows (max_positions)")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        else:
+            _check_index(token_type_ids, "token_type_ids", b, n)
+            types = self.embeddings.token_type_embeddings.num_embeddings
+            lo, hi = int(token_type_ids.min()), int(token_type_ids.max())
+            if lo < 0 or hi >= types:
+                raise ValueError(f"token_type_ids holds {lo if lo < 0 else hi}, outside 0..{types - 1} "
+                                 f"(type_vocab_size={types})")
         e = self.embeddings
         x = e.word_embeddings(input_ids) + e.position_embeddings(position_ids) + e.token_type_embeddings(token_type_ids)
         apos = Positions(ids=torch.arange(n, device=input_ids.device).expand(b, n), boxes=bx, mask=mask)
@@ -394,7 +422,7 @@ class DocGraphRopeEncoder(nn.Module):
                 order: Optional[Tensor] = None, pos: Optional[Positions] = None) -> Tensor:
         """``input_ids [b, n]``, ``boxes [b, n, 4]``, ``mask [b, n]``, ``order [b, n]`` (reading order; ``pos.ids``
         when ``pos`` is given) -> ``[b, n, c]``."""
-        _check_ids(input_ids)
+        _check_ids(input_ids, self.tok_emb.num_embeddings)
         b, n = input_ids.shape
         if pos is not None:
             boxes = pos.boxes if boxes is None else boxes
@@ -449,7 +477,7 @@ class DocV2PEEncoder(nn.Module):
                 patches: Optional[Tensor] = None, pos: Optional[Positions] = None) -> Tensor:
         """``input_ids [b, n]``, ``boxes [b, n, 4]``, ``mask [b, n]``, ``patches [b, P, patch_dim]`` -> word
         features ``[b, n, c]``."""
-        _check_ids(input_ids)
+        _check_ids(input_ids, self.tok_emb.num_embeddings)
         b, n = input_ids.shape
         if pos is not None:
             boxes = pos.boxes if boxes is None else boxes

@@ -192,13 +192,26 @@ def parse_pages(pages, num_pages: int, source: str = "<pdf>") -> List[int]:
             nums.extend(range(lo, hi + 1))
     else:
         try:
-            nums = [int(p) for p in pages]
-        except (TypeError, ValueError):
-            raise PdfError(f"{source}: pages={pages!r} is not a page number, range or list") from None
+            items = list(pages)
+            nums = [int(p) for p in items]
+            whole = all(not isinstance(p, bool) and p == n for p, n in zip(items, nums))
+        except (TypeError, ValueError, OverflowError):
+            whole = False
+        if not whole:
+            raise PdfError(f"{source}: pages={pages!r} is not a page number, range or list of whole numbers") \
+                from None
     bad = [p for p in nums if not 1 <= p <= num_pages]
     if bad:
         raise PdfError(f"{source}: page {bad[0]} is out of range: the file has {num_pages} page(s) (1-based)")
     return nums
+
+
+def check_pdf_path(path: Path) -> None:
+    """A missing path is a FileNotFoundError, a folder an IsADirectoryError, both naming the path."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a PDF file")
+    if not path.is_file():
+        raise FileNotFoundError(f"PDF file {path} does not exist")
 
 
 def _encryption_cause(exc: BaseException) -> Optional[BaseException]:
@@ -237,6 +250,7 @@ def render_page(path: PathLike, number: int, resolution: float = 72, password: O
     source = str(path)
     if not resolution > 0:
         raise ValueError(f"resolution must be positive dpi, got {resolution}")
+    check_pdf_path(Path(path))
     try:
         doc = pdfium.PdfDocument(source, password=password)
     except Exception as e:  # pypdfium2 raises PdfiumError (a RuntimeError) with the PDFium reason
@@ -300,8 +314,7 @@ class PdfReader:
                  extract: Optional[dict] = None):
         self.path = Path(path)
         self.source = str(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"PDF file {self.source} does not exist")
+        check_pdf_path(self.path)
         if image_resolution is not None and not image_resolution > 0:
             raise ValueError(f"image_resolution must be positive dpi or None, got {image_resolution}")
         self.password = password

@@ -522,12 +522,13 @@ def extract_links(path: PathLike, pages=None, *, cache_dir: Union[PathLike, bool
     file's result, keyed by the PDF's sha256, used only when ``pages`` is None, written atomically and rebuilt
     when unreadable. ``progress``: tqdm bars for the annotation scan and the word extraction (None: only for more
     than 50 pages on a terminal)."""
-    from domains.documents.data import _default_cache_dir, _file_sha256
+    from domains.documents.data import CACHE_ERRORS, _default_cache_dir, _file_sha256
     from zoo.io import atomic_write_text
 
+    from domains.documents.pdf import check_pdf_path
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"PDF file {path} does not exist")
+    check_pdf_path(path)
     cache = None
     if cache_dir not in (None, False) and pages is None:
         folder = _default_cache_dir() if cache_dir is True else Path(cache_dir)
@@ -535,8 +536,8 @@ def extract_links(path: PathLike, pages=None, *, cache_dir: Union[PathLike, bool
         if cache.is_file():
             try:
                 return _from_json(cache.read_text(encoding="utf-8"), str(path))
-            except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
-                pass  # damaged or old: rebuild below and replace atomically
+            except CACHE_ERRORS:
+                pass  # damaged, truncated or old: rebuild below and replace atomically
     ex = _extract(path, None if pages is None else pages, progress)
     if cache is not None:
         atomic_write_text(cache, _to_json(ex))

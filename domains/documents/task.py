@@ -11,7 +11,8 @@ pages and on FUNSD-format forms.
                      (`domains.documents.pdf_links`), cut into crops of whole lines of <= ``data.seq_len`` words
                      (`link_windows`); the first ``data.seq_len`` words of a form / crop (default 512); the
                      encoder's word features are pooled per entity and scored pairwise by the model's
-                     `EntityLinkingHead` (built with ``link_dim``); binary cross-entropy over ordered entity pairs i != j;
+                     `EntityLinkingHead` (built with ``link_dim``); binary cross-entropy over ordered entity pairs
+                     i != j (forms without words are left out, counted as ``skipped["empty_form"]``);
                      metrics: link_f1 (main), link_precision, link_recall, loss
 
 Models: any ``doc_*`` encoder taking ``(input_ids, pos=Positions(ids=reading order, boxes, mask))``. The data fills
@@ -367,6 +368,10 @@ class EntityLinkingTask(_DocumentTask):
             except (DocumentFormatError, FileNotFoundError) as e:
                 hint = "; set data.dangling_links=drop to drop such links" if "link" in str(e) else ""
                 raise ConfigError(f"data.root={d.root!r}: {e}{hint}") from None
+        for s, ps in by_split.items():               # a form without words has nothing to link
+            kept = [p for p in ps if p.words]
+            self.skipped["empty_form"] += len(ps) - len(kept)
+            by_split[s] = kept
         chosen = _choose_pages(by_split, d, split, lambda name, src: (
             f"{d.name} ({d.root or 'default folder'}): no {src} pages (data.{name}_limit / the split is empty)"))
         self.pages = chosen

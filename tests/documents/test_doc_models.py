@@ -204,3 +204,65 @@ def test_graph_rope_model_invariant_to_order_shift():
     c = m(ids, boxes, mask, order=order.flip(-1))
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 1e-4
+
+
+# ---- bad input at the entry point of every registered document model ------------------------------------------
+
+def _registered():
+    import zoo
+    return zoo.list_models(domain="documents")
+
+
+def _build(name):
+    import zoo
+    return zoo.create(name, vocab_size=V, depth=1).eval()
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_boxes_in_unit_range_are_refused(name):
+    # HF BROS takes boxes normalised to 0..1; rounded to the 0..1000 integer grid they would all become 0 or 1 and
+    # the layout would be gone: every model must refuse them and name the 0..1000 convention
+    m = _build(name)
+    ids, boxes, mask = _inputs(11)
+    unit = boxes.float() / 1000.0
+    with pytest.raises(ValueError, match=r"boxes.*0\.\.1\b.*0\.\.1000"):
+        m(ids, unit, mask)
+    with pytest.raises(ValueError, match=r"boxes.*0\.\.1\b.*0\.\.1000"):
+        m(ids, pos=Positions(boxes=unit, mask=mask.bool()))
+    # the same boxes in 0..1000 as floats (rounded), and all-zero padding boxes, are fine
+    with torch.no_grad():
+        assert torch.equal(m(ids, boxes.float(), mask), m(ids, boxes, mask))
+        assert torch.isfinite(m(ids, torch.zeros(B, N, 4), mask)).all()
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_empty_input_is_refused(name):
+    m = _build(name)
+    ids, boxes, mask = _inputs(12)
+    for sl in ((slice(None), slice(0, 0)), (slice(0, 0), slice(None))):      # n == 0, then b == 0
+        with pytest.raises(ValueError, match=r"input_ids .*no tokens"):
+            m(ids[sl], boxes[sl], mask[sl])
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_token_ids_outside_the_vocabulary_are_refused(name):
+    m = _build(name)
+    ids, boxes, mask = _inputs(13)
+    for bad in (V, V + 7, -1):
+        wrong = ids.clone()
+        wrong[1, 3] = bad
+        with pytest.raises(ValueError, match=rf"input_ids.* {bad}\b.*vocab_size={V}\b"):
+            m(wrong, boxes, mask)
+
+
+def test_token_types_and_positions_out_of_range_are_refused():
+    m = dm.doc_layoutlm_tiny(vocab_size=V, depth=1).eval()
+    ids, boxes, mask = _inputs(14)
+    with pytest.raises(ValueError, match=r"token_type_ids holds 2, outside 0\.\.1 \(type_vocab_size=2\)"):
+        m(ids, boxes, mask, token_type_ids=torch.full_like(ids, 2))
+    with pytest.raises(ValueError, match=r"token_type_ids must be an int \[b, n\] = \[2, 13\]"):
+        m(ids, boxes, mask, token_type_ids=torch.zeros(B, N + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"position_ids holds -1"):
+        m(ids, boxes, mask, position_ids=torch.arange(N).expand(B, N) - 1)
+    with pytest.raises(ValueError, match=r"position_ids must be an int \[b, n\]"):
+        m(ids, boxes, mask, position_ids=torch.arange(N).float())

@@ -182,3 +182,33 @@ def test_entity_linking_tensors():
     assert batch["entity_mask"].sum(1).tolist() == [4, 2] and (batch["entity_labels"][1, 2:] == -100).all()
     assert (batch["word_entity"][1, 2:] == -1).all() and batch["positions"].boxes.shape == (2, 5, 4)
     assert batch["entity_boxes"][0, 2].tolist() == [int(1000 * 260 / 762), 40, int(1000 * 310 / 762), 62]
+
+
+def test_truncated_cache_is_rebuilt(slice_pdf, tmp_path):
+    # a cache cut short (a copy interrupted half-way, a full disk) is unreadable: rebuilt, never an error
+    cache = tmp_path / "cache"
+    pages = manual_pages(slice_pdf, cache_dir=cache)
+    (f,) = cache.iterdir()
+    data = f.read_bytes()
+    for cut in (len(data) // 2, 10, 0):
+        f.write_bytes(data[:cut])
+        again = manual_pages(slice_pdf, cache_dir=cache)
+        assert [q.texts for q in again] == [q.texts for q in pages]
+        assert f.read_bytes() == data                                  # rewritten whole
+
+
+def test_vocab_load_errors_name_the_file(tmp_path):
+    fmt = WordVocab.FORMAT
+    cases = {"dup.json": {"format": fmt, "itos": ["<pad>", "<unk>", "a", "a"]},
+             "kinds.json": {"format": fmt, "itos": ["<pad>", "<unk>", 5, ["x"]]}}
+    for name, data in cases.items():
+        (tmp_path / name).write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=rf"{name}: not a WordVocab file"):
+            WordVocab.load(tmp_path / name)
+    (tmp_path / "cut.json").write_text(json.dumps({"format": fmt, "itos": ["<pad>", "<unk>", "a"]})[:25])
+    with pytest.raises(ValueError, match=r"cut\.json: not a WordVocab file"):
+        WordVocab.load(tmp_path / "cut.json")
+    with pytest.raises(IsADirectoryError, match=rf"{tmp_path.name}: is a directory"):
+        WordVocab.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"nope\.json"):
+        WordVocab.load(tmp_path / "nope.json")

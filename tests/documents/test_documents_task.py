@@ -216,3 +216,21 @@ def test_word_labelling_bad_input(manuals_dir, tmp_path):
 def _plain(cfg):
     from omegaconf import OmegaConf
     return OmegaConf.to_container(cfg)
+
+
+def test_entity_linking_drops_forms_without_words(tmp_path):
+    # a form whose "form" list is empty has nothing to link: it is left out and counted, never fed to the model
+    # as a length-0 sequence
+    root = _write_funsd(tmp_path / "funsd", n_train=6, n_test=2)
+    for split in ("training_data", "testing_data"):
+        (root / split / "annotations" / "form_000.json").write_text(json.dumps({"form": []}))
+    task = EntityLinkingTask()
+    cfg = _el_cfg(root, tmp_path / "o", eval_split="test")
+    task.build_data(cfg)
+    assert task.skipped["empty_form"] == 2
+    assert task.describe()["eval_forms"] == 1 and all(len(it["input_ids"]) for its in task.items.values() for it in its)
+    model = zoo.create(cfg.model.name, **task.model_kwargs(cfg))
+    for items in task.items.values():
+        for it in items:
+            loss, _ = task.loss(model, task._batch([it]))
+            assert torch.isfinite(loss)

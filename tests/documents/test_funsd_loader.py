@@ -184,3 +184,55 @@ def test_xfund_file_and_round_trip(tmp_path):
     path.write_text(json.dumps({"form": []}))
     with pytest.raises(DocumentFormatError, match="not an XFUND file"):
         read_xfund(path)
+
+
+def test_malformed_values_name_the_file_and_entity(tmp_path):
+    # JSON allows NaN / Infinity; ids, labels, texts and boxes of the wrong kind are refused, never converted
+    ent = lambda **kw: dict(dict(FORM["form"][0], linking=[]), **kw)  # noqa: E731
+    raw_cases = [(b'{"form": [{"id": NaN, "box": [1, 1, 2, 2], "words": []}]}', r"entity #0: id nan is not an integer"),
+                 (b'{"form": [{"id": Infinity, "box": [1, 1, 2, 2], "words": []}]}',
+                  r"entity #0: id inf is not an integer")]
+    cases = [({"form": [ent(label=5)]}, r"entity 0: label 5 is not a string"),
+             ({"form": [ent(words=[{"text": {"a": 1}, "box": [84, 109, 136, 119]}])]},
+              r"entity 0 word 0: text \{'a': 1\} is not a string"),
+             ({"form": [ent(box=[True, 109, 136, 119])]}, r"entity 0 has a malformed box \[True, 109, 136, 119\]"),
+             ({"form": [ent(words=[{"text": "DATE:", "box": ["84", 109, 136, 119]}])]},
+              r"entity 0 word 0 \('DATE:'\) has a malformed box \['84', 109, 136, 119\]")]
+    for k, (data, msg) in enumerate(raw_cases + [(json.dumps(d).encode(), m) for d, m in cases]):
+        p = tmp_path / f"bad{k}.json"
+        p.write_bytes(data)
+        with pytest.raises(DocumentFormatError, match=rf"bad{k}\.json page 1 {msg}"):
+            read_funsd(p, size=(762, 1000))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(FORM))
+    for size in ((float("inf"), 1000), (762, float("nan")), ("762", 1000), (True, 1000), (0, 1000)):
+        with pytest.raises(DocumentFormatError, match=r"good\.json page 1: image size must be positive and finite "
+                                                      r"number"):
+            read_funsd(good, size=size)
+    docs = {"documents": [{"id": "d0", "img": {"width": True, "height": 10}, "document": []}]}
+    xf = tmp_path / "x.json"
+    for img in ({"width": True, "height": 10}, {"width": 10, "height": 1e999}):
+        docs["documents"][0]["img"] = img
+        xf.write_text(json.dumps(docs))
+        with pytest.raises(DocumentFormatError, match=r"x\.json document 'd0': 'img' needs"):
+            read_xfund(xf)
+
+
+def test_damaged_image_headers_name_the_file(tmp_path):
+    png, jpg = tmp_path / "cut.png", tmp_path / "cut.jpg"
+    png.write_bytes(_png(30, 20)[:20])
+    jpg.write_bytes(_jpeg_header(2480, 3508)[:24])
+    for p in (png, jpg):
+        with pytest.raises(DocumentFormatError, match=rf"{p.name}: cannot read the image size"):
+            image_size(p)
+
+
+def test_empty_form_is_a_page_without_words(tmp_path):
+    # an empty "form" list is a valid annotation: a page with no words, no entities and no links (empty_page=keep),
+    # or an error naming the file with empty_page=error
+    p = tmp_path / "blank.json"
+    p.write_text(json.dumps({"form": []}))
+    page = read_funsd(p, size=(762, 1000))
+    assert (page.words, page.entities, page.links) == ([], [], [])
+    with pytest.raises(DocumentFormatError, match=r"blank\.json page 1: the page has no words"):
+        read_funsd(p, size=(762, 1000), policy=LayoutPolicy(empty_page="error"))

@@ -180,6 +180,13 @@ def test_cache_round_trip_and_damaged_cache(tmp_path):
     cache.write_text("{not json")
     again = extract_links(tmp_path / "R-data.pdf", cache_dir=tmp_path / "c")
     assert again.stats == fresh.stats and json.loads(cache.read_text())["format"] >= 1
+    # valid JSON whose records do not fit together (an entity naming a word the page does not have) is rebuilt too
+    data = json.loads(cache.read_text())
+    data["pages"][0]["entities"][0][1] = [10 ** 6]
+    cache.write_text(json.dumps(data))
+    again = extract_links(tmp_path / "R-data.pdf", cache_dir=tmp_path / "c")
+    assert [p.links for p in again.pages] == [p.links for p in fresh.pages]
+    assert json.loads(cache.read_text())["pages"][0]["entities"][0][1] != [10 ** 6]
 
 
 def test_bad_files_name_the_file(tmp_path):
@@ -191,6 +198,8 @@ def test_bad_files_name_the_file(tmp_path):
         extract_links(_need(R_INTRO), pages=[500], cache_dir=False)
     with pytest.raises(FileNotFoundError, match="nope.pdf"):
         extract_links(tmp_path / "nope.pdf", cache_dir=False)
+    with pytest.raises(IsADirectoryError, match=rf"{tmp_path.name}: is a directory, not a PDF file"):
+        extract_links(tmp_path, cache_dir=False)
 
 
 # ---- the rule on a made-up page --------------------------------------------------------------------------------

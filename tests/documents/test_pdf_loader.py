@@ -252,3 +252,22 @@ def test_empty_page_policy(tmp_path):
     assert read_pdf(path, policy={"empty_page": "drop"}).skipped["empty_page"] == 1
     with pytest.raises(DocumentFormatError, match=r"blank\.pdf page 1: the page has no words"):
         read_pdf(path, policy={"empty_page": "error"})
+
+
+def test_directory_and_fractional_pages_are_refused(tmp_path):
+    # a folder is not "a file that does not exist": the error says what the path is
+    with pytest.raises(IsADirectoryError, match=rf"{tmp_path.name}: is a directory, not a PDF file"):
+        PdfReader(tmp_path)
+    # page numbers are whole numbers: 1.7 is not silently page 1
+    for bad in ([1.7], [2.0000001], 3.5):
+        with pytest.raises(PdfError, match=r"R-intro\.pdf: pages=.* is not a page number"):
+            parse_pages(bad, 10, str(R_INTRO))
+    assert parse_pages([1.0, 2], 10) == [1, 2]
+
+
+def test_zero_page_pdf_names_the_file(tmp_path):
+    path = tmp_path / "nopages.pdf"
+    path.write_bytes(b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
+                     b"2 0 obj\n<< /Type /Pages /Kids [] /Count 0 >>\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n")
+    with pytest.raises(PdfError, match=r"nopages\.pdf: the PDF has no pages"):
+        read_pdf(path)

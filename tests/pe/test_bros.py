@@ -68,5 +68,8 @@ def test_errors():
         pe.bias(q, q, Positions(), 1.0)
     with pytest.raises(ValueError, match="0..1000"):
         pe.bias(q, q, Positions(boxes=torch.full((1, 3, 4), 2000)), 1.0)
+    # HF BROS's own input convention (boxes / page size, 0..1) is refused, not rounded to 0 / 1
+    with pytest.raises(ValueError, match=r"0\.\.1\b.*0\.\.1000"):
+        pe.bias(q, q, Positions(boxes=_boxes(1, 3).float() / 1000), 1.0)
     with pytest.raises(ValueError, match="hidden_size"):
         BrosRelativeBias(40, 16)

@@ -119,3 +119,19 @@ def test_missing_boxes_and_memo_scope_restores():
         assert memo.get(1, lambda: "a") == "a" and memo.get(1, lambda: "b") == "a"
     assert memo.get(1, lambda: "c") == "c"
     assert math.isclose(check_boxes(torch.tensor([[[0.4, 1.6, 2.0, 999.5]]])).sum().item(), 0 + 2 + 2 + 1000)
+
+
+def test_check_boxes_refuses_unit_normalised_boxes():
+    # 0..1 boxes (HF BROS's convention) rounded onto the 0..1000 grid would all be 0 or 1: refused, naming 0..1000
+    unit = torch.tensor([[[0.084, 0.109, 0.136, 0.119], [0.0, 0.0, 1.0, 1.0]]])
+    for bx in (unit, unit.double(), unit.half()):
+        with pytest.raises(ValueError, match=r"boxes .*0\.\.1\b.*0\.\.1000.*\* 1000"):
+            check_boxes(bx)
+    with pytest.raises(ValueError, match=r"0\.\.1000"):
+        LayoutLMv3SpatialEmbedding(4, 4).embed(torch.zeros(1, 2, 24), Positions(boxes=unit))
+    # integer boxes in 0..1 are tiny boxes on the 0..1000 grid; float boxes on the 0..1000 scale and all-zero
+    # (padding) boxes stay as they are
+    assert torch.equal(check_boxes(torch.tensor([[[0, 0, 1, 1]]])), torch.tensor([[[0, 0, 1, 1]]]))
+    assert torch.equal(check_boxes(torch.tensor([[[84.0, 109.0, 136.4, 119.0]]])),
+                       torch.tensor([[[84, 109, 136, 119]]]))
+    assert torch.equal(check_boxes(torch.zeros(1, 3, 4)), torch.zeros(1, 3, 4, dtype=torch.long))

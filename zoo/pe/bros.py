@@ -5,7 +5,8 @@ clovaai/bros @eb3aa51 ``bros/modeling_bros.py``, checked against HF transformers
 ::
 
     boxes [b, n, 4] (x0, y0, x1, y1), 0..1000  --expand [0,1,2,1,2,3,0,3]-->  8 corner coords (TL, TR, BR, BL)
-        -> c = boxes / 1000 * bbox_scale            (HF: inputs normalised to 0..1, times bbox_scale = 100)
+        -> c = boxes / 1000 * bbox_scale            (HF: inputs normalised to 0..1, times bbox_scale = 100;
+                                                     here 0..1 float boxes are refused by ``check_boxes``)
     rel[b, i, j, :] = c[b, j] - c[b, i]                                           [b, n, n, 8]  (key - query)
     S = cat_t( [sin(rel_t * inv), cos(rel_t * inv)] )     inv = 1 / 10000^(arange(0, e, 2) / e), e = hidden/4/8
                                                                                   [b, n, n, hidden/4]

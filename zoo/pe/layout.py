@@ -20,7 +20,8 @@ The tables are ``Linear(bins, H, bias=False)`` weights (``[H, bins]``) as in the
 
 Boxes are ``[b, n, 4]`` ``(x0, y0, x1, y1)`` in 0..1000 (``int(1000 * x / page_width)``); `check_boxes` raises a
 ValueError naming the argument for anything else (never an index error).  Float boxes are rounded to the nearest
-integer (the tables are indexed by integers).
+integer (the tables are indexed by integers); float boxes that all lie within 0..1 (boxes normalised by the page
+size, HF BROS's input convention) are refused rather than rounded to 0 / 1.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ MAX_COORD = 1000
 def check_boxes(boxes, name: str = "boxes", max_value: int = MAX_COORD, ordered: bool = False) -> Tensor:
     """Validate ``[b, n, 4]`` (or ``[n, 4]``) boxes in ``0..max_value``; returns them as int64 (floats rounded).
 
-    ``ordered=True`` also requires ``x0 <= x1`` and ``y0 <= y1`` (LayoutLM v1 looks up ``x1 - x0`` in a table)."""
+    ``ordered=True`` also requires ``x0 <= x1`` and ``y0 <= y1`` (LayoutLM v1 looks up ``x1 - x0`` in a table).
+    Float boxes all within 0..1 (and not all zero) are refused: they are normalised by the page size, not 0..1000."""
     if not isinstance(boxes, Tensor):
         raise ValueError(f"{name} must be a Tensor [b, n, 4], got {type(boxes).__name__}")
     if boxes.ndim not in (2, 3) or boxes.shape[-1] != 4:
@@ -52,6 +54,11 @@ def check_boxes(boxes, name: str = "boxes", max_value: int = MAX_COORD, ordered:
     if boxes.is_floating_point():
         if not bool(torch.isfinite(boxes).all()):
             raise ValueError(f"{name} holds NaN or inf")
+        # float boxes all within [0, 1] (not all-zero padding) are normalised to 0..1 (HF BROS's input convention);
+        # rounded onto the 0..1000 grid every coordinate would become 0 or 1 and the layout would be lost
+        if boxes.numel() and bool(boxes.ge(0).all()) and bool(boxes.le(1).all()) and bool(boxes.ne(0).any()):
+            raise ValueError(f"{name} are floats within 0..1 (normalised by the page size?), but zoo's boxes are "
+                             f"normalised to 0..{max_value} (int(1000 * x / page_width)): pass boxes * 1000")
         boxes = boxes.round()
     boxes = boxes.long()
     if boxes.numel():
