@@ -1,5 +1,6 @@
 """Package-level promises: import hygiene, registry behaviour, CLI, MODELS.md freshness."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,107 @@ def test_atomic_write_gives_the_permissions_of_a_plainly_created_file(tmp_path):
         assert (atomic.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777) == 0o644
     finally:
         os.umask(old)
+
+
+# ---- bad arguments to create / load_checkpoint -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [None, 3, b"vit_irpe_tiny", ["vit_irpe_tiny"]])
+def test_create_refuses_a_name_that_is_not_a_string(name):
+    import zoo
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model name.*" + type(name).__name__):
+        zoo.create(name)
+    with pytest.raises(ConfigError, match=r"model name"):
+        zoo.model_info(name)
+
+
+@pytest.mark.parametrize("kw,pattern", [
+    (dict(depth="4"), r"depth.*vit_irpe_tiny.*'4'"),
+    (dict(depth=2.5), r"depth.*vit_irpe_tiny.*2\.5"),
+    (dict(depth=True), r"depth.*vit_irpe_tiny.*True"),
+    (dict(depth=0), r"depth.*vit_irpe_tiny.*0"),
+    (dict(num_heads=-3), r"num_heads.*vit_irpe_tiny.*-3"),
+    (dict(embed_dim=None), r"embed_dim.*vit_irpe_tiny.*None"),
+    (dict(num_classes="10"), r"num_classes.*vit_irpe_tiny"),
+    (dict(img_size=(32, "32")), r"img_size.*vit_irpe_tiny"),
+    (dict(img_size=(32, 32, 32)), r"img_size.*vit_irpe_tiny"),
+    (dict(patch_size=0), r"patch_size.*vit_irpe_tiny"),
+    (dict(mlp_ratio="4"), r"mlp_ratio.*vit_irpe_tiny.*'4'"),
+    (dict(drop_path_rate=1.5), r"drop_path_rate.*vit_irpe_tiny.*1\.5"),
+    (dict(drop_rate="0.1"), r"drop_rate.*vit_irpe_tiny"),
+])
+def test_create_checks_integer_geometry_arguments(kw, pattern):
+    import zoo
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=pattern):
+        zoo.create("vit_irpe_tiny", **kw)
+
+
+def test_create_accepts_integer_geometry_in_its_usual_forms():
+    import numpy as np
+
+    import zoo
+
+    m = zoo.create("vit_irpe_tiny", depth=np.int64(1), img_size=(32, 48), patch_size=16, num_classes=0)
+    assert len(m.blocks) == 1 and m.num_classes == 0
+
+
+def test_create_names_an_unknown_keyword_and_the_accepted_ones():
+    import zoo
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"dpeth.*vit_irpe_tiny.*depth") as e:
+        zoo.create("vit_irpe_tiny", dpeth=2)
+    assert "embed_dim" in str(e.value)                  # the accepted keywords are listed
+    with pytest.raises(ConfigError, match=r"dimm.*code_lm_rope_tiny.*dim"):
+        zoo.create("code_lm_rope_tiny", dimm=8)
+
+
+def test_create_turns_a_deep_type_error_into_one_naming_the_model_and_arguments():
+    import zoo
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cannot build vit_irpe_tiny with irpe='product'"):
+        zoo.create("vit_irpe_tiny", irpe="product")        # a dict of iRPE settings is expected
+
+
+@pytest.mark.parametrize("value", ["yes", None, 2])
+def test_create_refuses_a_pretrained_flag_that_is_not_a_bool(value):
+    import zoo
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pretrained"):
+        zoo.create("vit_irpe_tiny", pretrained=value)
+
+
+@pytest.mark.parametrize("sd,key", [({0: "t"}, "0"), ({"cls_token": "text"}, "'cls_token'"),
+                                    ({"cls_token": None}, "'cls_token'")])
+def test_load_checkpoint_names_a_bad_key_or_value(sd, key):
+    import torch
+
+    import zoo
+    from zoo.errors import CheckpointError
+
+    model = zoo.create("vit_irpe_tiny", depth=1, img_size=32)
+    sd = {k: (torch.zeros(1) if v == "t" else v) for k, v in sd.items()}
+    with pytest.raises(CheckpointError, match=re.escape(key) + ".*my.pth"):
+        zoo.load_checkpoint(model, sd, source="my.pth")
+
+
+@pytest.mark.parametrize("name", ["vit_irpe_tiny", "detr_irpe_tiny", "dna_rope_tiny"])
+@pytest.mark.parametrize("bad,key", [("key", "7"), ("value", "'extra'")])
+def test_pretrained_file_with_a_bad_entry_names_it_and_the_file(tmp_path, name, bad, key):
+    import torch
+
+    import zoo
+    from zoo.errors import CheckpointError
+
+    sd = {"x.weight": torch.zeros(2)}
+    sd[7 if bad == "key" else "extra"] = torch.zeros(1) if bad == "key" else "not a tensor"
+    for i, obj in enumerate((sd, {"model": sd, "epoch": 3})):
+        path = tmp_path / f"ck{i}.pth"
+        torch.save(obj, path)
+        with pytest.raises(CheckpointError, match=re.escape(key) + ".*" + re.escape(str(path))):
+            zoo.create(name, pretrained_file=str(path))

@@ -38,6 +38,8 @@ class _Server:
         self.files: dict[str, bytes] = {}
         self.truncate: dict[str, int] = {}  # path -> bytes to send before dropping the connection
         self.ignore_range = False
+        self.no_length: set[str] = set()  # paths answered without Content-Length (the closed connection ends them)
+        self.range_total: dict[str, str] = {}  # path -> the total a 206 claims in Content-Range (a wrong one)
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         self.url = ""
@@ -81,9 +83,11 @@ def _make_handler(state: _Server):
                 status = 206
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(data)))
+            if self.path not in state.no_length:
+                self.send_header("Content-Length", str(len(data)))
             if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{start + len(data) - 1}/{len(state.files[self.path])}")
+                total = state.range_total.get(self.path, str(len(state.files[self.path])))
+                self.send_header("Content-Range", f"bytes {start}-{start + len(data) - 1}/{total}")
             self.end_headers()
             cut = state.truncate.get(self.path)
             if cut is not None and status == 200:
@@ -559,13 +563,15 @@ def test_save_state_dict_failure_keeps_old_file_and_no_tmp(tmp_path):
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 
-    class Unpicklable:
-        def __reduce__(self):
-            raise RuntimeError("boom")
+    def failing_save(obj, fh):
+        fh.write(b"half a file")
+        raise RuntimeError("boom")
 
     pt = tmp_path / "model.pt"
-    with pytest.raises(RuntimeError, match="boom"):
-        hub.save_state_dict({"x": Unpicklable()}, pt)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hub.torch, "save", failing_save)
+        with pytest.raises(RuntimeError, match="boom"):
+            hub.save_state_dict({"x": torch.zeros(2)}, pt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
 
 
@@ -575,3 +581,169 @@ def test_save_safetensors_with_tied_weights(tmp_path):
     out = hub.save_state_dict(sd, tmp_path / "tied.safetensors")
     loaded = hub.load_state_dict(out)
     _assert_sd_equal(loaded, {k: v.clone() for k, v in sd.items()})
+
+
+# --------------------------------------------------------------------------- validating what arrives
+
+
+def _ckpt_bytes(fmt: str, seed: int = 0, tmp: Path | None = None) -> bytes:
+    """A real checkpoint file's bytes: a torch zip (``pth``) or a safetensors file, ~200 kB."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {"blocks.0.w": torch.randn(200, 128, generator=g), "blocks.0.b": torch.randn(200, generator=g),
+          "head.w": torch.randn(10, 200, generator=g)}
+    import io
+
+    if fmt == "pth":
+        buf = io.BytesIO()
+        torch.save({"model": sd}, buf)
+        return buf.getvalue()
+    from safetensors.torch import save
+
+    return save(sd)
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_cut_off_body_without_content_length_is_not_cached(server, tmp_path, fmt):
+    """No Content-Length: a closed connection looks like the end, so the file's own structure must vouch for it."""
+    data = _ckpt_bytes(fmt)
+    url = server.add(f"/nolen.{fmt}", data)
+    server.no_length.add(f"/nolen.{fmt}")
+    server.truncate[f"/nolen.{fmt}"] = len(data) * 2 // 3
+    with pytest.raises(DownloadError, match=re.escape(url)):
+        hub.download(url, progress=False)
+    assert list(_weights_dir(tmp_path).iterdir()) == []  # neither the final name nor an unverifiable .part
+    del server.truncate[f"/nolen.{fmt}"]
+    p = hub.download(url, progress=False)  # the whole body without Content-Length is accepted
+    assert p.read_bytes() == data and server.requests[-1]["range"] is None
+
+
+def test_unrecognised_body_without_content_length_or_hash_is_refused(server, tmp_path):
+    url = server.add("/blob.bin", _payload(5000))
+    server.no_length.add("/blob.bin")
+    with pytest.raises(DownloadError, match=re.escape(url) + ".*complete"):
+        hub.download(url, progress=False)
+    assert list(_weights_dir(tmp_path).iterdir()) == []
+    data = _payload(5000)
+    assert hub.download(url, sha256=_sha(data), progress=False).read_bytes() == data  # a hash vouches for it
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_garbage_part_is_never_spliced(server, tmp_path, fmt):
+    """A stale ``.part`` that is no prefix of the file, no hash known, server honouring Range: the result is the
+    served file, never the splice."""
+    data = _ckpt_bytes(fmt)
+    url = server.add(f"/g.{fmt}", data)
+    d = _weights_dir(tmp_path)
+    d.mkdir(parents=True)
+    (d / f"g.{fmt}.part").write_bytes(_payload(len(data) // 2, seed=9))
+    p = hub.download(url, progress=False)
+    assert p.read_bytes() == data
+    assert server.requests[-1]["range"] is None
+    assert sorted(x.name for x in d.iterdir()) == [f"g.{fmt}"]
+
+
+def test_stale_zip_part_is_resumed_then_discarded_and_downloaded_again(server, tmp_path):
+    """The ``.part`` is a prefix of an older version of the file: the resumed splice fails the zip's CRC check, is
+    discarded, and the file is downloaded once from scratch."""
+    old, new = _ckpt_bytes("pth", seed=1), _ckpt_bytes("pth", seed=2)
+    assert len(old) == len(new) and old != new
+    url = server.add("/stale.pth", new)
+    d = _weights_dir(tmp_path)
+    d.mkdir(parents=True)
+    (d / "stale.pth.part").write_bytes(old[: len(old) // 2])
+    p = hub.download(url, progress=False)
+    assert [r["range"] for r in server.requests] == [f"bytes={len(old) // 2}-", None]
+    assert p.read_bytes() == new
+    assert sorted(x.name for x in d.iterdir()) == ["stale.pth"]
+
+
+def test_truncated_zip_without_hash_resumes_with_range(server, tmp_path):
+    data = _ckpt_bytes("pth", seed=3)
+    url = server.add("/r.pth", data)
+    server.truncate["/r.pth"] = len(data) // 3
+    with pytest.raises(DownloadError, match="cut short"):
+        hub.download(url, progress=False)
+    del server.truncate["/r.pth"]
+    p = hub.download(url, progress=False)
+    assert [r["range"] for r in server.requests] == [None, f"bytes={len(data) // 3}-"]
+    assert p.read_bytes() == data
+
+
+def test_resume_whose_content_range_total_disagrees_restarts(server, tmp_path):
+    data = _ckpt_bytes("pth", seed=4)
+    url = server.add("/t.pth", data)
+    d = _weights_dir(tmp_path)
+    d.mkdir(parents=True)
+    (d / "t.pth.part").write_bytes(data[:1000])
+    server.range_total["/t.pth"] = str(len(data) + 7)  # not the size the 206 body completes the file to
+    p = hub.download(url, progress=False)
+    assert [r["range"] for r in server.requests] == ["bytes=1000-", None]
+    assert p.read_bytes() == data
+
+
+def test_torch_hub_hash_prefix_in_the_file_name_is_verified(server, tmp_path):
+    """``name-<first hex digits of the sha256>.pth`` (torch.hub's convention, the DeiT release URLs)."""
+    data = _ckpt_bytes("pth", seed=5)
+    good = _sha(data)[:8]
+    wrong = "abcdef01" if good != "abcdef01" else "abcdef02"
+    url = server.add(f"/deit_x-{good}.pth", data)
+    assert hub.download(url, progress=False).read_bytes() == data
+    bad_url = server.add(f"/deit_y-{wrong}.pth", data)
+    with pytest.raises(ChecksumError, match=re.escape(bad_url)):
+        hub.download(bad_url, progress=False)
+    assert not (_weights_dir(tmp_path) / f"deit_y-{wrong}.pth").exists()
+    assert not (_weights_dir(tmp_path) / f"deit_y-{wrong}.pth.part").exists()
+    # a resumed file that fails the prefix check is downloaded once more from scratch
+    d = _weights_dir(tmp_path)
+    (d / f"deit_z-{good}.pth.part").write_bytes(b"PK\x03\x04" + b"\0" * 996)
+    url = server.add(f"/deit_z-{good}.pth", data)
+    n = server.count()
+    assert hub.download(url, progress=False).read_bytes() == data
+    assert [r["range"] for r in server.requests[n:]] == ["bytes=1000-", None]
+
+
+def test_fresh_download_of_a_broken_checkpoint_names_the_url(server, tmp_path):
+    data = _ckpt_bytes("safetensors", seed=6)
+    broken = data[:8] + b"{not json" + data[17:]
+    url = server.add("/broken.safetensors", broken)
+    with pytest.raises(DownloadError, match=re.escape(url) + ".*safetensors"):
+        hub.download(url, progress=False)
+    assert list(_weights_dir(tmp_path).iterdir()) == []
+
+
+# --------------------------------------------------------------------------- local-dir / state dict entries
+
+
+@pytest.mark.parametrize("filename", ["../x.pth", "../../x.pth", "sub/../../x.pth"])
+def test_local_dir_refuses_a_filename_outside_the_folder(tmp_path, filename):
+    d = tmp_path / "a" / "b"
+    d.mkdir(parents=True)
+    (tmp_path / "x.pth").write_bytes(b"abc")
+    (tmp_path / "a" / "x.pth").write_bytes(b"abc")
+    with pytest.raises(WeightsError, match=re.escape(repr(filename))):
+        hub.resolve(f"local-dir:{d}", filename=filename)
+    with pytest.raises(WeightsError, match="x.pth"):
+        hub.resolve(f"local-dir:{d}", filename=str(tmp_path / "x.pth"))  # an absolute path is outside too
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+@pytest.mark.parametrize("sd,key", [({"w": torch.zeros(2), 3: torch.zeros(2)}, "3"),
+                                    ({"w": torch.zeros(2), "meta": "text"}, "'meta'"),
+                                    ({"w": torch.zeros(2), "n": None}, "'n'")])
+def test_save_state_dict_refuses_non_str_keys_and_non_tensor_values(tmp_path, suffix, sd, key):
+    out = tmp_path / f"m{suffix}"
+    with pytest.raises(CheckpointError, match=re.escape(key) + ".*" + re.escape(str(out))):
+        hub.save_state_dict(sd, out)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_save_state_dict_gives_the_permissions_of_a_plainly_created_file(tmp_path, suffix):
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"x")
+        out = hub.save_state_dict(_sd(), tmp_path / f"model{suffix}")
+        assert (out.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)

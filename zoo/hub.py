@@ -3,7 +3,12 @@
 Sources understood by :func:`resolve` / :func:`load_state_dict`:
 
 * ``http://...`` / ``https://...`` -- downloaded into the zoo cache (see :func:`cache_dir`),
-  verified against a SHA-256 when one is known, resumable, and moved into place atomically.
+  verified, resumable, and moved into place atomically. What vouches for a file: its SHA-256 when
+  one is given, else the hash prefix of torch.hub's ``name-<first hex digits of sha256>.ext``
+  convention, else its own structure (a safetensors header that accounts for every byte, a zip
+  archive -- ``torch.save``'s format -- whose entries pass their CRC-32 when it was resumed). A
+  ``.part`` is only resumed when the result can be verified so; a resumed file that fails is
+  discarded and downloaded once more from scratch.
 * ``hf-hub:org/repo[@revision]`` together with ``filename=``, or
   ``hf-hub:org/repo[@revision]/path/in/repo`` -- fetched with ``huggingface_hub``
   (its own cache, ``HF_HOME`` / ``HF_HUB_CACHE``); if ``filename=`` is also given, the
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import json
 import logging
 import os
 import pickle
@@ -31,6 +37,8 @@ import urllib.parse
 import urllib.request
 import uuid
 import warnings
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Union
@@ -123,8 +131,10 @@ def sha256_file(path: PathLike, chunk_size: int = _CHUNK) -> str:
 
 
 def _norm_sha(sha256: Optional[str]) -> Optional[str]:
-    if not sha256:
+    if sha256 is None or sha256 == "":
         return None
+    if not isinstance(sha256, str):
+        raise ConfigError(f"sha256 must be a hex digest string, got {type(sha256).__name__} {sha256!r}")
     s = sha256.strip().lower()
     if s.startswith("sha256:"):
         s = s[len("sha256:"):]
@@ -153,10 +163,13 @@ def _url_filename(url: str) -> str:
     return name
 
 
-def _check_rel(filename: str) -> None:
+def _check_rel(filename: str, where: str = "the cache") -> None:
+    if not isinstance(filename, (str, os.PathLike)):
+        raise WeightsError(f"filename must be a string, got {type(filename).__name__} {filename!r}")
+    filename = os.fspath(filename)
     p = PurePosixPath(filename.replace("\\", "/"))
     if p.is_absolute() or ".." in p.parts or not p.parts or Path(filename).is_absolute():
-        raise WeightsError(f"filename must be a relative path inside the cache, got {filename!r}")
+        raise WeightsError(f"filename must be a relative path inside {where}, got {filename!r}")
 
 
 def _content_range(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
@@ -170,9 +183,14 @@ def _content_range(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
     return int(m.group(1)), total
 
 
-def _fetch(url: str, part: Path, desc: str, progress: bool, _may_restart: bool = True) -> None:
-    """Transfer ``url`` into ``part``, resuming from an existing ``part`` when possible."""
-    existing = part.stat().st_size if part.is_file() else 0
+def _fetch(url: str, part: Path, desc: str, progress: bool, resume: bool = True) -> tuple[bool, bool]:
+    """Transfer ``url`` into ``part``, continuing an existing ``part`` when ``resume``.
+
+    Returns ``(resumed, size_known)``: whether bytes were appended to an existing ``part``, and whether the
+    server announced the size the file was to reach (``Content-Length``, or ``Content-Range`` on a resume)."""
+    existing = part.stat().st_size if resume and part.is_file() else 0
+    if not existing:
+        part.unlink(missing_ok=True)
     headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
     if existing:
         headers["Range"] = f"bytes={existing}-"
@@ -181,10 +199,9 @@ def _fetch(url: str, part: Path, desc: str, progress: bool, _may_restart: bool =
         resp = urllib.request.urlopen(req, timeout=_TIMEOUT)
     except urllib.error.HTTPError as e:
         e.close()
-        if e.code == 416 and existing and _may_restart:
+        if e.code == 416 and existing:
             # The partial file is no prefix the server recognises: start over.
-            part.unlink(missing_ok=True)
-            return _fetch(url, part, desc, progress, _may_restart=False)
+            return _fetch(url, part, desc, progress, resume=False)
         raise DownloadError(f"downloading {url} failed: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e
@@ -195,14 +212,14 @@ def _fetch(url: str, part: Path, desc: str, progress: bool, _may_restart: bool =
         length = int(length_hdr) if length_hdr and length_hdr.strip().isdigit() else None
         if existing and resp.status == 206:
             start, total = _content_range(resp.headers.get("Content-Range"))
-            if start != existing:
-                if not _may_restart:
-                    raise DownloadError(f"downloading {url} failed: server sent an unexpected range")
+            if start != existing or total is None or (length is not None and existing + length != total):
+                # Not a continuation of our part whose end we can check: start over.
                 resp.close()
-                part.unlink(missing_ok=True)
-                return _fetch(url, part, desc, progress, _may_restart=False)
+                return _fetch(url, part, desc, progress, resume=False)
             offset, mode = existing, "ab"
-            expected = total if total is not None else (existing + length if length is not None else None)
+            expected = total
+        elif resp.status == 206:
+            raise DownloadError(f"downloading {url} failed: the server sent a partial answer to a plain request")
         else:
             # Fresh download, or the server ignored our Range header (200): start from scratch.
             offset, mode = 0, "wb"
@@ -246,6 +263,139 @@ def _fetch(url: str, part: Path, desc: str, progress: bool, _may_restart: bool =
             f"transfer of {url} was cut short{why}: {of} bytes arrived; the partial file is kept "
             f"at {part} and the next call resumes from there"
         ) from failure
+    return offset > 0, expected is not None
+
+
+# torch.hub's convention: ``name-<first 8+ hex digits of the file's sha256>.ext`` (e.g. the DeiT releases). An
+# all-digit tail is more likely a date or a version than a digest, so it is not taken for one.
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
+
+
+def _hash_prefix(name: str) -> Optional[str]:
+    m = _HASH_IN_NAME.search(PurePosixPath(name).name)
+    return m.group(1) if m and not m.group(1).isdigit() else None
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_MAX_SAFETENSORS_HEADER = 100_000_000  # bytes; safetensors' own limit
+
+
+def _format(path: Path, name: str) -> Optional[str]:
+    """``"safetensors"``, ``"zip"`` (torch.save), ``"pickle"`` (legacy torch.save) or None: what ``path`` (to be
+    called ``name``) claims to be, from the suffix of ``name`` and its first bytes."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if PurePosixPath(name).suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{"):
+        return "safetensors"
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    return None
+
+
+def _safetensors_problem(path: Path) -> Optional[str]:
+    """Why ``path`` is no complete safetensors file (its header must parse and account for every byte), or None."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"{size} bytes: shorter than the 8-byte header length"
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, _MAX_SAFETENSORS_HEADER):
+            return f"the header claims {n} bytes but {size - 8} follow"
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        return f"the safetensors header is not valid JSON ({e})"
+    if not isinstance(header, dict):
+        return "the safetensors header is not a JSON object"
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            return f"safetensors header entry {key!r} has no valid data_offsets"
+        end = max(end, offsets[1])
+    if 8 + n + end != size:
+        return f"the safetensors header accounts for {8 + n + end} bytes but the file has {size}"
+    return None
+
+
+def _zip_problem(path: Path, crc: bool) -> Optional[str]:
+    """Why ``path`` is no complete ``torch.save`` zip archive (with ``crc``: every entry passes its CRC-32)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist()):
+                return "a zip archive without data.pkl, not a torch.save file"
+            bad = zf.testzip() if crc else None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as e:
+        return f"not a complete zip archive ({e})"
+    return f"zip entry {bad} fails its CRC-32 check" if bad else None
+
+
+def _pickle_problem(path: Path) -> Optional[str]:
+    """Why ``path`` is no readable legacy ``torch.save`` pickle, or None (a complete pickle that holds objects
+    ``weights_only`` refuses is complete: loading it reports that)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.serialization.safe_globals(_SAFE_GLOBALS):
+                torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = _ANSI.sub("", str(e))
+        if "Unsupported global" in msg or "not an allowed global" in msg or re.search(r"GLOBAL\s", msg):
+            return None
+        return f"not a readable torch pickle ({_short(e)})"
+    except Exception as e:
+        return f"not a readable torch pickle ({_short(e)})"
+    return None
+
+
+def _resumable(part: Path, sha256: Optional[str], prefix: Optional[str]) -> bool:
+    """Whether a file completed from ``part`` could be verified: by a hash, or by a zip archive's CRC-32s."""
+    if sha256 or prefix:
+        return True
+    with open(part, "rb") as fh:
+        return fh.read(4) == _ZIP_MAGIC
+
+
+def _check_download(part: Path, name: str, url: str, sha256: Optional[str], prefix: Optional[str], resumed: bool,
+                    size_known: bool) -> Optional[WeightsError]:
+    """The error that disqualifies the transferred ``part`` (to be cached as ``name``), or None when something
+    vouches for it."""
+    if part.stat().st_size == 0:
+        return DownloadError(f"the download of {url} is empty; it was discarded")
+    if sha256 is not None or prefix is not None:
+        got = sha256_file(part)
+        if sha256 is not None and got != sha256:
+            return ChecksumError(
+                f"sha256 mismatch for {url}: expected {sha256}, got {got}; the download was discarded"
+            )
+        if sha256 is None and not got.startswith(prefix):
+            return ChecksumError(
+                f"sha256 mismatch for {url}: its file name promises a digest starting with {prefix} (torch.hub's "
+                f"name-<sha256 prefix> convention), got {got}; the download was discarded (pass sha256= to "
+                "check against another digest)"
+            )
+        return None
+    fmt = _format(part, name)
+    if fmt == "safetensors":
+        problem = _safetensors_problem(part)
+    elif fmt == "zip":
+        problem = _zip_problem(part, crc=resumed)
+    elif fmt == "pickle":
+        problem = _pickle_problem(part)
+    elif resumed or not size_known:
+        problem = ("the server announced no size and no sha256 is known, so nothing shows that the file is "
+                   "complete; pass sha256=")
+    else:
+        problem = None
+    if problem is None:
+        return None
+    return DownloadError(f"the download of {url} is not a complete checkpoint: {problem}; it was discarded")
 
 
 def download(
@@ -259,8 +409,9 @@ def download(
 
     A cached copy is returned without network access (after checking ``sha256`` if given).
     A transfer goes to ``<name>.part`` first; an interrupted transfer keeps it and the next
-    call resumes with an HTTP ``Range`` request. Only a complete, verified file is moved
-    (atomically) to its final name.
+    call resumes with an HTTP ``Range`` request when the completed file can be verified (a hash,
+    or a zip archive's CRC-32s); otherwise it starts over. Only a complete, verified file is
+    moved (atomically) to its final name: see the module docstring for what verifies it.
     """
     expected = _norm_sha(sha256)
     name = filename or _url_filename(url)
@@ -297,15 +448,18 @@ def download(
             f"cannot create {target.parent} ({e.strerror or e}); set ZOO_HOME to a writable directory"
         ) from e
     part = target.with_name(target.name + ".part")
-    _fetch(url, part, desc=target.name, progress=progress)
-
-    if expected is not None:
-        got = sha256_file(part)
-        if got != expected:
-            part.unlink(missing_ok=True)
-            raise ChecksumError(
-                f"sha256 mismatch for {url}: expected {expected}, got {got}; the download was discarded"
-            )
+    prefix = None if expected is not None else _hash_prefix(urllib.parse.urlparse(url).path)
+    resume = part.is_file() and _resumable(part, expected, prefix)
+    resumed, size_known = _fetch(url, part, desc=target.name, progress=progress, resume=resume)
+    error = _check_download(part, name, url, expected, prefix, resumed, size_known)
+    if error is not None and resumed:
+        _log.warning("%s completed from an earlier partial file fails verification (%s): downloading it again "
+                     "from scratch", target.name, error)
+        resumed, size_known = _fetch(url, part, desc=target.name, progress=progress, resume=False)
+        error = _check_download(part, name, url, expected, prefix, resumed, size_known)
+    if error is not None:
+        part.unlink(missing_ok=True)
+        raise error
     os.replace(part, target)
     return target
 
@@ -332,6 +486,7 @@ def _resolve_hf(spec: str, filename: Optional[str], source: str) -> Path:
         in_repo = filename
     if not in_repo:
         raise WeightsError(f"source {source!r} names no file: pass filename= or use hf-hub:org/repo/file")
+    _check_rel(in_repo, where=f"the repository of {source!r}")
 
     try:
         from huggingface_hub import hf_hub_download
@@ -368,8 +523,13 @@ def resolve(
     progress: bool = True,
 ) -> Path:
     """Turn a weights source (URL, ``hf-hub:``, ``local-dir:``, path) into a local file path."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise ConfigError(f"a weights source is a path, URL, 'hf-hub:' or 'local-dir:' string, got "
+                          f"{type(source).__name__} {source!r}")
     expected = _norm_sha(sha256)
     src = os.fspath(source)
+    if isinstance(src, bytes):
+        raise ConfigError(f"a weights source is a str path, not bytes: {src!r}")
     if src.startswith(("http://", "https://")):
         return download(src, sha256=expected, filename=filename, progress=progress)
     if src.startswith("hf-hub:"):
@@ -377,6 +537,7 @@ def resolve(
     elif src.startswith("local-dir:"):
         if not filename:
             raise WeightsError(f"source {src!r} needs filename= to name the file in that directory")
+        _check_rel(filename, where=f"the folder of {src!r}")
         path = Path(src[len("local-dir:"):]).expanduser() / filename
         if not path.is_file():
             raise WeightsError(f"weights file {path} not found (source {src!r})")
@@ -476,14 +637,23 @@ def load_state_dict(
     return obj if isinstance(obj, dict) else dict(obj)
 
 
+def _check_entries(sd: Mapping, path: Path) -> None:
+    """A state dict to save maps str keys to tensors: name the first entry that does not."""
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"cannot save {path}: expected a state dict (str -> tensor), got {type(sd).__name__}")
+    for k, v in sd.items():
+        if not isinstance(k, str):
+            raise CheckpointError(f"state dict key {k!r} is a {type(k).__name__}, not a str: cannot save {path}")
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(
+                f"state dict entry {k!r} is a {type(v).__name__}, not a tensor: cannot save {path}"
+            )
+
+
 def _unshare(sd: Mapping) -> dict:
     """safetensors refuses tensors sharing storage (tied weights): clone the repeats."""
     out, seen = {}, set()
     for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            raise CheckpointError(
-                f"safetensors can only store tensors; entry {k!r} is a {type(v).__name__}"
-            )
         v = v.detach()
         ptr = v.untyped_storage().data_ptr() if v.numel() else None
         if ptr is not None and ptr in seen:
@@ -495,19 +665,22 @@ def _unshare(sd: Mapping) -> dict:
 
 
 def save_state_dict(sd: Mapping, path: PathLike) -> Path:
-    """Atomically write ``sd`` to ``path`` (safetensors for ``.safetensors``, else torch.save)."""
+    """Atomically write ``sd`` (str -> tensor) to ``path`` (safetensors for ``.safetensors``, else torch.save),
+    with the permissions a plainly created file gets."""
     path = Path(path).expanduser()
+    _check_entries(sd, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        open(tmp, "xb").close()  # created with umask-respecting permissions
+        mode = tmp.stat().st_mode & 0o777
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            tensors = _unshare(sd)
-            open(tmp, "xb").close()  # created with umask-respecting permissions
-            save_file(tensors, str(tmp))
+            save_file(_unshare(sd), str(tmp))
+            os.chmod(tmp, mode)  # safetensors writes a new file, owner-only
         else:
-            with open(tmp, "xb") as fh:
+            with open(tmp, "wb") as fh:
                 torch.save(sd, fh)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

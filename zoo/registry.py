@@ -10,13 +10,19 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import inspect
+import numbers
+import os
+import re
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import torch
 from torch import nn
 
-from .errors import CheckpointError, UnknownModelError
+from .errors import CheckpointError, ConfigError, UnknownModelError, ZooError
 
 __all__ = ["PretrainedCfg", "register_model", "create", "list_models", "model_info", "load_checkpoint",
            "split_tag", "DOMAIN_MODULES"]
@@ -56,6 +62,8 @@ class PretrainedCfg:
         return bool(self.url or self.hf_hub_id or self.file)
 
     def source_string(self) -> Optional[str]:
+        """The source as one string `zoo.hub.resolve` understands without ``filename=`` for hf-hub ids (the file is
+        part of it); a ``url`` or ``file`` source takes ``filename`` separately."""
         if self.file:
             return self.file
         if self.url:
@@ -144,6 +152,9 @@ def split_tag(name: str):
 
 
 def _entry(name: str) -> ModelEntry:
+    if not isinstance(name, str):
+        raise ConfigError(f"model name must be a str such as 'vit_irpe_small' or 'vit_irpe_small.in1k', "
+                          f"got {type(name).__name__} {name!r}")
     _load_domains()
     base, _ = split_tag(name)
     if base not in _REGISTRY:
@@ -164,6 +175,103 @@ def _resolve_cfg(entry: ModelEntry, tag: Optional[str]) -> Optional[PretrainedCf
     return entry.cfgs[tag]
 
 
+# geometry arguments many builders share: each must be an integer (not a bool, a float or a str) of at least this
+_INT_KWARGS = {"depth": 1, "num_heads": 1, "embed_dim": 1, "dim": 1, "hidden_dim": 1, "nheads": 1, "in_chans": 1,
+               "vocab_size": 1, "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 1, "num_queries": 1,
+               "max_seq_len": 1, "num_classes": 0}
+_OPTIONAL_INT_KWARGS = ("num_classes",)           # None: a model without a classification head, where supported
+_SIZE_KWARGS = ("img_size", "patch_size")          # an integer or an (h, w) pair of integers, at least 1
+_RATE_KWARGS = ("drop_rate", "attn_drop_rate", "drop_path_rate", "proj_drop_rate", "pos_drop_rate", "dropout",
+                "drop", "attn_drop", "drop_path", "head_drop")   # a real number in [0, 1)
+_RATIO_KWARGS = ("mlp_ratio",)                     # a positive real number
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_kwargs(entry: ModelEntry, kwargs: Dict[str, Any]) -> None:
+    """Integer geometry arguments, checked before anything is built."""
+    for k, v in kwargs.items():
+        if k in _INT_KWARGS:
+            if v is None and k in _OPTIONAL_INT_KWARGS:
+                continue
+            if not _is_int(v) or v < _INT_KWARGS[k]:
+                least = "a positive" if _INT_KWARGS[k] == 1 else "a non-negative"
+                raise ConfigError(f"{k} must be {least} integer for {entry.name}, got {type(v).__name__} {v!r}")
+        elif k in _SIZE_KWARGS:
+            pair = isinstance(v, (tuple, list)) or (isinstance(v, Sequence) and not isinstance(v, (str, bytes)))
+            values = list(v) if pair else [v]
+            if (pair and len(values) != 2) or not all(_is_int(x) and x >= 1 for x in values):
+                raise ConfigError(f"{k} must be a positive integer or an (h, w) pair of them for {entry.name}, "
+                                  f"got {type(v).__name__} {v!r}")
+        elif k in _RATE_KWARGS or k in _RATIO_KWARGS:
+            real = isinstance(v, numbers.Real) and not isinstance(v, bool)
+            if not real or not (0 <= v < 1 if k in _RATE_KWARGS else 0 < v < float("inf")):
+                want = "a number in [0, 1)" if k in _RATE_KWARGS else "a positive number"
+                raise ConfigError(f"{k} must be {want} for {entry.name}, got {type(v).__name__} {v!r}")
+
+
+def _accepted_kwargs(entry: ModelEntry) -> str:
+    """The keywords the entrypoint and the class it builds name in their signatures (best effort)."""
+    names: List[str] = []
+    where = entry.name
+    for fn in (entry.fn, None):
+        try:
+            if fn is None:
+                cls = type(_build_meta(entry))
+                fn, where = cls.__init__, cls.__name__
+            params = inspect.signature(fn).parameters.values()
+        except Exception:  # a builder that cannot be built or inspected: nothing to list
+            continue
+        names += [p.name for p in params if p.name != "self" and p.name not in names
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return f"{where} accepts: {', '.join(names)}" if names else ""
+
+
+def _build(entry: ModelEntry, kwargs: Dict[str, Any]) -> nn.Module:
+    _check_kwargs(entry, kwargs)
+    try:
+        return entry.fn(**kwargs)
+    except (TypeError, AttributeError, ValueError) as e:
+        if not kwargs or isinstance(e, ZooError):
+            raise
+        m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if m and m.group(1) in kwargs:
+            accepted = _accepted_kwargs(entry)
+            close = difflib.get_close_matches(m.group(1), re.findall(r"\w+", accepted.partition(":")[2]), n=3)
+            hint = (f"; did you mean {', '.join(close)}?" if close else "") + (f"; {accepted}" if accepted else "")
+            raise ConfigError(f"unknown keyword argument {m.group(1)!r} for {entry.name}{hint}") from None
+        if any(re.search(rf"\b{re.escape(k)}\b", str(e)) for k in kwargs):
+            raise                                    # the builder's own check, naming the argument already
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise ConfigError(f"cannot build {entry.name} with {args}: {type(e).__name__}: {e}") from e
+
+
+def _state_dict_of(obj: Any) -> Any:
+    """The state dict inside a checkpoint as the filters unwrap it (``{'model': sd}``, ``{'state_dict': sd}``,
+    ``{'model_ema': sd}``), else the checkpoint itself."""
+    for key in ("model", "state_dict", "model_ema"):
+        inner = obj.get(key) if isinstance(obj, Mapping) else None
+        if isinstance(inner, Mapping) and inner:
+            return inner
+    return obj
+
+
+def _check_entries(state_dict: Any, source: str, into: str) -> None:
+    """Name the first key that is not a str or value that is not a tensor."""
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"cannot load {source} into {into}: expected a state dict (str -> tensor), "
+                              f"got {type(state_dict).__name__}")
+    for k, v in state_dict.items():
+        if not isinstance(k, str):
+            raise CheckpointError(f"state dict key {k!r} is a {type(k).__name__}, not a str: cannot load {source} "
+                                  f"into {into}")
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor: cannot load "
+                                  f"{source} into {into}")
+
+
 def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] = None, **kwargs) -> nn.Module:
     """Build a registered model.
 
@@ -173,25 +281,33 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
             the cache only).
         pretrained_file: load weights from a local file or any source ``zoo.hub.resolve`` accepts, through the
             family's checkpoint filter (foreign formats, resampled position tables, dropped mismatched heads).
-        **kwargs: passed to the model builder (e.g. ``img_size``, ``num_classes``, ``depth``).
+        **kwargs: passed to the model builder (e.g. ``img_size``, ``num_classes``, ``depth``); the common integer
+            geometry arguments are checked first, and an unknown keyword raises `ConfigError` naming it.
     """
     entry = _entry(name)
     _, tag = split_tag(name)
     cfg = _resolve_cfg(entry, tag)
-    model = entry.fn(**kwargs)
+    if pretrained not in (True, False):
+        raise ConfigError(f"pretrained must be True or False for {entry.name}, got {type(pretrained).__name__} "
+                          f"{pretrained!r}")
+    if pretrained_file is not None and not isinstance(pretrained_file, (str, os.PathLike)):
+        raise ConfigError(f"pretrained_file must be a path or a source string for {entry.name}, got "
+                          f"{type(pretrained_file).__name__} {pretrained_file!r}")
+    model = _build(entry, kwargs)
     model.pretrained_cfg = cfg
     model.zoo_name = entry.name
     source = pretrained_file
-    sha256 = None
+    sha256 = filename = None
     if pretrained and source is None:
         if cfg is None or not cfg.has_weights:
             raise UnknownModelError(f"{entry.name} has no pretrained weights; "
                                     f"`zoo list --pretrained` shows the models that do")
         source, sha256 = cfg.source_string(), cfg.sha256
+        filename = None if source.startswith("hf-hub:") else cfg.filename   # an hf-hub source names its file
     if source is not None:
         from . import hub
-        sd = hub.load_state_dict(source, sha256=sha256,
-                                 filename=cfg.filename if (cfg is not None and pretrained_file is None) else None)
+        sd = hub.load_state_dict(source, sha256=sha256, filename=filename)
+        _check_entries(_state_dict_of(sd), str(source), type(model).__name__)
         if entry.filter_fn is not None:
             sd = entry.filter_fn(sd, model)
         load_checkpoint(model, sd, source=str(source))
@@ -200,14 +316,14 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
 
 def load_checkpoint(model: nn.Module, state_dict: dict, source: str = "checkpoint", strict: bool = True) -> None:
     """Load ``state_dict`` into ``model``, naming every missing, unexpected or mis-shaped key in the error."""
-    if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
+    if not isinstance(state_dict, dict):
         raise CheckpointError(f"{source}: expected a state dict (str -> tensor), got {type(state_dict).__name__}")
+    _check_entries(state_dict, source, type(model).__name__)
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state_dict and hasattr(state_dict[k], "shape")
-             and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+             for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
     problems = []
     if strict and missing:
         problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:12])}" + (" ..." if len(missing) > 12 else ""))
