@@ -156,6 +156,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ZooError as e:
         print(f"zoo: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:               # Ctrl-C outside a training loop (loading data, building a model)
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ builder as is).
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
@@ -161,6 +162,8 @@ def _check_keys(raw: Any, schema: DictConfig, where: str, prefix: str = "") -> N
         elif full in FREE_FORM_KEYS and value is not None and not isinstance(value, Mapping):
             raise ConfigError(f"config key {full!r} in {where} must be a mapping of keyword arguments, "
                               f"got {value!r}")
+        elif isinstance(child, ListConfig) and value is not None and not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {full!r} in {where} must be a list, got {value!r}")
 
 
 def _lookup(raw: Any, dotted: str) -> Any:
@@ -211,6 +214,12 @@ def _validate(cfg: DictConfig, where: str) -> None:
     def bad(key: str, value: Any, need: str) -> ConfigError:
         return ConfigError(f"invalid value for config key {key!r}: {value!r} ({need})")
 
+    # every number must be finite: nan passes every comparison below, inf reaches the optimizer
+    flat = OmegaConf.to_container(cfg, resolve=True)
+    for key, value in _numbers(flat):
+        if not any(key.startswith(free + ".") for free in FREE_FORM_KEYS) and not math.isfinite(value):
+            raise bad(key, value, "must be a finite number")
+
     t, o = cfg.train, cfg.optim
     if t.steps is None and t.epochs is None:
         raise ConfigError("set train.epochs or train.steps (both are null)")
@@ -234,6 +243,8 @@ def _validate(cfg: DictConfig, where: str) -> None:
         raise bad("train.label_smoothing", t.label_smoothing, "must be in [0, 1)")
     if o.lr <= 0:
         raise bad("optim.lr", o.lr, "must be > 0")
+    if o.eps <= 0:
+        raise bad("optim.eps", o.eps, "must be > 0")
     if o.weight_decay < 0:
         raise bad("optim.weight_decay", o.weight_decay, "must be >= 0")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
@@ -246,6 +257,20 @@ def _validate(cfg: DictConfig, where: str) -> None:
         raise bad("optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     if o.clip_grad is not None and o.clip_grad <= 0:
         raise bad("optim.clip_grad", o.clip_grad, "must be > 0, or null for no clipping")
+    if cfg.data.mask_prob is not None and not (0.0 < cfg.data.mask_prob < 1.0):
+        raise bad("data.mask_prob", cfg.data.mask_prob, "must be in (0, 1)")
+
+
+def _numbers(d: Any, key: str = ""):
+    """``(dotted key, value)`` of every float in a nested dict; a list's items go under the list's key."""
+    if isinstance(d, float):
+        yield key, d
+    elif isinstance(d, dict):
+        for k, v in d.items():
+            yield from _numbers(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(d, list):
+        for v in d:
+            yield from _numbers(v, key)
 
 
 # ---- entry points -------------------------------------------------------------------------------------------

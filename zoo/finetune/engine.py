@@ -13,11 +13,19 @@ Everything a run writes lives in ``output.dir``:
 
 Exact resume: the data order and augmentation of an epoch are drawn from a generator seeded by (seed, epoch),
 the checkpoint stores the micro-batch position inside the epoch and the global RNG states (dropout), so the steps
-after ``--resume`` compute the same losses as an uninterrupted run. Ctrl-C stops after the current step (a second
-Ctrl-C stops at once, losing only that step), saves ``last.pt`` and prints the command that resumes.
+after ``--resume`` compute the same losses as an uninterrupted run; the checkpoint also carries the running sums of
+the current logging window, so the resumed metrics.jsonl equals an uninterrupted run's. Ctrl-C (or SIGTERM, what
+schedulers send) stops after the current step (a second one stops at once, losing only that step; signals that come
+while a checkpoint is being written wait for the write), saves ``last.pt`` and prints the command that resumes.
+
+A fresh run refuses an ``output.dir`` that holds any output of another run unless ``output.overwrite=true``;
+the data under path-valued ``data.*`` keys is fingerprinted (file names and sizes) so that ``--resume`` refuses
+other data. The loss is checked for NaN/inf at every step, and the weights before every checkpoint: a diverged run
+never writes a checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,7 +34,7 @@ import shlex
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -36,12 +44,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, ZooError
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, remove_stale_temp_files
 from .config import build_config, load_config
 from .tasks import Task, get_task
 
 __all__ = ["finetune", "run_from_cli", "param_groups", "lr_lambda", "read_checkpoint", "save_checkpoint",
-           "read_run", "TrainingDivergedError", "RESUME_MUTABLE_KEYS", "CHECKPOINT_FORMAT"]
+           "read_run", "TrainingDivergedError", "RunOutputError", "RESUME_MUTABLE_KEYS", "CHECKPOINT_FORMAT",
+           "RUN_OUTPUTS"]
 
 CHECKPOINT_FORMAT = "zoo.finetune/1"
 # config keys that may differ between a checkpoint and the run resuming it (they do not change the trajectory)
@@ -53,8 +62,30 @@ RESUME_MUTABLE_KEYS = frozenset({
 })
 
 
+# what a run writes into output.dir (besides the task's artifacts): a fresh run does not replace any of them unasked
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "last.pt", "model.safetensors", "summary.json")
+
+
 class TrainingDivergedError(ZooError, FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss (or the weights) became NaN or infinite."""
+
+
+class RunOutputError(ZooError, OSError):
+    """Writing a run's outputs failed (a full disk, a permission, a read-only file system); ``errno`` is the
+    cause's."""
+
+
+@contextmanager
+def _writing(path: Path, what: str):
+    """Turn an OSError of the writes in the block into a RunOutputError naming ``what``, ``path`` and the cause."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, ZooError):
+            raise
+        err = RunOutputError(f"cannot write {what} {path}: {e.strerror or e}")
+        err.errno = e.errno
+        raise err from e
 
 
 # ---- small helpers --------------------------------------------------------------------------------------------
@@ -164,14 +195,40 @@ def lr_lambda(total_steps: int, warmup_steps: int, min_lr_ratio: float):
     return fn
 
 
+class _KeepWriteError:
+    """The file handed to torch.save: torch reports a failed write as a RuntimeError of its own ("enforce fail at
+    inline_container.cc"); this keeps the OSError (ENOSPC, EIO) so that the caller sees the real cause."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> Path:
-    """Write ``state`` with torch.save to a temporary file next to ``path``, then rename: never half-written."""
+    """Write ``state`` with torch.save to a temporary file next to ``path``, then rename: never half-written. A
+    failed write raises RunOutputError (an OSError with the cause's errno) and leaves ``path`` as it was."""
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            out = _KeepWriteError(f)
+            try:
+                torch.save(state, out)
+            except RuntimeError:
+                if out.error is not None:
+                    raise out.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
-    return atomic_write(path, write)
+    with _writing(path, "the checkpoint"):
+        return atomic_write(path, write)
 
 
 def read_checkpoint(path: Path) -> Dict[str, Any]:
@@ -214,31 +271,122 @@ def _config_diff(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
 
 
 class _GracefulInterrupt:
-    """First Ctrl-C: finish the current step, then stop. Second Ctrl-C: KeyboardInterrupt at once."""
+    """SIGINT (Ctrl-C) and SIGTERM. First: finish the current step, then stop. Second: KeyboardInterrupt at once,
+    except while a checkpoint is being written (``with stop.deferred():``): then the write finishes first."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, say) -> None:
         self.requested = False
         self._say = say
-        self._previous = None
+        self._previous: Dict[int, Any] = {}
+        self._deferring = 0
 
     def _handler(self, signum, frame) -> None:
-        if self.requested:
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if self._deferring:
+            self.requested = True
+            self._say(f"{name}: writing the checkpoint; stopping when it is written")
+        elif self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        self._say("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to stop now)")
+        else:
+            self.requested = True
+            self._say(f"{name}: stopping after this step and saving a checkpoint ({name} again to stop now)")
+
+    @contextmanager
+    def deferred(self):
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class _Stop(Exception):
     pass
+
+
+# ---- the data behind a run ------------------------------------------------------------------------------------
+
+_FINGERPRINT_MAX_FILES = 200_000
+
+
+def _data_fingerprint(data_cfg: Dict[str, Any], out_dir: Path) -> Dict[str, Dict[str, Any]]:
+    """``{"data.<key>": {"path", "files", "bytes", "digest"}}`` for every path-valued ``data.*`` key that names an
+    existing file or folder (``data.root``, a tokenizer file, ...). The digest covers the relative names and sizes
+    of the files (hidden ones and ``out_dir``, which the run changes, excepted), not their folder: the same data
+    moved elsewhere has the same digest."""
+    out = {}
+    for key, value in data_cfg.items():
+        if not isinstance(value, str) or key == "name" or not (key == "root" or "/" in value or os.sep in value
+                                                               or value.startswith("~")):
+            continue
+        path = Path(value).expanduser()
+        if not path.exists():
+            continue
+        h, n, total = hashlib.sha256(), 0, 0
+        if path.is_file():
+            entries: Iterable[Tuple[str, int]] = [("", path.stat().st_size)]
+        else:
+            entries = _tree_sizes(path, skip=out_dir)
+        for rel, size in entries:
+            h.update(f"{rel}\t{size}\n".encode("utf-8", "surrogateescape"))
+            n, total = n + 1, total + size
+        out[f"data.{key}"] = {"path": str(path), "files": n, "bytes": total, "digest": h.hexdigest()}
+    return out
+
+
+def _tree_sizes(root: Path, skip: Path):
+    """``(relative path, size)`` of the files under ``root`` but not under ``skip``, in a fixed order (at most
+    _FINGERPRINT_MAX_FILES)."""
+    count, skip = 0, os.path.realpath(skip)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.realpath(os.path.join(dirpath, d)) != skip)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            try:
+                size = p.stat().st_size
+            except OSError:                         # a dangling link: not data
+                continue
+            yield p.relative_to(root).as_posix(), size
+            count += 1
+            if count >= _FINGERPRINT_MAX_FILES:
+                return
+
+
+def _fingerprint_diff(saved: Dict[str, Dict[str, Any]], now: Dict[str, Dict[str, Any]]) -> List[str]:
+    def show(fp: Optional[Dict[str, Any]]) -> str:
+        return "nothing" if fp is None else f"{fp['path']} ({fp['files']} files, {fp['bytes']} bytes)"
+    return [f"{key}: {show(saved.get(key))} in the checkpoint, {show(now.get(key))} now"
+            for key in sorted(set(saved) | set(now))
+            if (saved.get(key) or {}).get("digest") != (now.get(key) or {}).get("digest")]
+
+
+def _check_output_dir(out_dir: Path) -> None:
+    """``output.dir`` must be a folder, or creatable, and writable: say so before any data is read."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output.dir={out_dir} is an existing file, not a folder; choose another output.dir=...")
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output.dir={out_dir} cannot be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output.dir={out_dir} is not writable (no write permission on {existing}, or a "
+                          f"read-only file system); choose another output.dir=...")
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------
@@ -259,6 +407,7 @@ def finetune(cfg: Any, resume: bool = False, resume_command: Optional[str] = Non
     if resume_command is None:
         resume_command = f"zoo finetune <config> output.dir={shlex.quote(str(out_dir))} --resume"
 
+    _check_output_dir(out_dir)
     ckpt = None
     if resume:
         if not ckpt_path.is_file():
@@ -270,9 +419,12 @@ def finetune(cfg: Any, resume: bool = False, resume_command: Optional[str] = Non
             raise ConfigError(f"cannot resume {ckpt_path}: the config differs from the checkpoint's:\n  "
                               + "\n  ".join(diff) + "\nUse the original values, or start a new run in another "
                               "output.dir (model.pretrained_file= can start it from the weights).")
-    elif ckpt_path.exists() and not cfg.output.overwrite:
-        raise ConfigError(f"{out_dir} already holds a run ({ckpt_path.name}); continue it with --resume, or pass "
-                          f"output.overwrite=true to replace it, or choose another output.dir=...")
+    elif not cfg.output.overwrite:
+        found = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
+        if found:
+            raise ConfigError(f"{out_dir} already holds a run ({', '.join(found)}); "
+                              + ("continue it with --resume, or " if ckpt_path.name in found else "")
+                              + "pass output.overwrite=true to replace it, or choose another output.dir=...")
 
     device = _resolve_device(t_cfg.device)
     threads_before = torch.get_num_threads()
@@ -298,11 +450,22 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     task: Task = task_cls()
     task.resume_dir = out_dir if ckpt is not None else None
     task.build_data(cfg)
+    data_fingerprint = _data_fingerprint(resolved["data"], out_dir)     # after build_data: a download fills data.root
+    if ckpt is not None and "data_fingerprint" in ckpt:
+        diff = _fingerprint_diff(ckpt["data_fingerprint"], data_fingerprint)
+        if diff:
+            raise ConfigError(f"cannot resume {ckpt_path}: the data differs from the checkpoint's:\n  "
+                              + "\n  ".join(diff) + "\nPoint the data keys at the data the run started with, or "
+                              "start a new run in another output.dir (model.pretrained_file= can start it from the "
+                              "weights).")
     model_kwargs = task.model_kwargs(cfg)
     import zoo
     fresh = ckpt is None                  # on resume the checkpoint has the weights: skip the pretrained ones
-    model = zoo.create(cfg.model.name, pretrained=cfg.model.pretrained and fresh,
-                       pretrained_file=cfg.model.pretrained_file if fresh else None, **model_kwargs).to(device)
+    try:
+        model = zoo.create(cfg.model.name, pretrained=cfg.model.pretrained and fresh,
+                           pretrained_file=cfg.model.pretrained_file if fresh else None, **model_kwargs).to(device)
+    except ConfigError as e:              # a builder argument: say which config section it came from
+        raise ConfigError(f"model.name={cfg.model.name!r} with model.kwargs {_plain(cfg.model.kwargs)}: {e}") from None
     task.to(device)
     optimizer = torch.optim.AdamW(param_groups(model, o_cfg.weight_decay), lr=o_cfg.lr,
                                   betas=tuple(o_cfg.betas), eps=o_cfg.eps)
@@ -318,6 +481,8 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     best: Dict[str, Any] = {}
     last_eval: Dict[str, Any] = {}
     elapsed_before, train_time_before, samples_before = 0.0, 0.0, 0
+    saved_step: Optional[int] = None      # the step of the checkpoint on disk (the last good one)
+    window: Dict[str, Any] = {}
     if ckpt is not None:
         zoo.load_checkpoint(model, ckpt["model"], source=str(ckpt_path))
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -326,25 +491,32 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base * schedule(scheduler.last_epoch)
         step, epoch, batch_pos = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        saved_step = step
         best, last_eval = dict(ckpt.get("best") or {}), dict(ckpt.get("last_eval") or {})
         elapsed_before, train_time_before = ckpt.get("elapsed_s", 0.0), ckpt.get("train_time_s", 0.0)
         samples_before = ckpt.get("samples", 0)
+        window = dict(ckpt.get("log_window") or {})
         _set_rng_state(ckpt["rng"])
         if batch_pos >= nb:
             raise CheckpointError(f"{ckpt_path}: position {batch_pos} in an epoch of {nb} micro-batches; "
                                   "the training data changed since the checkpoint")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    artifacts = [str(a) for a in (task.save_artifacts(out_dir) or [])]
+    with _writing(out_dir, "the run folder"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(out_dir)           # left by a save that was killed (kill -9, power loss)
+        if ckpt is None:
+            for p in (metrics_path, summary_path, weights_path, ckpt_path):   # output.overwrite: a clean slate
+                if p.exists():
+                    p.unlink()
+    with _writing(out_dir / "config.yaml", "the config"):
+        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    with _writing(out_dir, "the task's files into"):
+        artifacts = [str(a) for a in (task.save_artifacts(out_dir) or [])]
     if ckpt is not None and metrics_path.exists():
         # drop lines logged after the checkpoint by a run that was killed: they are about to be redone
         keep = [ln for ln in metrics_path.read_text().splitlines() if _logged_step(ln) <= step]
-        atomic_write_text(metrics_path, "".join(ln + "\n" for ln in keep))
-    elif ckpt is None:
-        for p in (metrics_path, summary_path, weights_path, ckpt_path):   # output.overwrite: a clean slate
-            if p.exists():
-                p.unlink()
+        with _writing(metrics_path, "the metrics"):
+            atomic_write_text(metrics_path, "".join(ln + "\n" for ln in keep))
 
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -360,7 +532,8 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
         else:
             print(msg, flush=True)
 
-    metrics_file = open(metrics_path, "a", encoding="utf-8")
+    with _writing(metrics_path, "the metrics"):
+        metrics_file = open(metrics_path, "a", encoding="utf-8")
 
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - t_start
@@ -368,17 +541,43 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     def log(event: str, **fields: Any) -> None:
         rec = {"event": event, "step": step, "epoch": round(step / steps_per_epoch, 4), **fields,
                "elapsed_s": round(elapsed(), 3)}
-        metrics_file.write(json.dumps(rec) + "\n")
-        metrics_file.flush()
+        with _writing(metrics_path, "the metrics"):
+            metrics_file.write(json.dumps(rec) + "\n")
+            metrics_file.flush()
 
-    def checkpoint_state(rng: Dict[str, Any]) -> Dict[str, Any]:
-        return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_pos,
-                "rng": rng, "config": resolved, "model_kwargs": _plain(model_kwargs), "best": best,
-                "last_eval": last_eval, "elapsed_s": elapsed(), "train_time_s": train_time, "samples": samples}
+    def check_finite(weights: bool) -> None:
+        """Raise TrainingDivergedError when a step's loss was NaN/inf (or, with ``weights``, a weight is)."""
+        bad_step = int(first_bad.item())              # the one device sync, at log steps, evals and saves
+        if bad_step >= 0:
+            what = f"the training loss is not finite (nan or inf) at step {bad_step}"
+        elif weights and not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+            what = f"the weights are not finite (nan or inf) after step {step}, though the loss was: the " \
+                   f"gradients overflowed"
+        else:
+            return
+        where = (f"The last good checkpoint is {ckpt_path} (step {saved_step})" if saved_step is not None else
+                 "No checkpoint was written (the run diverged before its first save)")
+        raise TrainingDivergedError(f"{what}; lower optim.lr (now {o_cfg.lr}) or keep optim.clip_grad set. "
+                                    f"{where}.")
+
+    def save(rng: Dict[str, Any]) -> None:
+        nonlocal saved_step
+        check_finite(weights=True)                     # a diverged run never replaces the last good checkpoint
+        state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_pos,
+                 "rng": rng, "config": resolved, "model_kwargs": _plain(model_kwargs), "best": best,
+                 "last_eval": last_eval, "elapsed_s": elapsed(), "train_time_s": train_time, "samples": samples,
+                 "data_fingerprint": data_fingerprint,
+                 # the logging window so far: the resumed run logs the same means as an uninterrupted one
+                 "log_window": {"loss_sum": loss_sum.item(), "steps": loss_steps, "samples": log_samples,
+                                "time_s": log_time}}
+        with stop.deferred():                          # a signal now waits for the write
+            save_checkpoint(ckpt_path, state)
+        saved_step = step
 
     def run_eval() -> Dict[str, float]:
         nonlocal best, last_eval
+        check_finite(weights=True)
         t0 = time.perf_counter()
         with autocast():
             metrics = task.evaluate(model, batch_size=t_cfg.eval_batch_size)
@@ -394,16 +593,18 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
         return metrics
 
     samples, train_time = samples_before, train_time_before
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    loss_steps, log_samples, log_time = 0, 0, 0.0
+    loss_sum = torch.tensor(float(window.get("loss_sum", 0.0)), dtype=torch.float64, device=device)
+    loss_steps, log_samples = int(window.get("steps", 0)), int(window.get("samples", 0))
+    log_time = float(window.get("time_s", 0.0))
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)   # first step whose loss was not finite
     interrupted = False
     in_update = False
     rng_boundary = _rng_state()
     clip = o_cfg.clip_grad
     model.train()
     batches = None
-    try:
-        with _GracefulInterrupt(say) as stop:
+    with _GracefulInterrupt(say) as stop:
+        try:
             while step < total_steps:
                 if batches is None:
                     batches = task.train_batches(epoch, _epoch_generator(t_cfg.seed, epoch), start=batch_pos)
@@ -437,6 +638,8 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                     epoch, batch_pos, batches = epoch + 1, 0, None
                 in_update = False
                 rng_boundary = _rng_state()
+                # no sync: remember the first non-finite step on the device, look at it when the host needs to
+                first_bad.masked_fill_((first_bad < 0) & ~torch.isfinite(step_loss), step)
                 loss_sum += step_loss / step_n
                 loss_steps += 1
                 log_samples += step_n
@@ -445,11 +648,8 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                 log_time += dt
 
                 if step % t_cfg.log_every == 0 or step == total_steps or epoch_end:
+                    check_finite(weights=False)
                     mean_loss = loss_sum.item() / loss_steps
-                    if not math.isfinite(mean_loss):
-                        raise TrainingDivergedError(
-                            f"training loss is {mean_loss} at step {step}; lower optim.lr (now {o_cfg.lr}) or keep "
-                            f"optim.clip_grad set. The last good checkpoint is {ckpt_path}")
                     fields = {"loss": mean_loss, "lr": lr, "samples_per_s": round(log_samples / max(log_time, 1e-9), 2)}
                     if grad_norm is not None:
                         fields["grad_norm"] = float(grad_norm)
@@ -463,50 +663,52 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                 if (t_cfg.eval_every and step % t_cfg.eval_every == 0) or (t_cfg.eval_every is None and epoch_end):
                     run_eval()
                 if (t_cfg.save_every and step % t_cfg.save_every == 0) or epoch_end:
-                    save_checkpoint(ckpt_path, checkpoint_state(rng_boundary))
+                    save(rng_boundary)
                 if stop.requested:
                     raise _Stop
             if last_eval.get("step") != step:
                 run_eval()
-    except (KeyboardInterrupt, _Stop):
-        interrupted = True
-        if loss_steps:                       # the steps since the last log line (all of them completed)
-            log("train", loss=loss_sum.item() / loss_steps, lr=lr,
-                samples_per_s=round(log_samples / max(log_time, 1e-9), 2))
-    finally:
-        if bar is not None:
-            bar.close()
-        metrics_file.close()
+        except (KeyboardInterrupt, _Stop):
+            # no partial log line: the window's sums go into the checkpoint and the resumed run logs the window
+            interrupted = True
+        finally:
+            if bar is not None:
+                bar.close()
+            metrics_file.close()
 
-    if interrupted:
-        if in_update:
-            say(f"interrupted while updating the weights at step {step + 1}: the previous checkpoint "
-                f"{ckpt_path} is kept")
-        else:
-            save_checkpoint(ckpt_path, checkpoint_state(rng_boundary))
-        say(f"interrupted at step {step}/{total_steps}; checkpoint saved to {ckpt_path}\n"
-            f"resume with: {resume_command}")
-    else:
-        save_checkpoint(ckpt_path, checkpoint_state(rng_boundary))
-        from ..hub import save_state_dict
-        save_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights_path)
+        with stop.deferred():                # from here on a signal waits: the run is being written out
+            if interrupted:
+                if in_update:
+                    say(f"interrupted while updating the weights at step {step + 1}: the previous checkpoint "
+                        f"{ckpt_path} is kept")
+                else:
+                    save(rng_boundary)
+                say(f"interrupted at step {step}/{total_steps}; checkpoint saved to {ckpt_path}\n"
+                    f"resume with: {resume_command}")
+            else:
+                save(rng_boundary)
+                from ..hub import save_state_dict
+                with _writing(weights_path, "the weights"):
+                    save_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights_path)
 
-    wall = elapsed()
-    summary = {
-        "model": cfg.model.name, "task": cfg.task, "data": task.describe(), "model_kwargs": _plain(model_kwargs),
-        "steps": step, "total_steps": total_steps, "epochs": round(step / steps_per_epoch, 4),
-        "steps_per_epoch": steps_per_epoch, "final": {k: v for k, v in last_eval.items() if k != "step"},
-        "final_step": last_eval.get("step"), "best": best, "main_metric": task.main_metric,
-        "params": n_params, "trainable_params": n_trainable, "wall_time_s": round(wall, 3),
-        "train_time_s": round(train_time, 3), "samples_per_s": round((samples - samples_before) /
-                                                                      max(train_time - train_time_before, 1e-9), 2),
-        "device": str(device), "amp": amp_name or "off", "interrupted": interrupted, "output_dir": str(out_dir),
-        "checkpoint": str(ckpt_path), "weights": None if interrupted else str(weights_path),
-        "artifacts": artifacts,
-    }
-    if interrupted:
-        summary["resume_command"] = resume_command
-    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+            wall = elapsed()
+            summary = {
+                "model": cfg.model.name, "task": cfg.task, "data": task.describe(),
+                "model_kwargs": _plain(model_kwargs), "steps": step, "total_steps": total_steps,
+                "epochs": round(step / steps_per_epoch, 4), "steps_per_epoch": steps_per_epoch,
+                "final": {k: v for k, v in last_eval.items() if k != "step"},
+                "final_step": last_eval.get("step"), "best": best, "main_metric": task.main_metric,
+                "params": n_params, "trainable_params": n_trainable, "wall_time_s": round(wall, 3),
+                "train_time_s": round(train_time, 3),
+                "samples_per_s": round((samples - samples_before) / max(train_time - train_time_before, 1e-9), 2),
+                "device": str(device), "amp": amp_name or "off", "interrupted": interrupted,
+                "output_dir": str(out_dir), "checkpoint": str(ckpt_path),
+                "weights": None if interrupted else str(weights_path), "artifacts": artifacts,
+            }
+            if interrupted:
+                summary["resume_command"] = resume_command
+            with _writing(summary_path, "the run summary"):
+                atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, say)
     return summary
 
