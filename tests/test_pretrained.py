@@ -1,8 +1,8 @@
-"""``pretrained=True`` for every registered pretrained tag, offline: hf-hub tags from a populated Hugging Face cache,
-URL tags from the zoo cache and through a loopback HTTP server.  Each cached file is written in its source's own
-layout (timm's ``model.safetensors``; DeiT's ``{'model': timm sd}``; the official iRPE and DETR-with-iRPE
-``{'model': sd}``), and the loaded model is checked against the source library's logits (timm) or against the
-official tensors and the naive official forward.
+"""``pretrained=True`` for every registered pretrained tag, offline: hf-hub tags from a populated Hugging Face cache
+and downloaded the first time from a loopback Hugging Face endpoint, URL tags from the zoo cache and through a
+loopback HTTP server.  Each cached file is written in its source's own layout (timm's ``model.safetensors``; DeiT's
+``{'model': timm sd}``; the official iRPE and DETR-with-iRPE ``{'model': sd}``), and the loaded model is checked
+against the source library's logits (timm) or against the official tensors and the naive official forward.
 
 The width and heads of each released model are kept; depth and image size are cut down (the filters take a file
 of the model's depth) so the whole file runs in seconds.
@@ -15,6 +15,7 @@ import http.server
 import importlib.util
 import socket
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Dict
@@ -245,6 +246,115 @@ def test_hf_hub_tag_loads_offline_from_the_hf_cache(tag, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("ZOO_OFFLINE", "1")
     pub.check(zoo.create(tag, pretrained=True, **pub.kwargs))
+
+
+# ---- (a) hf-hub tags: the first download, from a loopback Hugging Face endpoint -----------------------------------
+
+class _FakeHubHandler(http.server.BaseHTTPRequestHandler):
+    """``HEAD`` / ``GET {endpoint}/{repo_id}/resolve/{revision}/{file}`` answered as the Hub answers for an LFS file
+    (``X-Repo-Commit``, ``X-Linked-Etag``, ``X-Linked-Size``, no ``X-Xet-Hash``, so huggingface_hub takes its plain
+    HTTP download); 404 for anything else.  ``server.files`` maps a path to ``(bytes, commit)``; ``server.seen``
+    records ``(method, path)`` of every request."""
+
+    def _answer(self, send_body: bool):
+        path = urllib.parse.unquote(self.path)
+        self.server.seen.append((self.command, path))
+        if path not in self.server.files:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data, commit = self.server.files[path]
+        etag = hashlib.sha256(data).hexdigest()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("ETag", f'"{etag}"')
+        self.send_header("X-Linked-Etag", f'"{etag}"')
+        self.send_header("X-Linked-Size", str(len(data)))
+        self.send_header("X-Repo-Commit", commit)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(data)
+
+    def do_HEAD(self):
+        self._answer(send_body=False)
+
+    def do_GET(self):
+        self._answer(send_body=True)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """A Hugging Face endpoint on 127.0.0.1 that huggingface_hub is pointed at (``HF_ENDPOINT``, and the endpoint and
+    URL template huggingface_hub's constants read from it at import); ``fake_hub.stop()`` takes it down."""
+    from huggingface_hub import constants
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHubHandler)
+    server.files, server.seen = {}, []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    server.stop = stop
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    try:
+        yield server
+    finally:
+        stop()
+
+
+@pytest.mark.parametrize("tag", [t for t in TAGS if _cfg(t).hf_hub_id])
+def test_hf_hub_tag_first_download_from_the_hub(tag, tmp_path, monkeypatch, fake_hub):
+    from huggingface_hub import constants
+
+    cfg = _cfg(tag)
+    pub = published(tag)
+    repo_id, _, revision = cfg.hf_hub_id.partition("@")
+    commit = hashlib.sha1(pub.data).hexdigest()
+    wanted = f"/{repo_id}/resolve/{revision or 'main'}/{cfg.filename}"
+    fake_hub.files[wanted] = (pub.data, commit)
+    hf_home = tmp_path / "hf"
+    cache = hf_home / "hub"                            # empty: nothing downloaded yet
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))    # read once at import by huggingface_hub
+    for var in ("HF_HUB_OFFLINE", "ZOO_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    pub.check(zoo.create(tag, pretrained=True, **pub.kwargs))
+    # the file of the repository, by its own name, once for its metadata and once for its bytes (huggingface_hub's
+    # own ``/api/...`` calls aside)
+    assert [r for r in fake_hub.seen if not r[1].startswith("/api/")] == [("HEAD", wanted), ("GET", wanted)]
+    snap = cache / ("models--" + repo_id.replace("/", "--")) / "snapshots" / commit / cfg.filename
+    assert snap.read_bytes() == pub.data
+
+    # offline, with the endpoint gone, the same tag loads from the cache just populated without a connection
+    fake_hub.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    connects = []
+    real_connect = socket.socket.connect
+
+    def recording_connect(self, address):
+        connects.append(address)
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", recording_connect)
+    pub.check(zoo.create(tag, pretrained=True, **pub.kwargs))
+    assert connects == []
 
 
 # ---- (b) URL tags from the zoo cache, offline ----------------------------------------------------------------------
