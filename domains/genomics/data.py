@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from domains.genomics.io import INSTALL_HINT, SequencePolicy, SequenceReader
+from domains.genomics.io import INSTALL_HINT, SequencePolicy, SequenceReader, as_path
 from domains.genomics.tokenizers import DNATokenizer
 
 __all__ = [
@@ -87,7 +87,12 @@ def find_dataset(name: str, path: Optional[PathLike] = None) -> Path:
     if name not in _PACKAGES:
         raise ValueError(f"unknown genomics dataset {name!r}; expected one of {list(_PACKAGES)}")
     package, default = _PACKAGES[name]
-    file = Path(path) if path is not None else default
+    file = as_path(path, f"{name}: path") if path is not None else default
+    if file.is_dir():
+        raise IsADirectoryError(f"{name}: {file} is a directory; pass path=<a copy of {default.name}>")
+    if file.exists() and not file.is_file():
+        raise ValueError(f"{name}: {file} is not a regular file (a pipe or a device?); pass path=<a copy of "
+                         f"{default.name}>")
     if not file.is_file():
         raise DatasetNotFoundError(f"{name}: {file} not found. Install it with `apt-get install {package}` "
                                    f"(Debian/Ubuntu) or pass path=<a copy of {default.name}>; see "
@@ -140,6 +145,8 @@ def load_16s(path: Optional[PathLike] = None, *, rank: str = "phylum", limit: Op
         policy: ``SequencePolicy``; default upper-cases and keeps IUPAC codes (the file has lower case throughout).
     """
     file = find_dataset("16s_rrna", path)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r}: must be a positive int (records to read) or None")
     if other not in ("drop", "merge"):
         raise ValueError(f"other={other!r}; expected 'drop' or 'merge'")
     reader = SequenceReader(file, "fasta", policy=policy, labels=_TaxonomyLabel(rank))
@@ -183,7 +190,10 @@ def _read_rda(file: Path, name: str):
             raise ValueError(f"{file}: not a readable R data file ({type(e).__name__}: {e})") from e
     if name not in objects:
         raise ValueError(f"{file}: no object {name!r} (found {sorted(objects)})")
-    return objects[name]
+    frame = objects[name]
+    if not hasattr(frame, "columns") or not hasattr(frame, "index"):
+        raise ValueError(f"{file}: object {name!r} is a {type(frame).__name__}, not a data frame")
+    return frame
 
 
 def load_splice_junctions(path: Optional[PathLike] = None) -> SequenceSet:
@@ -196,7 +206,12 @@ def load_splice_junctions(path: Optional[PathLike] = None) -> SequenceSet:
     missing = [c for c in cols + ["Class"] if c not in frame.columns]
     if missing:
         raise ValueError(f"{file}: object DNA lacks columns {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    bits = frame[cols].astype(str).astype(int).to_numpy().reshape(len(frame), 60, 3)
+    cells = frame[cols].astype(str).to_numpy()                                    # [N, 180]
+    bad = np.argwhere((cells != "0") & (cells != "1"))
+    if len(bad):
+        row, col = (int(i) for i in bad[0])
+        raise ValueError(f"{file}: row {row + 1}, column {cols[col]}: {cells[row, col]!r} is not a 0/1 indicator")
+    bits = (cells == "1").astype(np.int64).reshape(len(frame), 60, 3)
     seqs = []
     for row, triples in enumerate(bits):
         try:
@@ -219,6 +234,11 @@ def load_promoters(path: Optional[PathLike] = None) -> SequenceSet:
         raise ValueError(f"{file}: object promotergene lacks columns {missing[:5]}")
     letters = frame[cols].astype(str).to_numpy()
     seqs = ["".join(row).upper() for row in letters]
+    for row, seq in enumerate(seqs):
+        bad = next((i for i, ch in enumerate(seq) if ch not in "ACGT"), None)
+        if bad is not None:
+            raise ValueError(f"{file}: row {row + 1} has {seq[bad]!r} at position {bad + 1} (column {cols[bad]}), "
+                             f"not A/C/G/T")
     names = {"+": "promoter", "-": "non-promoter"}
     classes = [str(c) for c in frame["Class"].astype(str)]
     if set(classes) - set(names):
@@ -275,6 +295,8 @@ def classification_tensors(data: SequenceSet, tokenizer: DNATokenizer, indices: 
     token, (-1, -1) at specials/padding), ``positions`` (``zoo.Positions`` with ids 0..L-1 and the mask) and
     ``classes``."""
     from zoo.positions import Positions
+    if not isinstance(data, SequenceSet):
+        raise TypeError(f"classification_tensors() takes a SequenceSet (a loader's result), got {type(data).__name__}")
     sub = data if indices is None else data.subset(indices)
     if len(sub) == 0:
         raise ValueError(f"{data.name}: no sequences selected")
@@ -317,6 +339,9 @@ def mlm_mask(input_ids: torch.Tensor, tokenizer: DNATokenizer, prob: float = 0.1
     """BERT-style masking of non-special tokens: each is chosen with ``prob``; chosen tokens become ``<mask>``
     (80%), a random non-special token (10%) or stay (10%). Returns ``(inputs, targets)`` with ``targets`` = the
     original id at chosen tokens and -100 elsewhere. Deterministic for a given ``seed``."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise TypeError(f"mlm_mask() takes an int tensor of token ids, got "
+                        f"{input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
     if not 0.0 < prob < 1.0:
         raise ValueError(f"prob={prob}: must be in (0, 1)")
     g = torch.Generator().manual_seed(int(seed))

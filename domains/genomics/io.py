@@ -38,6 +38,7 @@ import io
 import lzma
 import os
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ import numpy as np
 __all__ = [
     "INSTALL_HINT", "NUCLEOTIDES", "AMBIGUOUS", "IUPAC", "PROTEIN_ONLY", "COMPLEMENT",
     "SequenceFormatError", "SequencePolicy", "NucleotideRecord", "HeaderLabels", "CsvLabels",
-    "open_text", "detect_compression", "detect_format", "SequenceReader", "read_sequences", "count_records",
+    "as_path", "open_text", "detect_compression", "detect_format", "SequenceReader", "read_sequences", "count_records",
     "reverse_complement",
 ]
 
@@ -81,6 +82,8 @@ def reverse_complement(seq: str) -> str:
     """Reverse complement with IUPAC codes (N->N, R<->Y, K<->M, B<->V, D<->H, S and W fixed); case is kept.
 
     Characters without a complement raise ``ValueError`` (a silent pass-through would not be an involution)."""
+    if not isinstance(seq, str):
+        raise TypeError(f"reverse_complement() takes a str, got {type(seq).__name__}")
     bad = set(seq) - _RC_TABLE_KEYS
     if bad:
         raise ValueError(f"reverse_complement: no IUPAC complement for {''.join(sorted(bad))!r} "
@@ -117,6 +120,8 @@ class SequencePolicy:
         _check_choice("ambiguous", self.ambiguous, ("keep", "replace", "drop", "error"))
         for name in ("invalid", "protein", "empty", "missing_label"):
             _check_choice(name, getattr(self, name), ("error", "drop"))
+        if not isinstance(self.rna, bool):
+            raise TypeError(f"SequencePolicy.rna={self.rna!r}; expected True or False")
 
 
 @dataclass
@@ -146,7 +151,10 @@ class HeaderLabels:
     def __init__(self, pattern: Optional[str] = None, *, field: Optional[int] = None, sep: Optional[str] = None):
         if (pattern is None) == (field is None):
             raise ValueError("HeaderLabels needs exactly one of pattern= (a regex) or field= (an index)")
-        self.pattern = re.compile(pattern) if pattern is not None else None
+        try:
+            self.pattern = re.compile(pattern) if pattern is not None else None
+        except (re.error, TypeError) as e:
+            raise ValueError(f"HeaderLabels pattern {pattern!r} is not a regular expression ({e})") from None
         self.field, self.sep = field, sep
 
     def __call__(self, record_id: str, header: str) -> Optional[str]:
@@ -178,10 +186,17 @@ class CsvLabels:
     ``id_column`` / ``label_column``: column names, or ints for files without a header row."""
 
     def __init__(self, path: PathLike, id_column: Union[str, int] = "id", label_column: Union[str, int] = "label"):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"label file {self.path} does not exist")
+        self.path = as_path(path, "label file")
+        _check_file(self.path, "label file")
         self.mapping: Dict[str, str] = {}
+        try:
+            self._read(id_column, label_column)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{self.path}: not UTF-8 text ({e})") from None
+        if not self.mapping:
+            raise ValueError(f"{self.path}: no labels (the file has no data rows)")
+
+    def _read(self, id_column: Union[str, int], label_column: Union[str, int]) -> None:
         with open(self.path, newline="", encoding="utf-8") as f:
             first = f.readline()
             delim = "\t" if "\t" in first else ","
@@ -207,11 +222,17 @@ class CsvLabels:
                                      f"({self.mapping[key]!r} and {row[cl].strip()!r})")
                 self.mapping[key] = row[cl].strip()
 
+    #: labels are looked up by record id, so a file whose ids repeat cannot be labelled unambiguously
+    keyed_by_id = True
+
     def __call__(self, record_id: str, header: str) -> Optional[str]:
         return self.mapping.get(record_id) or None
 
     def __len__(self) -> int:
         return len(self.mapping)
+
+    def __repr__(self) -> str:
+        return f"CsvLabels({str(self.path)!r})"
 
 
 LabelFn = Callable[[str, str], Optional[str]]
@@ -229,31 +250,82 @@ def detect_compression(head: bytes) -> Optional[str]:
     return None
 
 
+def as_path(path, what: str) -> Path:
+    """``path`` (str or os.PathLike) as a ``Path``; anything else is a ``TypeError`` naming ``what``."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(path).__name__}")
+    return Path(path)
+
+
+def _check_file(path: Path, what: str) -> None:
+    """Raise unless ``path`` is a regular file: a directory, a missing path and a pipe or device each say so."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory, not a file")
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise SequenceFormatError(f"{what} {path} is not a regular file (a pipe or a device?): it is opened more "
+                                  f"than once (format sniffing, then parsing); write it to a file first")
+
+
+def _stream_errors() -> tuple:
+    """Exceptions a truncated or corrupt (compressed) stream raises while it is read."""
+    import zlib
+    return EOFError, OSError, zlib.error, lzma.LZMAError
+
+
+def _stream_error_message(where: object, e: BaseException, after: str = "") -> str:
+    """``where``: the file (and record) to name; ``after``: " after record ..." when records were read."""
+    if isinstance(e, EOFError):
+        return (f"{where}: the data ends early{after}: a truncated file or an interrupted download? "
+                f"({type(e).__name__}: {e})")
+    return f"{where}: the compressed data is corrupt{after} ({type(e).__name__}: {e})"
+
+
+class _Decompressed(io.BufferedReader):
+    """A decompressing layer that closes the stream below it too (``GzipFile`` and friends leave it open)."""
+
+    def __init__(self, raw, source):
+        super().__init__(raw)
+        self._source = source
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._source.close()
+
+
 def _open_binary(path: Path, max_depth: int = 3):
     """A binary stream of the decompressed content; nested gzip layers are unwrapped."""
-    raw = open(path, "rb")
-    stream = raw
-    for _ in range(max_depth + 1):
-        head = stream.peek(8)[:8] if hasattr(stream, "peek") else b""
-        kind = detect_compression(head)
-        if kind is None:
-            return stream
-        if kind == "zstd":
-            stream.close()
-            raise SequenceFormatError(f"{path}: zstd-compressed; decompress it first (`zstd -d`) or use gzip")
-        opener = {"gzip": gzip.GzipFile, "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}[kind]
-        stream = io.BufferedReader(opener(fileobj=stream, mode="rb"))
-    stream.close()
-    raise SequenceFormatError(f"{path}: more than {max_depth} nested compression layers")
+    stream = open(path, "rb")
+    try:
+        for _ in range(max_depth + 1):
+            kind = detect_compression(stream.peek(8)[:8])
+            if kind is None:
+                return stream
+            if kind == "zstd":
+                raise SequenceFormatError(f"{path}: zstd-compressed; decompress it first (`zstd -d`) or use gzip")
+            if kind == "gzip":
+                layer = gzip.GzipFile(fileobj=stream, mode="rb")
+            else:
+                layer = {"bz2": bz2.BZ2File, "xz": lzma.LZMAFile}[kind](stream, mode="rb")
+            stream = _Decompressed(layer, stream)
+        raise SequenceFormatError(f"{path}: more than {max_depth} nested compression layers")
+    except _stream_errors() as e:
+        stream.close()
+        raise SequenceFormatError(_stream_error_message(path, e)) from e
+    except BaseException:
+        stream.close()
+        raise
 
 
 def open_text(path: PathLike):
     """Open ``path`` for reading as text, decompressing by magic bytes. Bad bytes are an error at read time."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"sequence file {path} does not exist")
-    if path.is_dir():
-        raise IsADirectoryError(f"sequence file {path} is a directory")
+    path = as_path(path, "sequence file")
+    _check_file(path, "sequence file")
     return io.TextIOWrapper(_open_binary(path), encoding="ascii", errors="strict", newline=None)
 
 
@@ -261,7 +333,7 @@ def detect_format(path: PathLike) -> Optional[str]:
     """``"fasta"``, ``"fastq"`` or ``"genbank"`` from the first non-blank line; ``None`` for an empty file.
 
     Only the start of the file is read."""
-    path = Path(path)
+    path = as_path(path, "sequence file")
     with open_text(path) as f:
         try:
             for line in f:
@@ -276,14 +348,11 @@ def detect_format(path: PathLike) -> Optional[str]:
                     return "genbank"
                 raise SequenceFormatError(f"{path}: cannot tell the format from its first line {s[:60]!r} "
                                           f"(expected '>' FASTA, '@' FASTQ or 'LOCUS' GenBank); pass format=")
-        except (EOFError, OSError, UnicodeDecodeError, zlib_error()) as e:
+        except UnicodeDecodeError as e:
             raise SequenceFormatError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+        except _stream_errors() as e:
+            raise SequenceFormatError(_stream_error_message(path, e)) from e
     return None
-
-
-def zlib_error():
-    import zlib
-    return zlib.error
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -293,6 +362,7 @@ def zlib_error():
 _PROTEIN_RE = re.compile(f"[{PROTEIN_ONLY}]")
 _AMBIG_RE = re.compile(f"[{AMBIGUOUS}]")
 _INVALID_RE = re.compile(f"[^{IUPAC}]")
+_GENBANK_LENGTH = re.compile(r"Expected sequence length (\d+), found (\d+) \((.*)\)")
 
 
 class SequenceReader:
@@ -308,11 +378,15 @@ class SequenceReader:
 
     def __init__(self, path: PathLike, format: Optional[str] = None, *, policy: Optional[SequencePolicy] = None,
                  labels: Optional[LabelFn] = None, allow_empty: bool = False):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"sequence file {self.path} does not exist")
+        self.path = as_path(path, "sequence file")
+        _check_file(self.path, "sequence file")
         if format is not None and format not in FORMATS:
             raise ValueError(f"format={format!r}; expected one of {list(FORMATS)} or None to sniff it")
+        if policy is not None and not isinstance(policy, SequencePolicy):
+            raise TypeError(f"policy must be a SequencePolicy, got {type(policy).__name__}")
+        if labels is not None and not callable(labels):
+            raise TypeError(f"labels must be HeaderLabels, CsvLabels or a function (record_id, header) -> label, "
+                            f"got {type(labels).__name__}")
         self.format = format
         self.policy = policy or SequencePolicy()
         self.labels = labels
@@ -338,22 +412,47 @@ class SequenceReader:
                 return
             raise SequenceFormatError(f"{self.path}: empty file (no records); pass allow_empty=True to accept it")
         SeqIO = _bio_seqio()
+        from Bio import BiopythonParserWarning
         seen_nucleotide = 0
+        by_id: Optional[Dict[str, int]] = {} if getattr(self.labels, "keyed_by_id", False) else None
         with open_text(self.path) as handle:
             it = None
             number = 0
+            last_id = None
             while True:
+                after = f" after record {number} ({last_id!r})" if number else ""
                 try:
-                    if it is None:  # the FASTA parser reads the first line when created
-                        it = SeqIO.parse(handle, fmt)
-                    rec = next(it)
+                    with warnings.catch_warnings():
+                        if fmt == "genbank":  # biopython only warns when LOCUS and ORIGIN disagree
+                            warnings.filterwarnings("error", message=_GENBANK_LENGTH.pattern,
+                                                    category=BiopythonParserWarning)
+                        if it is None:  # the FASTA parser reads the first line when created
+                            it = SeqIO.parse(handle, fmt)
+                        rec = next(it)
                 except StopIteration:
                     break
-                except (ValueError, EOFError, OSError, UnicodeDecodeError, zlib_error(), AssertionError) as e:
-                    raise SequenceFormatError(f"{self._where(number + 1)}: malformed {fmt} "
+                except BiopythonParserWarning as w:
+                    m = _GENBANK_LENGTH.match(str(w))
+                    if m is None:
+                        raise
+                    declared, found, rid = m.groups()
+                    raise SequenceFormatError(
+                        f"{self._where(number + 1, rid)}: LOCUS line says {declared} bp but the sequence has "
+                        f"{found} bases (the file ends inside ORIGIN, or the LOCUS line is wrong)") from None
+                except _stream_errors() as e:
+                    raise SequenceFormatError(_stream_error_message(self._where(number + 1), e, after)) from e
+                except (ValueError, UnicodeDecodeError, AssertionError) as e:
+                    raise SequenceFormatError(f"{self._where(number + 1)}: malformed {fmt}{after} "
                                               f"({type(e).__name__}: {e})") from e
                 number += 1
+                last_id = rec.id
                 self.records_read = number
+                if by_id is not None:
+                    if rec.id in by_id:
+                        raise SequenceFormatError(f"{self._where(number, rec.id)}: id already used by record "
+                                                  f"{by_id[rec.id]}; labels looked up by id ({self.labels!r}) "
+                                                  f"cannot tell the two apart")
+                    by_id[rec.id] = number
                 out = self._apply(rec, number, fmt, seen_nucleotide)
                 if out is not None:
                     seen_nucleotide += 1
@@ -429,6 +528,7 @@ def read_sequences(path: PathLike, format: Optional[str] = None, **kwargs) -> It
 
 def count_records(path: PathLike) -> int:
     """Records in a FASTA/FASTQ/GenBank file counted by the policy-free parser (streamed)."""
+    path = as_path(path, "sequence file")
     fmt = detect_format(path)
     if fmt is None:
         return 0
@@ -436,5 +536,7 @@ def count_records(path: PathLike) -> int:
     with open_text(path) as handle:
         try:
             return sum(1 for _ in SeqIO.parse(handle, fmt))
-        except (ValueError, EOFError, OSError, zlib_error()) as e:
+        except _stream_errors() as e:
+            raise SequenceFormatError(_stream_error_message(Path(path), e)) from e
+        except (ValueError, UnicodeDecodeError) as e:
             raise SequenceFormatError(f"{path}: malformed {fmt} ({type(e).__name__}: {e})") from e

@@ -100,8 +100,9 @@ def dna_positions(input_ids: Tensor, spans: Optional[Tensor] = None, mask: Optio
         segment_bases: bases per segment ``W``.
     """
     if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
-        raise ValueError(f"input_ids must be an int [b, n] tensor, got "
-                         f"{tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__}")
+        got = (f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor)
+               else type(input_ids).__name__)
+        raise ValueError(f"input_ids must be an int [b, n] tensor, got {got}")
     if isinstance(segment_bases, bool) or not isinstance(segment_bases, int) or segment_bases < 1:
         raise ValueError(f"segment_bases must be a positive int, got {segment_bases!r}")
     b, n = input_ids.shape
@@ -234,11 +235,7 @@ class DNATransformer(nn.Module):
                          cache: Optional[List[KVCache]] = None) -> Tensor:
         """Normed hidden states ``[b, n, c]``.  With ``cache`` (decoders), ``input_ids`` are the new tokens and
         ``pos`` describes all tokens (cached + new)."""
-        check_input_ids(input_ids)
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
-            raise ValueError(f"input_ids must be in 0..{self.vocab_size - 1} (vocab_size={self.vocab_size}), got "
-                             f"min {int(input_ids.min())}, max {int(input_ids.max())}: was the model built with "
-                             f"the tokenizer's vocab_size?")
+        check_input_ids(input_ids, self.vocab_size)  # at least one token, ids in [0, vocab_size)
         if cache is not None:
             if not self.causal:
                 raise ValueError("cache= needs a causal model (dna_lm_*)")
@@ -309,6 +306,7 @@ class DNATransformer(nn.Module):
         check_generate_args(max_new_tokens, temperature, top_k)
         if self.classifier is not None:
             raise ValueError("generate() needs token logits: build the decoder with num_classes=0")
+        check_input_ids(input_ids, self.vocab_size)  # at least one token, ids in [0, vocab_size)
         pos_fn = pos_fn or self.positions
         return decode(self, input_ids, pos_fn(input_ids), lambda tokens, _: pos_fn(tokens), max_new_tokens,
                       temperature, top_k, self.make_cache() if use_cache else None, generator)

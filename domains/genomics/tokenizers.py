@@ -30,6 +30,7 @@ span ``(-1, -1)``. ``decode(encode(s).ids) == s.upper()`` when ``s`` holds only 
 from __future__ import annotations
 
 import json
+import numbers
 import random
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -37,7 +38,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from domains.genomics.io import AMBIGUOUS, NUCLEOTIDES, reverse_complement
+from domains.genomics.io import AMBIGUOUS, NUCLEOTIDES, as_path, reverse_complement
 
 __all__ = ["SPECIAL_TOKENS", "TOKENIZER_FILE", "Encoded", "BatchEncoding", "DNATokenizer", "nucleotide_tokenizer",
            "kmer_tokenizer", "codon_tokenizer", "ReverseComplement"]
@@ -61,6 +62,23 @@ class BatchEncoding(NamedTuple):
     mask: torch.Tensor
     spans: torch.Tensor
     lengths: torch.Tensor
+
+
+def _int_arg(name: str, value, optional: bool = False) -> Optional[int]:
+    """``value`` as an int; a float, str or bool is refused rather than rounded or parsed."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int{' or None' if optional else ''}, got {value!r}")
+    return int(value)
+
+
+def _plural(indices: List[int], total: int, one: str, many: str) -> str:
+    """"sequence 3 (1 of 5) <one>" / "sequences 0, 1 (2 of 2) <many>" (the first ten indices named)."""
+    shown = ", ".join(str(i) for i in indices[:10]) + (", ..." if len(indices) > 10 else "")
+    if len(indices) == 1:
+        return f"sequence {shown} (1 of {total}) {one}"
+    return f"sequences {shown} ({len(indices)} of {total}) {many}"
 
 
 def _code_table(iupac_letters: str) -> np.ndarray:
@@ -88,13 +106,14 @@ class DNATokenizer:
 
     def __init__(self, k: int = 1, stride: Optional[int] = None, frame: int = 0, remainder: str = "bases",
                  iupac: bool = False):
-        k = int(k)
+        k = _int_arg("k", k)
         if not 1 <= k <= 12:
             raise ValueError(f"k={k}: must be between 1 and 12 (4^k k-mers are all in the vocabulary)")
-        stride = k if stride is None else int(stride)
+        stride = k if stride is None else _int_arg("stride", stride)
         if not 1 <= stride <= k:
             raise ValueError(f"stride={stride}: must be between 1 and k={k} (a larger stride would skip bases)")
-        if not 0 <= int(frame) < k:
+        frame = _int_arg("frame", frame)
+        if not 0 <= frame < k:
             raise ValueError(f"frame={frame}: must be between 0 and k-1={k - 1}")
         if remainder not in ("bases", "drop"):
             raise ValueError(f"remainder={remainder!r}; expected 'bases' or 'drop'")
@@ -172,7 +191,10 @@ class DNATokenizer:
         return self._single[np.minimum(codes, _CODE_INVALID)]
 
     def encode(self, seq: str, prefix: Sequence[str] = (), suffix: Sequence[str] = ()) -> Encoded:
-        """Token ids and base spans of ``seq``; ``prefix`` / ``suffix``: special tokens, e.g. ``["<cls>"]``."""
+        """Token ids and base spans of ``seq``; ``prefix`` / ``suffix``: special tokens, e.g. ``["<cls>"]``.
+
+        An empty ``seq`` gives no base tokens (the specials only), so the round trip holds for it too;
+        `encode_batch`, which builds model input, refuses empty sequences."""
         if not isinstance(seq, str):
             raise TypeError(f"encode() takes a str, got {type(seq).__name__}")
         raw = np.frombuffer(seq.encode("ascii", "replace"), dtype=np.uint8)  # non-ASCII -> '?' -> <unk>
@@ -212,7 +234,10 @@ class DNATokenizer:
 
     def num_tokens(self, length: int) -> int:
         """Tokens (without specials) for a sequence of ``length`` bases."""
-        return len(self.encode("A" * int(length)).ids)
+        length = _int_arg("length", length)
+        if length < 0:
+            raise ValueError(f"length={length}: must be >= 0")
+        return len(self.encode("A" * length).ids) if length else 0
 
     def encode_batch(self, seqs: Sequence[str], max_length: Optional[int] = None, prefix: Sequence[str] = (),
                      suffix: Sequence[str] = (), truncation: bool = False) -> BatchEncoding:
@@ -220,14 +245,31 @@ class DNATokenizer:
 
         A sequence longer than ``max_length`` raises unless ``truncation=True`` (then its base tokens are cut at the
         end and the suffix is kept)."""
-        encs = [self.encode(sq, prefix, suffix) for sq in seqs]
-        if not encs:
+        if isinstance(seqs, (str, bytes)) or not isinstance(seqs, Sequence):
+            raise TypeError(f"encode_batch() takes a list of str, got {type(seqs).__name__}")
+        max_length = _int_arg("max_length", max_length, optional=True)
+        if not seqs:
             raise ValueError("encode_batch() got no sequences")
+        for i, sq in enumerate(seqs):
+            if not isinstance(sq, str):
+                raise TypeError(f"encode_batch(): sequence {i} is {type(sq).__name__}, not str")
+        empty = [i for i, sq in enumerate(seqs) if not sq]
+        if empty:
+            raise ValueError(f"encode_batch(): {_plural(empty, len(seqs), 'is empty', 'are empty')} (0 bases)")
+        encs = [self.encode(sq, prefix, suffix) for sq in seqs]
+        n_pre, n_suf = len(self._special_ids(prefix, "prefix")), len(self._special_ids(suffix, "suffix"))
+        no_tokens = [i for i, e in enumerate(encs) if len(e.ids) == n_pre + n_suf]
+        if no_tokens:
+            i = no_tokens[0]
+            what = _plural(no_tokens, len(seqs), "gives no tokens", "give no tokens")
+            raise ValueError(f"encode_batch(): {what}: "
+                             f"{len(seqs[i])} bases in sequence {i}, fewer than frame {self.frame} + k={self.k} "
+                             f"with remainder='drop'")
         longest = max(len(e.ids) for e in encs)
-        width = longest if max_length is None else int(max_length)
-        n_suf = len(self._special_ids(suffix, "suffix"))
-        if width < len(self._special_ids(prefix, "prefix")) + n_suf + 1:
-            raise ValueError(f"max_length={max_length} leaves no room for tokens between the special tokens")
+        width = longest if max_length is None else max_length
+        if width < n_pre + n_suf + 1:
+            raise ValueError(f"max_length={max_length} leaves no room for tokens between the {n_pre + n_suf} "
+                             f"special tokens")
         ids = torch.full((len(encs), width), self.pad_id, dtype=torch.long)
         spans = torch.full((len(encs), width, 2), -1, dtype=torch.long)
         lengths = torch.zeros(len(encs), dtype=torch.long)
@@ -247,8 +289,18 @@ class DNATokenizer:
         return BatchEncoding(ids, mask, spans, lengths)
 
     # ---- decoding -----------------------------------------------------------------------------------------
+    @staticmethod
+    def _id_list(ids, what: str) -> List[int]:
+        """Token ids (list, array or tensor on any device, any shape) as a flat list of ints."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.detach().cpu()
+        arr = np.asarray(ids)
+        if arr.size and arr.dtype.kind not in "iu":
+            raise TypeError(f"{what}() takes integer token ids, got {arr.dtype.name} ({type(ids).__name__})")
+        return arr.reshape(-1).astype(np.int64).tolist()
+
     def tokens(self, ids) -> List[str]:
-        return [self._token(int(i)) for i in np.asarray(ids).reshape(-1)]
+        return [self._token(i) for i in self._id_list(ids, "tokens")]
 
     def _token(self, i: int) -> str:
         if not 0 <= i < self.vocab_size:
@@ -263,8 +315,8 @@ class DNATokenizer:
         tokens are skipped (or written as ``<cls>`` etc. with ``skip_special=False``); padding is always skipped."""
         out: List[str] = []
         prev_kmer = False
-        for i in np.asarray(ids).reshape(-1).tolist():
-            tok = self._token(int(i))
+        for i in self._id_list(ids, "decode"):
+            tok = self._token(i)
             if i < self.num_special:
                 if not skip_special and i != self.pad_id:
                     out.append(tok)
@@ -289,7 +341,7 @@ class DNATokenizer:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "DNATokenizer":
-        path = Path(path)
+        path = as_path(path, "tokenizer path")
         file = path / TOKENIZER_FILE if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no DNA tokenizer at {file} (expected {TOKENIZER_FILE} or a .json file)")

@@ -199,3 +199,32 @@ def test_mlm_weights_load_into_classifier(tmp_path):
     assert clf.classifier.weight.shape == (5, 128)
     with pytest.raises(Exception, match="blocks.1"):                  # a real mismatch still fails, naming keys
         zoo.create("dna_bipe_tiny", depth=1, pretrained_file=str(path))
+
+
+def _tiny(name, **kw):
+    return zoo.create(name, depth=1, dim=32, num_heads=2, **kw).eval()
+
+
+@pytest.mark.parametrize("name", zoo.list_models(domain="genomics"))
+def test_empty_input_refused_at_entry(name):
+    models = [_tiny(name), _tiny(name, num_classes=3)]
+    for model in models:
+        for b in (1, 3):
+            with pytest.raises(ValueError, match=r"input_ids has no tokens"):
+                model(torch.zeros(b, 0, dtype=torch.long))
+    if models[0].causal:
+        with pytest.raises(ValueError, match=r"input_ids has no tokens"):
+            models[0].generate(torch.zeros(1, 0, dtype=torch.long), 3)
+
+
+@pytest.mark.parametrize("name", zoo.list_models(domain="genomics"))
+def test_token_id_outside_vocabulary_is_named(name):
+    model = _tiny(name)
+    for bad in (12, 40, -1):
+        ids = _ids(1, 6)
+        ids[0, 3] = bad
+        with pytest.raises(ValueError, match=rf"token id {bad}\b.*vocab_size=12"):
+            model(ids)
+        if model.causal:
+            with pytest.raises(ValueError, match=rf"token id {bad}\b.*vocab_size=12"):
+                model.generate(ids, 2)

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from domains.genomics.io import reverse_complement
 from domains.genomics.tokenizers import (SPECIAL_TOKENS, DNATokenizer, ReverseComplement, codon_tokenizer,
@@ -173,3 +174,46 @@ def test_reverse_complement_augmentation():
     tok = kmer_tokenizer(3)
     rc = reverse_complement(seq)
     assert tok.encode(rc).ids.tolist() == [_formula(rc[i:i + 3]) for i in range(28)]
+
+
+@pytest.mark.parametrize("make", [nucleotide_tokenizer, lambda: kmer_tokenizer(3), lambda: codon_tokenizer(1)])
+def test_empty_sequences_are_named(make):
+    tok = make()
+    with pytest.raises(ValueError, match=r"sequences 0, 1 \(2 of 2\) are empty"):
+        tok.encode_batch(["", ""])
+    with pytest.raises(ValueError, match=r"sequence 1 \(1 of 3\) is empty"):
+        tok.encode_batch(["ACGT", "", "GG"], prefix=["<cls>"])
+    assert tok.encode("").ids.tolist() == [] and tok.encode("", ["<cls>"]).ids.tolist() == [tok.cls_id]
+    assert tok.num_tokens(0) == 0
+
+
+def test_sequences_too_short_for_whole_kmers_are_named():
+    tok = codon_tokenizer(remainder="drop")
+    with pytest.raises(ValueError, match=r"sequence 1 \(1 of 2\) gives no tokens: 2 bases.*frame 0 \+ k=3.*remainder"):
+        tok.encode_batch(["ACGTAC", "AC"])
+
+
+@pytest.mark.parametrize("arg,value", [("k", 2.7), ("k", "3"), ("k", True), ("k", None), ("stride", 1.5),
+                                       ("frame", "1")])
+def test_tokenizer_integer_arguments_must_be_int(arg, value):
+    with pytest.raises(TypeError, match=rf"{arg} must be an int, got {value!r}"):
+        DNATokenizer(**{"k": 3, arg: value})
+
+
+def test_encode_batch_argument_types():
+    tok = nucleotide_tokenizer()
+    with pytest.raises(TypeError, match=r"encode_batch\(\) takes a list of str, got str"):
+        tok.encode_batch("ACGT")
+    with pytest.raises(TypeError, match=r"max_length must be an int or None, got 'x'"):
+        tok.encode_batch(["ACGT"], max_length="x")
+    with pytest.raises(TypeError, match=r"sequence 1 is int, not str"):
+        tok.encode_batch(["ACGT", 7])
+
+
+def test_decode_takes_integer_ids_only():
+    tok = nucleotide_tokenizer()
+    with pytest.raises(TypeError, match=r"decode\(\) takes integer token ids, got .*str"):
+        tok.decode("ACGT")
+    with pytest.raises(TypeError, match=r"tokens\(\) takes integer token ids, got float"):
+        tok.tokens([7.5])
+    assert tok.decode(torch.tensor([[7, 8], [9, 10]])) == "ACGT" and tok.decode([]) == ""

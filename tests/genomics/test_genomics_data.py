@@ -202,3 +202,57 @@ def test_lm_windows_and_mlm(rrna):
     assert torch.equal(tgt[chosen], ids[chosen]) and torch.equal(inp[~chosen], ids[~chosen])
     frac_mask = (inp[chosen] == tok.mask_id).float().mean().item()
     assert 0.7 < frac_mask < 0.9
+
+
+def _rda_frame(path, name):
+    import rdata
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return rdata.read_rda(str(path))[name]
+
+
+def _write_rda(path, objects):
+    import rdata
+    rdata.write_rda(str(path), objects)
+    return path
+
+
+@needs["splice"]
+def test_splice_rda_of_wrong_shape_is_named(tmp_path):
+    import numpy as np
+    vec = _write_rda(tmp_path / "vector.rda", {"DNA": np.array([1.0, 2.0])})
+    with pytest.raises(ValueError, match=r"vector\.rda: object 'DNA' is a ndarray, not a data frame"):
+        load_splice_junctions(path=vec)
+    head = _rda_frame(gdata.SPLICE_PATH, "DNA").head(4).reset_index(drop=True).astype(str)
+    head.loc[2, "V5"] = "x"
+    bad = _write_rda(tmp_path / "notbits.rda", {"DNA": head})
+    with pytest.raises(ValueError, match=r"notbits\.rda: row 3, column V5: 'x' is not a 0/1 indicator"):
+        load_splice_junctions(path=bad)
+    good = _write_rda(tmp_path / "good.rda", {"DNA": head.drop(index=2).reset_index(drop=True)})
+    assert len(load_splice_junctions(path=good)) == 3
+
+
+@needs["prom"]
+def test_promoter_rda_with_a_non_nucleotide_letter_is_named(tmp_path):
+    head = _rda_frame(gdata.PROMOTER_PATH, "promotergene").head(4).reset_index(drop=True).astype(str)
+    head.loc[1, "V7"] = "x"
+    bad = _write_rda(tmp_path / "letters.rda", {"promotergene": head})
+    with pytest.raises(ValueError, match=r"letters\.rda: row 2 has 'X' at position 6 \(column V7\), not A/C/G/T"):
+        load_promoters(path=bad)
+    frame = _write_rda(tmp_path / "list.rda", {"promotergene": ["a", "c"]})
+    with pytest.raises(ValueError, match=r"list\.rda: object 'promotergene' is a list, not a data frame"):
+        load_promoters(path=frame)
+
+
+def test_dataset_path_that_is_a_directory_is_named(tmp_path):
+    for loader in (load_16s, load_splice_junctions, load_promoters):
+        with pytest.raises(IsADirectoryError, match=rf"{tmp_path.name} is a directory"):
+            loader(path=tmp_path)
+
+
+@needs["16s"]
+@pytest.mark.parametrize("limit", [0, -3, 2.5, "10"])
+def test_16s_limit_must_be_a_positive_int(limit):
+    with pytest.raises((ValueError, TypeError), match=rf"limit={limit!r}"):
+        load_16s(limit=limit)

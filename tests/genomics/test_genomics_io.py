@@ -1,6 +1,10 @@
 """Streaming FASTA/FASTQ/GenBank readers: real files, labels, the sequence policy and bad input."""
+import bz2
 import gzip
 import itertools
+import lzma
+import os
+import re
 import warnings
 from pathlib import Path
 
@@ -170,7 +174,7 @@ def test_truncated_gzip(tmp_path, rrna200):
     f = tmp_path / "trunc.fa.gz"
     f.write_bytes(data[: len(data) // 2])
     got = []
-    with pytest.raises(SequenceFormatError, match=r"trunc\.fa\.gz, record \d+: malformed fasta \(EOFError"):
+    with pytest.raises(SequenceFormatError, match=r"trunc\.fa\.gz, record \d+: .*ends early.*EOFError"):
         for rec in read_sequences(f):
             got.append(rec)
     assert 0 < len(got) < 200  # records before the cut were delivered, then a clear error
@@ -282,3 +286,123 @@ def test_missing_biopython_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "Bio", None)
     with pytest.raises(ImportError, match=r'pip install "zoo-pe\[genomics\]"'):
         list(read_sequences(f))
+
+
+@needs_gb
+@pytest.mark.parametrize("keep", [400, 900])
+def test_genbank_cut_inside_origin_is_an_error(tmp_path, keep):
+    text = (GB / "pri1.gb").read_text()
+    declared = int(re.search(r"^LOCUS\s+\S+\s+(\d+) bp", text, re.M).group(1))
+    origin = text.index("\nORIGIN")
+    cut = text[:origin + keep]                            # the file ends inside the sequence data
+    found = sum(ch.isalpha() for line in cut[origin:].splitlines()[2:] for ch in line)
+    assert 0 < found < declared
+    f = tmp_path / "cut.gb"
+    f.write_text(cut)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(SequenceFormatError, match=rf"cut\.gb, record 1 \('U05344\.1'\): LOCUS line says "
+                                                      rf"{declared} bp but the sequence has {found}"):
+            list(read_sequences(f))
+
+
+@needs_gb
+def test_genbank_locus_length_disagreeing_with_sequence_is_an_error(tmp_path):
+    text = (GB / "pri1.gb").read_text()
+    f = tmp_path / "relabelled.gb"
+    f.write_text(re.sub(r"^(LOCUS\s+\S+\s+)741 bp", r"\g<1>600 bp", text, flags=re.M))
+    with pytest.raises(SequenceFormatError, match=r"relabelled\.gb, record 1 \('U05344\.1'\).*600 bp.*741"):
+        list(read_sequences(f))
+    rec, = read_sequences(GB / "pri1.gb")              # the intact file still reads, at its declared length
+    assert len(rec) == 741
+
+
+def _fastq_text(fasta_text: str, n: int) -> str:
+    out, seen = [], 0
+    for block in fasta_text.split(">")[1:n + 1]:
+        head, *lines = block.splitlines()
+        seq = "".join(x.strip() for x in lines)
+        out.append(f"@{head.split()[0]}\n{seq}\n+\n{'I' * len(seq)}\n")
+    return "".join(out)
+
+
+@pytest.mark.parametrize("kind", ["fa.gz", "fq.gz", "fa.bz2", "fa.xz"])
+def test_truncated_compressed_file_names_file_and_last_record(tmp_path, rrna200, kind):
+    _, text = rrna200
+    plain = (text if kind.startswith("fa") else _fastq_text(text, 200)).encode()
+    comp = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[kind.split(".")[1]]
+    data = comp(plain)
+    whole = tmp_path / f"whole.{kind}"
+    whole.write_bytes(data)
+    assert len(list(read_sequences(whole))) == 200
+    for n in (12, 30, 100, len(data) // 2, len(data) - 3):
+        f = tmp_path / f"cut{n}.{kind}"
+        f.write_bytes(data[:n])
+        got = []
+        with pytest.raises(SequenceFormatError, match=rf"cut{n}\.{re.escape(kind)}.*ends early") as info:
+            for rec in read_sequences(f):
+                got.append(rec)
+        assert len(got) < 200
+        if got:                                       # the last record delivered is named
+            assert f"after record {got[-1].number} ({got[-1].id!r})" in str(info.value)
+
+
+def test_gzip_with_garbage_names_file(tmp_path, rrna200):
+    _, text = rrna200
+    data = gzip.compress(text.encode())
+    f = tmp_path / "garbage.fa.gz"
+    f.write_bytes(data[:10] + np.random.default_rng(0).bytes(400))    # a gzip header, then noise
+    with pytest.raises(SequenceFormatError, match=r"garbage\.fa\.gz.*corrupt"):
+        list(read_sequences(f))
+    with pytest.raises(SequenceFormatError, match=r"garbage\.fa\.gz"):
+        count_records(f)
+
+
+def test_compressed_files_are_closed(tmp_path, rrna200, monkeypatch):
+    import gc
+    import sys
+    d, _ = rrna200
+    leaked = []
+    monkeypatch.setattr(sys, "unraisablehook", leaked.append)   # a file closed only by the GC warns from __del__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        for name in ("head.fa.gz", "no_suffix"):
+            assert count_records(d / name) == 200
+            assert detect_format(d / name) == "fasta"
+            assert len(list(read_sequences(d / name))) == 200
+        gc.collect()
+    assert not leaked, [str(u.exc_value) for u in leaked]
+
+
+def test_not_a_regular_file_is_named_as_such(tmp_path):
+    with pytest.raises(IsADirectoryError, match=rf"{re.escape(str(tmp_path))} is a directory"):
+        SequenceReader(tmp_path)
+    fifo = tmp_path / "pipe.fa"
+    os.mkfifo(fifo)
+    with pytest.raises(SequenceFormatError, match=r"pipe\.fa is not a regular file"):
+        SequenceReader(fifo)
+    with pytest.raises(FileNotFoundError, match=r"missing\.fa does not exist"):
+        SequenceReader(tmp_path / "missing.fa")
+
+
+def test_duplicate_ids_with_id_keyed_labels(tmp_path):
+    f = tmp_path / "dup.fa"
+    f.write_text(">s1\nACGT\n>s2\nGGGG\n>s1\nTTTT\n")
+    csvf = tmp_path / "labels.csv"
+    csvf.write_text("id,label\ns1,pos\ns2,neg\n")
+    with pytest.raises(SequenceFormatError, match=r"dup\.fa, record 3 \('s1'\): id already used by record 1"):
+        list(read_sequences(f, labels=CsvLabels(csvf)))
+    assert [r.id for r in read_sequences(f)] == ["s1", "s2", "s1"]    # without id-keyed labels ids may repeat
+
+
+def test_label_file_not_text_or_without_rows(tmp_path):
+    bad = tmp_path / "bin.csv"
+    bad.write_bytes(b"id,label\ns1,\xff\xfe\n")
+    with pytest.raises(ValueError, match=r"bin\.csv: not UTF-8 text"):
+        CsvLabels(bad)
+    empty = tmp_path / "header_only.csv"
+    empty.write_text("id,label\n")
+    with pytest.raises(ValueError, match=r"header_only\.csv: no labels"):
+        CsvLabels(empty)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        CsvLabels(tmp_path)
