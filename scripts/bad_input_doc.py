@@ -21,12 +21,13 @@ DOC = ROOT / "docs" / "bad-input.md"
 
 
 def _areas():
-    sys.path.insert(0, str(ROOT))
-    pkg = importlib.import_module("tests.badinput")
-    from tests.badinput.matrix import CATEGORIES
+    # as pytest imports them: tests/ on the path (its conftest puts it there), the matrix as package ``badinput``
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    pkg = importlib.import_module("badinput")
+    from badinput.matrix import CATEGORIES
     names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
                    if m.name.startswith("test_") and m.name != "test_matrix")
-    return CATEGORIES, [(n[len("test_"):], importlib.import_module(f"tests.badinput.{n}")) for n in names]
+    return CATEGORIES, [(n[len("test_"):], importlib.import_module(f"badinput.{n}")) for n in names]
 
 
 def render(areas=None) -> str:
