@@ -17,13 +17,16 @@ def test_recipe(path):
     import zoo
     from zoo.finetune.config import load_config
     from zoo.finetune.tasks import get_task
+    from zoo.plugins import get_plugin
 
     rel = path.relative_to(ROOT)
     assert path.read_text().splitlines()[0] == f"# zoo finetune {rel}", "the header must be the command that runs it"
     cfg = load_config(str(path), [])
     assert cfg.output.dir == f"runs/{path.stem}", "each recipe writes to its own run folder"
     task = get_task(cfg.task)
-    assert task is not None
+    # the task comes from the plugin of the recipe's folder (configs/<plugin>/), registered under its own name
+    assert task.name == cfg.task
+    assert task.__module__ == get_plugin(path.parent.name).tasks[cfg.task]
     kwargs = dict(cfg.model.kwargs)
     model = zoo.create(cfg.model.name, **kwargs).eval()
     out, expect = _forward(cfg.task, model, kwargs)

@@ -10,14 +10,15 @@ __version__ = "0.1.0"
 __all__ = ["Positions", "PretrainedCfg", "create", "list_models", "model_info", "register_model", "load_checkpoint"]
 
 
-def _register_vision() -> None:
-    # vision models are registered eagerly so that `timm.create_model("vit_irpe_small")` works after `import zoo`
+def _register_timm_plugins() -> None:
+    # the models of plugins declared with `timm` are registered eagerly, so that `timm.create_model(name)` knows
+    # them after `import zoo`; the other plugins' models wait for the first registry query
     try:
         import timm  # noqa: F401
     except ImportError:
         return
-    from .registry import _load_domains
-    _load_domains(("vision",))
+    from .plugins import import_models
+    import_models(only_timm=True)
 
 
-_register_vision()
+_register_timm_plugins()

@@ -1,15 +1,15 @@
 """Model registry: name -> builder, pretrained cfgs and checkpoint filter.
 
 Conventions follow timm: an entrypoint is a function ``fn(**kwargs) -> nn.Module`` registered under its name;
-``name.tag`` picks one of its pretrained cfgs (the first tag is the default). Domains register their models in
-``domains/<domain>/models.py``; those modules are imported the first time the registry is asked about models, so
-``import zoo`` never pulls in a domain's heavy dependencies. Vision entrypoints are also registered with timm.
+``name.tag`` picks one of its pretrained cfgs (the first tag is the default). Plugins (`zoo.plugins`) declare the
+modules that register their models; those modules are imported the first time the registry is asked about models,
+so ``import zoo`` never pulls in a plugin's heavy dependencies. The models of a plugin declared with ``timm`` are
+also registered with timm.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
 import inspect
 import numbers
 import os
@@ -25,16 +25,7 @@ from torch import nn
 from .errors import CheckpointError, ConfigError, UnknownModelError, ZooError
 
 __all__ = ["PretrainedCfg", "register_model", "create", "list_models", "model_info", "load_checkpoint",
-           "split_tag", "DOMAIN_MODULES"]
-
-# domain model modules, imported lazily (their top level imports torch and zoo only)
-DOMAIN_MODULES: Dict[str, List[str]] = {
-    "vision": ["domains.vision.models", "domains.vision.cpvt", "domains.vision.rmt", "domains.vision.rope_vit",
-               "domains.vision.lightnet", "domains.vision.detr"],
-    "code": ["domains.code.models"],
-    "documents": ["domains.documents.models"],
-    "genomics": ["domains.genomics.models"],
-}
+           "split_tag"]
 
 
 @dataclass
@@ -88,7 +79,6 @@ class ModelEntry:
 
 
 _REGISTRY: Dict[str, ModelEntry] = {}
-_DOMAINS_LOADED: set = set()
 
 
 def register_model(fn: Optional[Callable] = None, *, name: Optional[str] = None, domain: Optional[str] = None,
@@ -96,18 +86,21 @@ def register_model(fn: Optional[Callable] = None, *, name: Optional[str] = None,
                    paper: Optional[str] = None, timm: Optional[bool] = None):
     """Register an entrypoint. Usable bare (``@register_model``) or with options.
 
-    ``domain`` defaults to the second part of the module name (``domains.vision.models`` -> ``vision``).
-    ``timm`` (default: True for vision) also registers the entrypoint with timm's registry."""
+    ``domain`` defaults to the name of the plugin whose package holds the entrypoint's module ("core" outside
+    every plugin). ``timm`` (default: the plugin's ``timm`` flag) also registers the entrypoint with timm's
+    registry."""
 
     def deco(f: Callable) -> Callable:
+        from .plugins import plugin_of_module
+
         model_name = name or f.__name__
-        parts = f.__module__.split(".")
-        dom = domain or (parts[1] if len(parts) > 1 and parts[0] == "domains" else "core")
+        plugin = plugin_of_module(f.__module__)
+        dom = domain or (plugin.name if plugin is not None else "core")
         if model_name in _REGISTRY and _REGISTRY[model_name].fn is not f:
             raise ValueError(f"model name {model_name!r} is already registered by "
                              f"{_REGISTRY[model_name].fn.__module__}")
         _REGISTRY[model_name] = ModelEntry(model_name, f, dom, dict(cfgs or {}), filter_fn, paper)
-        if timm if timm is not None else dom == "vision":
+        if timm if timm is not None else (plugin is not None and plugin.timm):
             _register_with_timm(model_name)
         return f
 
@@ -137,12 +130,9 @@ def _register_with_timm(model_name: str) -> None:
     timm_registry.register_model(entry)
 
 
-def _load_domains(domains=None) -> None:
-    for dom, mods in DOMAIN_MODULES.items():
-        if (domains is None or dom in domains) and dom not in _DOMAINS_LOADED:
-            for mod in mods:
-                importlib.import_module(mod)
-            _DOMAINS_LOADED.add(dom)
+def _load_plugins() -> None:
+    from .plugins import import_models
+    import_models()
 
 
 def split_tag(name: str):
@@ -155,7 +145,7 @@ def _entry(name: str) -> ModelEntry:
     if not isinstance(name, str):
         raise ConfigError(f"model name must be a str such as 'vit_irpe_small' or 'vit_irpe_small.in1k', "
                           f"got {type(name).__name__} {name!r}")
-    _load_domains()
+    _load_plugins()
     base, _ = split_tag(name)
     if base not in _REGISTRY:
         close = difflib.get_close_matches(base, list(_REGISTRY), n=5, cutoff=0.5)
@@ -340,7 +330,7 @@ def load_checkpoint(model: nn.Module, state_dict: dict, source: str = "checkpoin
 def list_models(pattern: str = "*", pretrained: bool = False, domain: Optional[str] = None) -> List[str]:
     """Registered model names matching a shell-style ``pattern``; with ``pretrained=True``, ``name.tag`` entries
     that have released weights."""
-    _load_domains()
+    _load_plugins()
     out = []
     for name in sorted(_REGISTRY):
         e = _REGISTRY[name]

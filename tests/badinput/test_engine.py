@@ -29,7 +29,7 @@ from zoo.errors import CheckpointError, ConfigError, ZooError
 from zoo.finetune import FinetuneCfg, build_config, finetune, list_tasks, load_config, valid_keys
 from zoo.finetune.config import FREE_FORM_KEYS
 from zoo.finetune.engine import RunOutputError
-from zoo.finetune.tasks import TASK_MODULES
+from zoo.finetune.tasks import task_module
 
 from .matrix import Case, check_case, params
 
@@ -152,7 +152,7 @@ def dataset_for_task(task: str) -> str:
         by_task.setdefault(r.get("task", "image_classification"), r["data"]["name"])
     if task in by_task:
         return by_task[task]
-    same_module = [t for t in by_task if TASK_MODULES.get(t) == TASK_MODULES.get(task)]
+    same_module = [t for t in by_task if task_module(t) == task_module(task)]
     assert same_module, f"no recipe in configs/ for task {task} or its domain"
     return by_task[same_module[0]]
 

@@ -1,7 +1,7 @@
 """Fine-tuning tasks: what the engine needs to know about a domain's data, loss and metrics.
 
-A task is registered under a name (``cfg.task``) by its domain module, which is imported the first time the
-task is asked for, so ``import zoo`` never imports a domain.
+A task is registered under a name (``cfg.task``) by a module its plugin declares (`zoo.plugins`); that module is
+imported the first time the task is asked for, so ``import zoo`` never imports a plugin's tasks.
 
 The engine drives a task like this::
 
@@ -33,18 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-__all__ = ["Task", "register_task", "get_task", "list_tasks", "TASK_MODULES"]
-
-# task name -> module that registers it (imported lazily)
-TASK_MODULES: Dict[str, str] = {
-    "image_classification": "domains.vision.task",
-    "causal_lm": "domains.code.task",
-    "sequence_classification": "domains.genomics.task",
-    "masked_lm": "domains.genomics.task",
-    "dna_lm": "domains.genomics.task",
-    "word_labelling": "domains.documents.task",
-    "entity_linking": "domains.documents.task",
-}
+__all__ = ["Task", "register_task", "get_task", "list_tasks", "task_module"]
 
 _TASKS: Dict[str, Type["Task"]] = {}
 
@@ -113,14 +102,26 @@ def register_task(name: str):
     return deco
 
 
-def list_tasks():
-    return sorted(set(_TASKS) | set(TASK_MODULES))
+def list_tasks() -> List[str]:
+    """Every task registered or declared by a plugin."""
+    from ..plugins import task_names
+    return sorted(set(_TASKS) | set(task_names()))
+
+
+def task_module(name: str) -> Optional[str]:
+    """The module that registers task ``name``: the class's own module once registered, else what its plugin
+    declares (None for an unknown task)."""
+    from ..plugins import task_module as declared
+    return _TASKS[name].__module__ if name in _TASKS else declared(name)
 
 
 def get_task(name: str) -> Type[Task]:
-    """The task class registered as ``name`` (importing its domain module on first use)."""
-    if name not in _TASKS and name in TASK_MODULES:
-        importlib.import_module(TASK_MODULES[name])
+    """The task class registered as ``name`` (importing the module its plugin declares on first use)."""
+    if not isinstance(name, str):
+        raise ConfigError(f"task must be a task name (a str), got {type(name).__name__} {name!r}")
+    module = task_module(name)
+    if name not in _TASKS and module is not None:
+        importlib.import_module(module)
     if name not in _TASKS:
         raise ConfigError(f"unknown task {name!r} (config key 'task'); available tasks: {', '.join(list_tasks())}")
     return _TASKS[name]
