@@ -333,7 +333,7 @@ def model_cases():
 # ---- every encoding zoo.pe can create ----------------------------------------------------------------------------
 
 H, D, C = 2, 8, 16
-#: tiny constructor arguments per encoding name; a name missing here gets a failing case
+#: tiny constructor arguments per encoding name; a name missing here is built by ``zoo.pe.build`` at this geometry
 PE_KWARGS = {
     "alibi": dict(num_heads=H), "alibi_interp": dict(num_heads=H, factor=2.0), "bipe_alibi": dict(num_heads=H),
     "bipe_intra": dict(max_intra=16, dim=C), "bipe_rope": dict(head_dim=D), "bros": dict(hidden_size=64, head_dim=D),
@@ -349,7 +349,8 @@ PE_KWARGS = {
     "v2pe": dict(head_dim=D), "xpos": dict(head_dim=D),
 }
 #: encodings that refuse an empty grid with a clear error instead of returning empty results
-EMPTY_REFUSED = {"manhattan_decay": r"grid size must be positive, got 0x0"}
+EMPTY_REFUSED = {"manhattan_decay": r"grid size must be positive, got 0x0",
+                 "learned_2d": r"pos\.grid_size must be positive, got 0x0"}
 HOOKS = ("embed", "rotate", "bias", "value")
 
 
@@ -394,12 +395,11 @@ def shapes_ok(hook, n):
 def pe_cases():
     cases = []
     for name in zoo.pe.list_pe():
-        if name not in PE_KWARGS:
-            cases.append(Case(f"pe-{name}-constructible", "wrong type", "every encoding has tiny arguments here",
-                              lambda tmp, name=name: pytest.fail(f"add tiny constructor arguments for {name!r} "
-                                                                 f"to PE_KWARGS"), check=lambda r, tmp: None))
-            continue
-        pe = zoo.pe.create(name, **PE_KWARGS[name])
+        if name in PE_KWARGS:
+            pe = zoo.pe.create(name, **PE_KWARGS[name])
+        else:                                             # the registry's geometry mapping and example keywords
+            geometry = dict(dim=C, head_dim=D, num_heads=H, max_len=16, depth=1, grid_size=(4, 4))
+            pe = zoo.pe.build({"name": name, **zoo.pe.example_kwargs(name, **geometry)}, **geometry)
         if name == "layoutlmv3_spatial":
             pe.embed_width = 4 * 3 + 2 * 2
         for hook in [h for h in HOOKS if zoo.pe.overrides(pe, h)]:

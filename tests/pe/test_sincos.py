@@ -142,4 +142,4 @@ def test_register_pe():
         with pytest.raises(ValueError, match="already registered"):
             pe.register_pe("dummy_test_kind", SinCosAPE)
     finally:
-        pe._FACTORY.pop("dummy_test_kind", None)
+        pe.unregister_pe("dummy_test_kind")

@@ -1,19 +1,25 @@
 """Positional encodings: one file per family, torch only.
 
-``zoo.pe.create(kind, **kwargs)`` builds an encoding by name; ``register_pe(kind, cls)`` adds a name.
+Every encoding registers itself in its own file (`zoo.pe.registry.register_pe`); importing ``zoo.pe`` imports every
+module of this package, so a new file registers without an edit here.  ``zoo.pe.create(spec, **kw)`` builds by name
+or from ``{"name": ..., **kwargs}``; ``zoo.pe.build(spec, dim=..., head_dim=..., ...)`` builds for a model's
+geometry; ``zoo.pe.list_pe(pattern, positions)`` and ``zoo.pe.info(name)`` describe what is registered.
 """
 from __future__ import annotations
 
-import difflib
-from typing import Callable, Dict
+import importlib
+import pkgutil
 
 from .base import PositionalEncoding, overrides
+from .registry import (GEOMETRY, HOOKS, POSITION_KINDS, PEConfigError, PEInfo, build, create, example_kwargs, info,
+                       list_pe, register_pe, unregister_pe)
+from .relative import query_key_positions
 
-__all__ = ["PositionalEncoding", "overrides", "create", "register_pe", "list_pe"]
+__all__ = ["PositionalEncoding", "overrides", "create", "build", "register_pe", "unregister_pe", "list_pe", "info",
+           "example_kwargs", "PEInfo", "PEConfigError", "POSITION_KINDS", "GEOMETRY", "HOOKS"]
 
 # ---- classic absolute / rotary / bias encodings --------------------------------------------------------------
-from .alibi import (ALiBi, InterpolatedALiBi, alibi_bias, alibi_interpolation_scale, alibi_slopes,
-                    query_key_positions)
+from .alibi import ALiBi, InterpolatedALiBi, alibi_bias, alibi_interpolation_scale, alibi_slopes
 from .cope import CoPE, cope_interpolate, cope_positions
 from .fire import FIRE, fire_inputs
 from .kerple import KerpleLog, KerplePower, kerple_distance, kerple_log_bias, kerple_power_bias
@@ -24,7 +30,8 @@ from .t5 import T5RelativeBias, T5RelativeBiasUnscaledQK, t5_bucket
 from .learned import LearnedAPE, resample_abs_pos_embed
 from .rope import (RoPE, apply_rotary, half_to_interleaved, interleaved_to_half, p_rope_inv_freq, rope_angles,
                    rope_inv_freq)
-from .rope_scaling import ROPE_TYPES, ScaledRoPE, rope_frequencies, rotary_dim
+from .rope_scaling import (ROPE_TYPES, ScaledRoPE, rope_dynamic, rope_frequencies, rope_linear, rope_llama3,
+                           rope_longrope, rope_yarn, rotary_dim)
 from .xpos import XPos, xpos_scale, xpos_zeta
 from .pie import pie_edit_cache, pie_edit_positions, pie_rerotate
 from .sincos import SinCosAPE, sincos_1d, sincos_2d
@@ -53,7 +60,8 @@ __all__ += [
     "SinCosAPE", "sincos_1d", "sincos_2d",
     "LearnedAPE", "resample_abs_pos_embed",
     "RoPE", "rope_inv_freq", "rope_angles", "apply_rotary", "interleaved_to_half", "half_to_interleaved",
-    "p_rope_inv_freq", "ScaledRoPE", "rope_frequencies", "rotary_dim", "ROPE_TYPES",
+    "p_rope_inv_freq", "ScaledRoPE", "rope_frequencies", "rotary_dim", "ROPE_TYPES", "rope_linear", "rope_dynamic",
+    "rope_yarn", "rope_longrope", "rope_llama3",
     "XPos", "xpos_zeta", "xpos_scale", "pie_edit_positions", "pie_rerotate", "pie_edit_cache",
     "ALiBi", "alibi_slopes", "alibi_bias", "InterpolatedALiBi", "alibi_interpolation_scale", "query_key_positions",
     "t5_bucket", "T5RelativeBias", "T5RelativeBiasUnscaledQK", "shaw_relative_index", "ShawRPE", "ShawRPEWithValues",
@@ -71,67 +79,7 @@ __all__ += [
     "LLAMA2_SEPARATORS", "bipe_ids", "bipe_positions", "BiPEIntraEmbedding", "BiPERoPE", "BiPEALiBi",
 ]
 
-# ---- string factory ------------------------------------------------------------------------------------------
-_FACTORY: Dict[str, Callable[..., PositionalEncoding]] = {
-    "sincos": SinCosAPE,
-    "learned": LearnedAPE,
-    "rope": RoPE,
-    "p_rope": RoPE,
-    "rope_scaled": ScaledRoPE,
-    "xpos": XPos,
-    "alibi": ALiBi,
-    "alibi_interp": InterpolatedALiBi,
-    "t5": T5RelativeBias,
-    "shaw": ShawRPE,
-    "kerple_log": KerpleLog,
-    "kerple_power": KerplePower,
-    "fire": FIRE,
-    "cope": CoPE,
-    "randomized": RandomizedPE,
-    "nope": NoPE,
-    "irpe": IRPE,
-    "peg": PEG,
-    "manhattan_decay": ManhattanDecay,
-    "rope2d_axial": AxialRoPE2d,
-    "rope2d_mixed": MixedRoPE2d,
-    "md_lrpe_cosine": MdLrpeCosine,
-    "md_tpe": MdTpe,
-    "layoutlm_2d": LayoutLM2DEmbedding,
-    "layoutlmv3_spatial": LayoutLMv3SpatialEmbedding,
-    "layoutlmv3_bias": LayoutLMv3SpatialBias,
-    "bros": BrosRelativeBias,
-    "v2pe": V2PE,
-    "reading_order": ReadingOrderBias,
-    "hirope": HiRoPE,
-    "bipe_intra": BiPEIntraEmbedding,
-    "bipe_rope": BiPERoPE,
-    "bipe_alibi": BiPEALiBi,
-}
-
-
-def register_pe(kind: str, cls: Callable[..., PositionalEncoding], overwrite: bool = False) -> Callable:
-    """Make ``create(kind, ...)`` build ``cls(...)``.  Returns ``cls`` (usable as a decorator argument)."""
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"kind must be a non-empty string, got {kind!r}")
-    if not callable(cls):
-        raise ValueError(f"cls for kind {kind!r} must be callable, got {cls!r}")
-    if kind in _FACTORY and _FACTORY[kind] is not cls and not overwrite:
-        raise ValueError(f"positional encoding kind {kind!r} is already registered to {_FACTORY[kind]!r}; "
-                         f"pass overwrite=True to replace it")
-    _FACTORY[kind] = cls
-    return cls
-
-
-def list_pe() -> list:
-    """Registered kinds, sorted."""
-    return sorted(_FACTORY)
-
-
-def create(kind: str, **kwargs) -> PositionalEncoding:
-    """Build a positional encoding by name, e.g. ``create("rope", head_dim=64)``."""
-    cls = _FACTORY.get(kind)
-    if cls is None:
-        close = difflib.get_close_matches(str(kind), list(_FACTORY), n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown positional encoding kind {kind!r}.{hint} Known kinds: {', '.join(list_pe())}")
-    return cls(**kwargs)
+# ---- every module of the package registers its encodings -------------------------------------------------------
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module

@@ -14,13 +14,15 @@ Distance, with queries aligned to the last ``nq`` keys (KV caches put earlier ke
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
 
 from ..positions import Positions
 from .base import PositionalEncoding
+from .relative import query_key_positions
+from .registry import register_pe
 
 __all__ = ["alibi_slopes", "alibi_bias", "ALiBi", "InterpolatedALiBi", "alibi_interpolation_scale",
            "query_key_positions"]
@@ -79,6 +81,7 @@ def alibi_bias(nq: int, nk: int, slopes: Tensor, causal: bool = False, device=No
     return _bias_from_rel(j[None, :] - i[:, None], slopes, causal)[None]         # [1, h, nq, nk]
 
 
+@register_pe("alibi", positions="1d", paper="Press et al., Train Short, Test Long: Attention with Linear Biases Enables Input Length Extrapolation, ICLR 2022, arXiv:2108.12409", causal_ok=True, relative=True)
 class ALiBi(PositionalEncoding):
     """Attention with Linear Biases (Press et al., ICLR 2022) on the ``bias`` hook.
 
@@ -153,36 +156,6 @@ class ALiBi(PositionalEncoding):
         return hit
 
 
-# ---- shared by the relative-bias family (T5, Shaw, KERPLE, FIRE, ...) -------------------------------------------
-
-def query_key_positions(pos: Optional[Positions], nq: int, nk: int, device=None,
-                        by: str = "this encoding", start: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-    """Positions of the queries ``[b?, nq, 1]`` and of the keys ``[b?, 1, nk]``, queries = the last ``nq`` keys, or
-    the keys ``start .. start + nq - 1`` when ``start`` is given (a block of queries, `PositionalEncoding.bias_rows`).
-
-    From ``pos.ids`` (``[b, nk]`` or ``[nk]``, floats allowed; an expanded batch gives one row) when given, else the
-    token indices ``0..nk-1`` (long).  ``pj - pi`` is the T5 ``relative_position`` (key - query)."""
-    if nq < 0 or nq > nk:
-        raise ValueError(f"{by}: need 0 <= nq <= nk (queries are the last nq of the keys), got nq={nq}, nk={nk}")
-    if start is None:
-        start = nk - nq
-    elif isinstance(start, bool) or not isinstance(start, int) or start < 0 or start + nq > nk:
-        raise ValueError(f"{by}: a block of {nq} queries starting at key {start!r} does not fit in {nk} keys")
-    ids = pos.ids if pos is not None else None
-    if ids is None:
-        j = torch.arange(nk, device=device)                                      # [nk]
-    else:
-        if ids.ndim not in (1, 2):
-            raise ValueError(f"{by}: pos.ids must be [b, n] or [n], got shape {tuple(ids.shape)}")
-        if ids.shape[-1] != nk:
-            raise ValueError(f"{by}: pos.ids has {ids.shape[-1]} positions but k has {nk} (ids describe all keys; "
-                             f"queries take the last {nq})")
-        if ids.ndim == 2 and ids.shape[0] > 1 and ids.stride(0) == 0:
-            ids = ids[0]                                                         # expanded batch: one row
-        j = ids.to(device)
-    return j[..., start:start + nq, None], j[..., None, :]                       # [b?, nq, 1], [b?, 1, nk]
-
-
 # ---- ALiBi with position interpolation --------------------------------------------------------------------------
 
 def alibi_interpolation_scale(length: int, factor: Optional[float] = None, train_len: Optional[int] = None) -> float:
@@ -195,6 +168,7 @@ def alibi_interpolation_scale(length: int, factor: Optional[float] = None, train
     return 1.0
 
 
+@register_pe("alibi_interp", positions="1d", paper="Al-Khateeb et al., Position Interpolation Improves ALiBi Extrapolation, arXiv:2310.13017", causal_ok=True, relative=True, example={"factor": 2.0})
 class InterpolatedALiBi(ALiBi):
     """ALiBi with linear position interpolation: Al-Khateeb, Dey, Soboleva & Hestness, "Position Interpolation
     Improves ALiBi Extrapolation", 2023 (arXiv 2310.13017; used by Cerebras BTLM-3B-8k and JAIS as
@@ -242,3 +216,14 @@ class InterpolatedALiBi(ALiBi):
         b = super().bias_rows(q, k, pos, scale, start)
         s = self.interpolation_scale(k.shape[-2])                                # from all keys, as `bias`
         return b if s == 1.0 else b / s
+
+
+# the training length comes from the model (``max_len``); the scale follows the key count of each call, so a KV cache
+# step and a full forward of the same length differ beyond it (not causal_ok), and so do shifted windows
+@register_pe("alibi_interp_dynamic", positions="1d", paper="Al-Khateeb et al., Position Interpolation Improves "
+             "ALiBi Extrapolation, arXiv:2310.13017 (BTLM / JAIS alibi_scaling train_seq_len)",
+             builds=InterpolatedALiBi, geometry={"train_len": "max_len"})
+def alibi_interp_dynamic(num_heads: int, train_len: int, causal: bool = False,
+                         num_alibi_heads: Optional[int] = None) -> InterpolatedALiBi:
+    """Dynamic interpolated ALiBi: slopes divided by ``nk / train_len`` once the keys outnumber ``train_len``."""
+    return InterpolatedALiBi(num_heads, causal=causal, num_alibi_heads=num_alibi_heads, train_len=train_len)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..positions import Positions
 from .base import PositionalEncoding
+from .registry import register_pe
 
 __all__ = ["cope_positions", "cope_interpolate", "CoPE"]
 
@@ -51,6 +52,7 @@ def cope_interpolate(z: Tensor, p: Tensor) -> Tensor:
     return z_hi * w + z_lo * (1 - w)
 
 
+@register_pe("cope", positions="1d", paper="Golovneva et al., Contextual Position Encoding: Learning to Count What's Important, arXiv:2405.18719", causal_ok=True, relative=True)
 class CoPE(PositionalEncoding):
     """Contextual position encoding on the ``bias`` hook (computes ``q.k`` itself; see the module docstring).
 

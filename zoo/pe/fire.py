@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .alibi import query_key_positions
 from .base import PositionalEncoding
+from .registry import register_pe
+from .relative import query_key_positions
 
 __all__ = ["fire_inputs", "FIRE"]
 
@@ -60,6 +61,7 @@ def fire_inputs(pi: Tensor, pj: Tensor, c: Tensor, L: Tensor, causal: bool = Tru
     return torch.log1p(c * dist) / (torch.log1p(c * norm) + eps)
 
 
+@register_pe("fire", positions="1d", paper="Li et al., Functional Interpolation for Relative Positions Improves Long Context Transformers, ICLR 2024, arXiv:2310.04418", causal_ok=True)
 class FIRE(PositionalEncoding):
     """FIRE relative bias on the ``bias`` hook.
 

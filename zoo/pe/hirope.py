@@ -46,6 +46,7 @@ from torch import Tensor
 
 from ..positions import Positions
 from .base import PositionalEncoding
+from .registry import register_pe
 from .rope import apply_rotary, check_rotary_qk, rope_inv_freq
 
 __all__ = ["hierarchical_positions", "hirope_split", "hirope_angles", "HiRoPE"]
@@ -152,6 +153,7 @@ def hirope_angles(positions: Tensor, inv_freq: Tensor, counts: Sequence[int]) ->
         return p * inv_freq.to(device=positions.device, dtype=torch.float32)
 
 
+@register_pe("hirope", positions="1d", paper="Zhang et al., HiRoPE: Length Extrapolation for Code Models Using Hierarchical Position, ACL 2024, arXiv:2403.19115", causal_ok=True)
 class HiRoPE(PositionalEncoding):
     """Hierarchical RoPE (Zhang et al., ACL 2024) on the ``rotate`` hook, plus the window rule on ``bias``.
 

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ..positions import Positions
 from .base import PositionalEncoding
+from .registry import register_pe
 
 __all__ = ["piecewise_index", "irpe_bucket_ids", "irpe_num_buckets", "IRPETable", "IRPECrossTable", "IRPE",
            "IRPEWithValue", "IRPE_METHODS"]
@@ -217,6 +218,7 @@ class IRPECrossTable(nn.Module):
 
 # ---- the positional encoding ------------------------------------------------------------------------------------
 
+@register_pe("irpe", positions="2d", paper="Wu et al., Rethinking and Improving Relative Position Encoding for Vision Transformer, ICCV 2021, arXiv:2107.14222")
 class IRPE(PositionalEncoding):
     """iRPE as a `PositionalEncoding` (bias hook for queries/keys; value hook for values).
 

@@ -31,8 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .alibi import query_key_positions
 from .base import PositionalEncoding
+from .registry import register_pe
+from .relative import query_key_positions
 
 __all__ = ["kerple_log_bias", "kerple_power_bias", "kerple_distance", "KerpleLog", "KerplePower"]
 
@@ -116,6 +117,7 @@ class _Kerple(PositionalEncoding, ABC):
         return self.bias_rows(q, k, pos, scale, k.shape[-2] - q.shape[-2])
 
 
+@register_pe("kerple_log", positions="1d", paper="Chi et al., KERPLE: Kernelized Relative Positional Embedding for Length Extrapolation, NeurIPS 2022, arXiv:2205.09921", causal_ok=True, relative=True)
 class KerpleLog(_Kerple):
     """KERPLE logarithmic kernel ``-p * log(1 + a |i - j|)`` (the variant the paper recommends).
 
@@ -131,6 +133,7 @@ class KerpleLog(_Kerple):
         return kerple_log_bias(dist, p, a)
 
 
+@register_pe("kerple_power", positions="1d", paper="Chi et al., KERPLE: Kernelized Relative Positional Embedding for Length Extrapolation, NeurIPS 2022, arXiv:2205.09921", causal_ok=True, relative=True)
 class KerplePower(_Kerple):
     """KERPLE power kernel ``-a |i - j| ^ p``, ``p`` in ``[eps, 2]`` (the official multiplicative ``exp`` factor,
     unused in its released configs, is not implemented).

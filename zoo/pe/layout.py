@@ -25,13 +25,14 @@ size, HF BROS's input convention) are refused rather than rounded to 0 / 1.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..positions import Positions
 from .base import ForwardMemo, PositionalEncoding
+from .registry import register_pe
 from .t5 import t5_bucket
 
 __all__ = ["check_boxes", "LayoutLM2DEmbedding", "LayoutLMv3SpatialEmbedding", "LayoutLMv3SpatialBias",
@@ -77,6 +78,7 @@ def _boxes_of(pos: Optional[Positions], by: str) -> Tensor:
     return pos.boxes
 
 
+@register_pe("layoutlm_2d", positions="boxes", paper="Xu et al., LayoutLM: Pre-training of Text and Layout for Document Image Understanding, KDD 2020, arXiv:1912.13318")
 class LayoutLM2DEmbedding(PositionalEncoding):
     """LayoutLM v1 2D absolute position embedding on the ``embed`` hook: adds
     ``X[x0] + Y[y0] + X[x1] + Y[y1] + H[y1 - y0] + W[x1 - x0]`` (tables ``[max_2d, dim]``) to ``x [b, n, dim]``.
@@ -114,6 +116,26 @@ class LayoutLM2DEmbedding(PositionalEncoding):
         return x + self.layout(boxes).to(x.dtype)
 
 
+# geometry -> LayoutLMv3's sizes: the six tables fill the model width, 4 * coordinate_size + 2 * shape_size == dim
+# (HF LayoutLMv3: 128 + 128 for hidden 768, i.e. dim / 6 each; a width not divisible by 6 gives shape the remainder)
+def _v3_coordinate_size(dim: int) -> int:
+    return _v3_sizes(dim)[0]
+
+
+def _v3_shape_size(dim: int) -> int:
+    return _v3_sizes(dim)[1]
+
+
+def _v3_sizes(dim: int) -> Tuple[int, int]:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 6 or dim % 2:
+        raise ValueError(f"layoutlmv3_spatial fills the model width with 4 * coordinate_size + 2 * shape_size: dim "
+                         f"must be an even int >= 6, got {dim!r}")
+    c = dim // 6
+    return c, (dim - 4 * c) // 2
+
+
+@register_pe("layoutlmv3_spatial", positions="boxes", paper="Huang et al., LayoutLMv3: Pre-training for Document AI with Unified Text and Image Masking, ACM MM 2022, arXiv:2204.08387",
+             geometry={"coordinate_size": ("dim", _v3_coordinate_size), "shape_size": ("dim", _v3_shape_size)})
 class LayoutLMv3SpatialEmbedding(PositionalEncoding):
     """LayoutLMv3 text-token spatial embedding on the ``embed`` hook: adds the concatenation
     ``[X[x0], Y[y0], X[x1], Y[y1], H[clip(y1-y0)], W[clip(x1-x0)]]`` (``4 * coordinate_size + 2 * shape_size`` wide,
@@ -169,6 +191,7 @@ def layoutlmv3_bucket(relative_position: Tensor, num_buckets: int, max_distance:
     return t5_bucket(relative_position, bidirectional=True, num_buckets=num_buckets, max_distance=max_distance)
 
 
+@register_pe("layoutlmv3_bias", positions="boxes", paper="Huang et al., LayoutLMv3: Pre-training for Document AI with Unified Text and Image Masking, ACM MM 2022, arXiv:2204.08387")
 class LayoutLMv3SpatialBias(PositionalEncoding):
     """LayoutLMv3 spatial-aware relative attention bias on the ``bias`` hook (see the module docstring).
 

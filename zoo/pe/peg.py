@@ -25,10 +25,12 @@ from torch import Tensor, nn
 
 from ..positions import Positions
 from .base import PositionalEncoding
+from .registry import register_pe
 
 __all__ = ["PEG"]
 
 
+@register_pe("peg", positions="2d", paper="Chu et al., Conditional Positional Encodings for Vision Transformers, ICLR 2023, arXiv:2102.10882")
 class PEG(PositionalEncoding):
     """Positional Encoding Generator (CPVT) on the ``embed`` hook.
 

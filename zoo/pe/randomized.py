@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import replace
-from typing import Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ..positions import Positions
 from .base import PositionalEncoding
+from .registry import register_pe
 
 __all__ = ["randomized_positions", "randomize_ids", "RandomizedPE"]
 
@@ -152,3 +153,21 @@ class RandomizedPE(PositionalEncoding):
 
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Optional[Tensor]:
         return self.pe.bias(q, k, self.positions(pos, k.shape[-2], k.device), scale)
+
+
+@register_pe("randomized", positions="1d", paper="Ruoss et al., Randomized Positional Encodings Boost Length "
+             "Generalization of Transformers, ACL 2023, arXiv:2305.16843", builds=RandomizedPE,
+             example=lambda g: {"max_length": 4 * (g["max_len"] or 16)})
+def randomized(max_length: int, pe: Union[str, Mapping[str, Any], PositionalEncoding] = "rope",
+               generator: Optional[torch.Generator] = None, *, dim: Optional[int] = None,
+               head_dim: Optional[int] = None, num_heads: Optional[int] = None, causal: Optional[bool] = None,
+               max_len: Optional[int] = None, depth: Optional[int] = None,
+               grid_size: Optional[Tuple[int, int]] = None) -> RandomizedPE:
+    """`RandomizedPE` around ``pe``: an encoding, or a spec (``"rope"``, ``{"name": "alibi"}``) built with the same
+    geometry (`zoo.pe.build`); the official code wraps sin/cos, RoPE, ALiBi and learned tables (RoPE by default
+    here).  ``max_length``: the range of the random positions, several times the training length."""
+    if not isinstance(pe, PositionalEncoding):
+        from .registry import build
+        pe = build(pe, dim=dim, head_dim=head_dim, num_heads=num_heads, causal=causal, max_len=max_len, depth=depth,
+                   grid_size=grid_size)
+    return RandomizedPE(pe, max_length, generator)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..positions import Positions
 from .base import PositionalEncoding
+from .registry import register_pe
 from .layout import check_boxes
 
 __all__ = ["box_centers", "knn_graph", "beta_skeleton_graph", "adjacency_to_neighbors", "reading_order_codes",
@@ -200,6 +201,7 @@ class ReadingOrderGraphConv(nn.Module):
         return self.norm(h + self.out(agg))
 
 
+@register_pe("reading_order", positions="graph", paper="Lee et al., ROPE: Reading Order Equivariant Positional Encoding for Graph-based Document Information Extraction, ACL 2021, arXiv:2106.10786")
 class ReadingOrderBias(PositionalEncoding):
     """ROPE codes on the attention ``bias`` hook: graph attention over a k-NN word graph of ``pos.boxes``.
 

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ..positions import Positions
 from .base import PositionalEncoding
+from .registry import register_pe
 
 __all__ = ["manhattan_log_decay", "manhattan_decay_bias", "ManhattanDecay"]
 
@@ -72,6 +73,7 @@ def manhattan_decay_bias(height: int, width: int, log_decay: Tensor, num_prefix:
     return grid_bias[None]                                                         # [1, heads, n, n]
 
 
+@register_pe("manhattan_decay", positions="2d", paper="Fan et al., RMT: Retentive Networks Meet Vision Transformers, CVPR 2024, arXiv:2309.11523")
 class ManhattanDecay(PositionalEncoding):
     """RMT Manhattan spatial decay (Fan et al., CVPR 2024) on the ``bias`` hook.
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..positions import Positions
 from .base import PositionalEncoding
+from .registry import register_pe
 
 __all__ = ["axial_inv_freq", "axial_angles", "mixed_freqs_init", "mixed_angles", "rotate_pairs", "AxialRoPE2d",
            "MixedRoPE2d", "MixedRoPE2dLayer"]
@@ -190,6 +191,7 @@ def _check_qk(q: Tensor, k: Tensor, head_dim: int, by: str) -> None:
 
 # ---- RoPE-Axial ------------------------------------------------------------------------------------------------
 
+@register_pe("rope2d_axial", positions="2d", paper="Heo et al., Rotary Position Embedding for Vision Transformer, ECCV 2024, arXiv:2403.13298")
 class AxialRoPE2d(PositionalEncoding):
     """RoPE-Axial (Heo et al., 2024): fixed frequencies, half of the rotary pairs follow the column, half the row.
 
@@ -253,6 +255,7 @@ class AxialRoPE2d(PositionalEncoding):
 
 # ---- RoPE-Mixed ------------------------------------------------------------------------------------------------
 
+@register_pe("rope2d_mixed", positions="2d", paper="Heo et al., Rotary Position Embedding for Vision Transformer, ECCV 2024, arXiv:2403.13298")
 class MixedRoPE2d(PositionalEncoding):
     """RoPE-Mixed (Heo et al., 2024): learnable 2D frequencies per layer and head, ``angle = fx*col + fy*row``.
 

@@ -36,9 +36,11 @@ from typing import Any, Dict, Hashable, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .registry import register_pe
 from .rope import RoPE
 
-__all__ = ["ROPE_TYPES", "rope_frequencies", "rotary_dim", "ScaledRoPE"]
+__all__ = ["ROPE_TYPES", "rope_frequencies", "rotary_dim", "ScaledRoPE", "rope_linear", "rope_dynamic", "rope_yarn",
+           "rope_longrope", "rope_llama3"]
 
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
@@ -287,6 +289,10 @@ def rope_frequencies(head_dim: int, base: float = 10000.0, scaling: Optional[Map
     return inv.to(device=device, dtype=torch.float32), float(attention)
 
 
+@register_pe("rope_scaled", positions="1d", paper="HF transformers rope_parameters: PI arXiv:2306.15595, dynamic NTK, "
+             "YaRN arXiv:2309.00071, LongRoPE arXiv:2402.13753, Llama 3.1 arXiv:2407.21783", causal_ok=True,
+             relative=True, geometry={"max_position_embeddings": "max_len"},
+             example={"scaling": {"rope_type": "linear", "factor": 2.0}})
 class ScaledRoPE(RoPE):
     """RoPE with HF-style context extension (``scaling`` in HF's ``rope_parameters`` schema), any layout.
 
@@ -345,3 +351,88 @@ class ScaledRoPE(RoPE):
     def attention_factor(self) -> float:
         """The factor cos/sin are multiplied by (constant per config in every HF rope type)."""
         return self.frequencies()[1]
+
+
+# ---- named variants: one registered name per rope_type ------------------------------------------------------------
+# ``create("rope_yarn", head_dim=64, factor=4.0)`` == ``create("rope_scaled", head_dim=64, scaling={"rope_type":
+# "yarn", "factor": 4.0})``.  Fields left None take HF's defaults.  ``max_position_embeddings`` comes from the model's
+# ``max_len`` in `zoo.pe.build`: the length the model was trained at, i.e. the original length of the extension.
+_GEOMETRY = {"max_position_embeddings": "max_len"}
+
+
+def _scaled(rope_type: str, head_dim: int, base: float, layout: str, rot_dim: Optional[int], p: float,
+            max_position_embeddings: Optional[int], **fields) -> ScaledRoPE:
+    scaling = {"rope_type": rope_type, **{k: v for k, v in fields.items() if v is not None}}
+    return ScaledRoPE(head_dim, base, layout, rot_dim, scaling=scaling, max_position_embeddings=max_position_embeddings,
+                      p=p)
+
+
+@register_pe("rope_linear", positions="1d", paper="Chen et al., Extending Context Window of Large Language Models "
+             "via Positional Interpolation, arXiv:2306.15595", causal_ok=True, relative=True, builds=ScaledRoPE,
+             geometry=_GEOMETRY, example={"factor": 2.0})
+def rope_linear(head_dim: int, factor: float, base: float = 10000.0, layout: str = "half",
+                rot_dim: Optional[int] = None, p: float = 1.0,
+                max_position_embeddings: Optional[int] = None) -> ScaledRoPE:
+    """Position interpolation (PI): every frequency divided by ``factor``."""
+    return _scaled("linear", head_dim, base, layout, rot_dim, p, max_position_embeddings, factor=factor)
+
+
+# the frequencies follow the length of each call (max position + 1): a KV cache keeps keys rotated with the
+# frequencies of an earlier, shorter call, and a shifted window sees other frequencies (not causal_ok, not relative)
+@register_pe("rope_dynamic", positions="1d", paper="bloc97 & emozilla, Dynamically Scaled RoPE (NTK-aware), "
+             "r/LocalLLaMA 2023; as HF transformers' 'dynamic'; analysed in Peng et al., YaRN, arXiv:2309.00071",
+             builds=ScaledRoPE, geometry=_GEOMETRY, example={"factor": 2.0})
+def rope_dynamic(head_dim: int, factor: float, max_position_embeddings: int, base: float = 10000.0,
+                 layout: str = "half", rot_dim: Optional[int] = None, p: float = 1.0) -> ScaledRoPE:
+    """Dynamic NTK scaling: the base grows with the length of the call beyond ``max_position_embeddings``."""
+    return _scaled("dynamic", head_dim, base, layout, rot_dim, p, max_position_embeddings, factor=factor)
+
+
+@register_pe("rope_yarn", positions="1d", paper="Peng et al., YaRN: Efficient Context Window Extension of Large "
+             "Language Models, ICLR 2024, arXiv:2309.00071", causal_ok=True, relative=True, builds=ScaledRoPE,
+             geometry=_GEOMETRY, example={"factor": 2.0})
+def rope_yarn(head_dim: int, factor: float, original_max_position_embeddings: Optional[int] = None,
+              beta_fast: Optional[float] = None, beta_slow: Optional[float] = None,
+              attention_factor: Optional[float] = None, mscale: Optional[float] = None,
+              mscale_all_dim: Optional[float] = None, truncate: Optional[bool] = None, base: float = 10000.0,
+              layout: str = "half", rot_dim: Optional[int] = None, p: float = 1.0,
+              max_position_embeddings: Optional[int] = None) -> ScaledRoPE:
+    """YaRN: per-pair blend of the original and interpolated frequencies, and an attention factor."""
+    return _scaled("yarn", head_dim, base, layout, rot_dim, p, max_position_embeddings, factor=factor,
+                   original_max_position_embeddings=original_max_position_embeddings, beta_fast=beta_fast,
+                   beta_slow=beta_slow, attention_factor=attention_factor, mscale=mscale,
+                   mscale_all_dim=mscale_all_dim, truncate=truncate)
+
+
+def _longrope_example(g: Dict[str, Any]) -> Dict[str, Any]:
+    half = (g["head_dim"] or 8) // 2
+    return {"short_factor": [1.0] * half, "long_factor": [float(1 + t) for t in range(half)],
+            "original_max_position_embeddings": max(1, (g["max_len"] or 16) // 2)}
+
+
+# short or long factors are picked by the length of the call: not causal_ok, not relative (see rope_dynamic)
+@register_pe("rope_longrope", positions="1d", paper="Ding et al., LongRoPE: Extending LLM Context Window Beyond 2 "
+             "Million Tokens, ICML 2024, arXiv:2402.13753", builds=ScaledRoPE, geometry=_GEOMETRY,
+             example=_longrope_example)
+def rope_longrope(head_dim: int, short_factor, long_factor, factor: Optional[float] = None,
+                  original_max_position_embeddings: Optional[int] = None, attention_factor: Optional[float] = None,
+                  base: float = 10000.0, layout: str = "half", rot_dim: Optional[int] = None, p: float = 1.0,
+                  max_position_embeddings: Optional[int] = None) -> ScaledRoPE:
+    """LongRoPE: searched per-pair rescale factors, short ones within the original length, long ones beyond."""
+    return _scaled("longrope", head_dim, base, layout, rot_dim, p, max_position_embeddings, factor=factor,
+                   short_factor=list(short_factor), long_factor=list(long_factor),
+                   original_max_position_embeddings=original_max_position_embeddings,
+                   attention_factor=attention_factor)
+
+
+@register_pe("rope_llama3", positions="1d", paper="Llama Team, The Llama 3 Herd of Models, arXiv:2407.21783 "
+             "(Llama 3.1 rope_scaling)", causal_ok=True, relative=True, builds=ScaledRoPE, geometry=_GEOMETRY,
+             example={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0})
+def rope_llama3(head_dim: int, factor: float, low_freq_factor: float, high_freq_factor: float,
+                original_max_position_embeddings: Optional[int] = None, base: float = 10000.0,
+                layout: str = "half", rot_dim: Optional[int] = None, p: float = 1.0,
+                max_position_embeddings: Optional[int] = None) -> ScaledRoPE:
+    """Llama 3.1: long wavelengths interpolated by ``factor``, short ones kept, a smooth blend between."""
+    return _scaled("llama3", head_dim, base, layout, rot_dim, p, max_position_embeddings, factor=factor,
+                   low_freq_factor=low_freq_factor, high_freq_factor=high_freq_factor,
+                   original_max_position_embeddings=original_max_position_embeddings)

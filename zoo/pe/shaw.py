@@ -26,8 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .alibi import query_key_positions
 from .base import PositionalEncoding
+from .registry import register_pe
+from .relative import query_key_positions
 
 __all__ = ["shaw_relative_index", "ShawRPE", "ShawRPEWithValues"]
 
@@ -44,6 +45,7 @@ def shaw_relative_index(relative_position: Tensor, max_relative_position: int) -
     return rel.long().clamp(-k, k) + k
 
 
+@register_pe("shaw", positions="1d", paper="Shaw et al., Self-Attention with Relative Position Representations, NAACL 2018, arXiv:1803.02155", causal_ok=True, relative=True)
 class ShawRPE(PositionalEncoding):
     """Shaw et al. (2018) relative position representations.
 

@@ -24,6 +24,7 @@ instance across the layers to reproduce that.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -31,8 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .alibi import query_key_positions
 from .base import PositionalEncoding
+from .registry import register_pe
+from .relative import query_key_positions
 
 __all__ = ["t5_bucket", "T5RelativeBias", "T5RelativeBiasUnscaledQK"]
 
@@ -77,6 +79,8 @@ def t5_bucket(relative_position: Tensor, bidirectional: bool = True, num_buckets
     return base + torch.where(n < max_exact, n, large)
 
 
+@register_pe("t5", positions="1d", paper="Raffel et al., Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer, JMLR 2020, arXiv:1910.10683", causal_ok=True, relative=True,
+             geometry={"bidirectional": ("causal", operator.not_)})
 class T5RelativeBias(PositionalEncoding):
     """T5 relative position bias on the ``bias`` hook: a learned ``[num_buckets, num_heads]`` table indexed by the
     bucket of ``pos_k - pos_q``.

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..positions import Positions
 from .base import PositionalEncoding
+from .registry import register_pe
 
 __all__ = ["decayed_scan", "toeplitz_mix", "GroupRMSNorm", "Tpe", "MdTpe"]
 
@@ -141,6 +142,7 @@ class Tpe(nn.Module):
         return self.o_proj(self.norm(self.mix(x, bidirectional)))
 
 
+@register_pe("md_tpe", positions="2d", paper="Qin et al., You Only Scan Once: Efficient Multi-dimension Sequential Modeling with LightNet, arXiv:2405.21022", geometry={"embed_dim": "dim"})
 class MdTpe(PositionalEncoding):
     """MD-TPE (LightNet): a `Tpe` per grid axis, summed, added to the tokens on the ``embed`` hook.
 

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..positions import Positions
 from .rope import RoPE
+from .registry import register_pe
 
 __all__ = ["V2PE_STRIDES", "v2pe_image_runs", "v2pe_position_ids", "V2PE"]
 
@@ -153,6 +154,7 @@ def v2pe_position_ids(visual: Tensor, mask: Optional[Tensor] = None, stride: Str
     return (out, used) if return_strides else out
 
 
+@register_pe("v2pe", positions="multimodal", paper="Ge et al., V2PE: Improving Multimodal Long-Context Capability of Vision-Language Models with Variable Visual Position Encoding, arXiv:2412.09616", causal_ok=True, relative=True)
 class V2PE(RoPE):
     """RoPE at V2PE's float positions (official ``V2PE`` rotary class: ``freqs = outer(pos, inv_freq)``,
     ``cat(freqs, freqs)``, rotate-half), i.e. `zoo.pe.rope.RoPE` with ``layout="half"`` whose positions must be given.
