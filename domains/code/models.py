@@ -36,16 +36,13 @@ of newlines in the previous token (``newline_ids``: a set of ids counting one ne
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Dict, Iterable, Mapping, Optional, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from zoo.nn import Block, shared_encodings
-from zoo.nn.attention import KVCache
-from zoo.nn.generation import (check_generate_args, check_input_ids, check_positions, check_prompt, check_seq_len,
-                               decode)
-from zoo.nn.layers import init_decoder_weights
+from zoo.nn.transformer import (DecoderLM, build_encoding, check_positive_ints, segment_intra,
+                                segment_intra_positions)
 from zoo.pe.alibi import ALiBi
 from zoo.pe.bipe import BiPEALiBi, BiPEIntraEmbedding, BiPERoPE
 from zoo.pe.hirope import HiRoPE
@@ -53,8 +50,8 @@ from zoo.pe.rope import RoPE
 from zoo.positions import Positions
 from zoo.registry import register_model
 
-__all__ = ["CodeLM", "PE_KINDS", "line_intra", "newline_table", "newline_counts_from_tokenizer", "code_positions",
-           "extend_positions"]
+__all__ = ["CodeLM", "PE_KINDS", "ENCODINGS", "line_intra", "newline_table", "newline_counts_from_tokenizer",
+           "code_positions", "extend_positions"]
 
 PAPERS = {
     "nope": "https://arxiv.org/abs/2305.19466",
@@ -67,28 +64,16 @@ PAPERS = {
 #: encoding kind -> the Positions fields the model reads
 PE_KINDS: Dict[str, tuple] = {"nope": (), "rope": ("ids",), "alibi": ("ids",), "hirope": ("levels",),
                               "bipe": ("segments",), "bipe_alibi": ("segments",)}
+#: encoding kind -> (class, defaults) of the attention encoding; head_dim / num_heads and causal=True are added
+ENCODINGS = {"nope": None, "rope": (RoPE, {"base": 10000.0}), "alibi": (ALiBi, {}),
+             "hirope": (HiRoPE, {"base": 10000.0, "levels": (2, -1), "split": 0.5, "window": 0}),
+             "bipe": (BiPERoPE, {"base": 10000.0}), "bipe_alibi": (BiPEALiBi, {})}
 NewlineIds = Union[None, Tensor, Mapping[int, int], Iterable[int]]
+#: index of every token inside its line (BiPE's intra position), clipped at ``max_intra - 1``
+line_intra = segment_intra
 
 
 # ---- positions --------------------------------------------------------------------------------------------------
-
-def line_intra(segments: Tensor, max_intra: Optional[int] = None) -> Tensor:
-    """Index of every token inside its segment (line): ``j - first(j)``, ``first(j)`` = the first token of the run
-    of equal segment ids that contains ``j``; clipped at ``max_intra - 1`` (BiPE's ``train_scale``).
-
-    ``segments`` ``[b, n]`` or ``[n]`` (non-decreasing line ids) -> int64, same shape.  On ids from
-    `zoo.pe.bipe.bipe_ids` this gives back its intra positions."""
-    if not isinstance(segments, Tensor) or segments.ndim not in (1, 2):
-        raise ValueError(f"segments must be a [b, n] or [n] tensor, got "
-                         f"{tuple(segments.shape) if isinstance(segments, Tensor) else type(segments).__name__}")
-    n = segments.shape[-1]
-    idx = torch.arange(n, device=segments.device).expand(segments.shape)        # [b?, n]
-    start = torch.ones(segments.shape, dtype=torch.bool, device=segments.device)
-    start[..., 1:] = segments[..., 1:] != segments[..., :-1]                     # a new line starts here
-    first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=-1).values  # [b?, n] its line's first token
-    intra = idx - first
-    return intra if max_intra is None else intra.clamp(max=max_intra - 1)
-
 
 def newline_table(newline_ids: NewlineIds, vocab_size: int, device=None) -> Optional[Tensor]:
     """Newlines per token id as an int64 ``[vocab_size]`` table (None when ``newline_ids`` is None).
@@ -213,16 +198,16 @@ def extend_positions(pos: Positions, tokens: Tensor, newline_ids: NewlineIds = N
 
 # ---- model ------------------------------------------------------------------------------------------------------
 
-class CodeLM(nn.Module):
-    """Pre-norm decoder LM with a pluggable positional encoding, tied LM head and a KV cache.
+class CodeLM(DecoderLM):
+    """Pre-norm decoder LM with a pluggable positional encoding, tied LM head and a KV cache (`zoo.nn.DecoderLM`).
 
     Args:
         vocab_size: tokens of the vocabulary.
         dim, depth, num_heads, mlp_ratio: width ``c``, blocks, heads, MLP hidden ratio.
         pe: ``"nope" | "rope" | "alibi" | "hirope" | "bipe" | "bipe_alibi"`` (`PE_KINDS`).
         pe_kwargs: overrides for the attention encoding (RoPE/HiRoPE/BiPERoPE: ``base``, ``layout``; HiRoPE:
-            ``levels``, ``split``, ``window``, ``within_parent``; ALiBi: ``num_alibi_heads``).  Defaults: RoPE base
-            10000, HiRoPE ``levels=(2, -1)`` (function, token), ``split=0.5``, ``window=0``.
+            ``levels``, ``split``, ``window``, ``within_parent``; ALiBi: ``num_alibi_heads``).  Defaults in
+            `ENCODINGS`: RoPE base 10000, HiRoPE ``levels=(2, -1)`` (function, token), ``split=0.5``, ``window=0``.
         max_seq_len: the length the model is meant for; longer inputs (cached + new keys) raise unless
             ``allow_longer`` (an attribute, can be flipped after building).
         max_intra: rows of BiPE's intra-line table (official ``train_scale`` 1024); intra positions clip there.
@@ -233,144 +218,42 @@ class CodeLM(nn.Module):
     The encoding is shared by all blocks (it has no parameters); BiPE's intra table is ``intra_pe.weight``.
     """
 
+    positions_hint = " (build them with domains.code.data, or code_positions(input_ids, ...))"
+
     def __init__(self, vocab_size: int = 8192, dim: int = 128, depth: int = 4, num_heads: int = 4,
                  mlp_ratio: float = 4.0, pe: str = "nope", pe_kwargs: Optional[dict] = None, max_seq_len: int = 1024,
                  allow_longer: bool = False, max_intra: int = 1024, newline_ids: NewlineIds = None,
                  qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  norm_eps: float = 1e-5, init_std: float = 0.02):
-        super().__init__()
-        for name, v in (("vocab_size", vocab_size), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
-                        ("max_seq_len", max_seq_len), ("max_intra", max_intra)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_positive_ints(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, max_seq_len=max_seq_len,
+                            max_intra=max_intra)
         if pe not in PE_KINDS:
             raise ValueError(f"pe must be one of {tuple(PE_KINDS)}, got {pe!r}")
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.vocab_size, self.dim, self.depth, self.num_heads = vocab_size, dim, depth, num_heads
-        self.pe_kind, self.max_seq_len, self.allow_longer, self.max_intra = pe, max_seq_len, bool(allow_longer), \
-            max_intra
-        head_dim = dim // num_heads
-        attn_pe = self._build_pe(pe, head_dim, num_heads, dict(pe_kwargs or {}))
+        bipe = pe.startswith("bipe")
+        super().__init__(
+            vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            pe=build_encoding(ENCODINGS, pe, pe_kwargs, dim // num_heads, num_heads, causal=True),
+            embed_pe=(lambda: BiPEIntraEmbedding(max_intra, dim, init_std=init_std)) if bipe else None,
+            embed_pe_name="intra_pe", embed_positions=segment_intra_positions if bipe else None,
+            max_seq_len=max_seq_len, allow_longer=allow_longer, needs=PE_KINDS[pe], pe_kind=pe, qkv_bias=qkv_bias,
+            drop=drop, attn_drop=attn_drop, drop_path=drop_path, norm_eps=norm_eps, init_std=init_std)
+        self.max_intra = max_intra
         self.config = dict(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            pe=pe, pe_kwargs=dict(pe_kwargs or {}), max_seq_len=max_seq_len, max_intra=max_intra)
-
-        self.tok_emb = nn.Embedding(vocab_size, dim)
-        self.intra_pe = BiPEIntraEmbedding(max_intra, dim, init_std=init_std) if pe.startswith("bipe") else None
-        self.drop = nn.Dropout(drop)
-        dpr = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList([
-            Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
-                  drop_path=dpr[i], pe=attn_pe, causal=True, norm_eps=norm_eps) for i in range(depth)])
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.head = nn.Linear(dim, vocab_size, bias=False)
-        self.head.weight = self.tok_emb.weight                                   # tied
-        table = newline_table(newline_ids, vocab_size)
-        self.register_buffer("newline_counts", table, persistent=False)         # [vocab] or None
-        self._init_weights(init_std)
-
-    @staticmethod
-    def _build_pe(kind: str, head_dim: int, num_heads: int, kw: dict) -> Optional[nn.Module]:
-        if kind == "nope":
-            if kw:
-                raise ValueError(f"pe='nope' takes no pe_kwargs, got {sorted(kw)}")
-            return None
-        if kind == "rope":
-            return RoPE(head_dim, **{"base": 10000.0, **kw})
-        if kind == "alibi":
-            return ALiBi(num_heads, **{"causal": True, **kw})
-        if kind == "hirope":
-            return HiRoPE(head_dim, **{"base": 10000.0, "levels": (2, -1), "split": 0.5, "window": 0, **kw})
-        if kind == "bipe":
-            return BiPERoPE(head_dim, **{"base": 10000.0, **kw})
-        return BiPEALiBi(num_heads, **{"causal": True, **kw})
-
-    def _init_weights(self, std: float) -> None:
-        init_decoder_weights(self, self.depth, std)
-        nn.init.normal_(self.tok_emb.weight, std=std)
-
-    # ---- positions ----------------------------------------------------------------------------------------
-    @property
-    def needs(self) -> tuple:
-        """The Positions fields this model reads."""
-        return PE_KINDS[self.pe_kind]
+        self.register_buffer("newline_counts", newline_table(newline_ids, vocab_size), persistent=False)  # [vocab]
 
     def default_positions(self, input_ids: Tensor, past: int = 0) -> Positions:
         """Positions when none are given: token indices of all ``past + n`` keys, plus line segments from
         ``newline_ids`` when the model has them and nothing is cached; never levels."""
         if past == 0:
             return code_positions(input_ids, self.newline_counts, self.vocab_size)
-        b, n = input_ids.shape
-        return Positions(ids=torch.arange(past + n, device=input_ids.device).expand(b, past + n))
+        return super().default_positions(input_ids, past)
 
-    def _check_positions(self, pos: Positions, b: int, nk: int, past: int) -> None:
-        check_positions(pos, self.needs, b, nk, past, f"CodeLM(pe={self.pe_kind!r})",
-                        " (build them with domains.code.data, or code_positions(input_ids, ...))")
-
-    # ---- forward ------------------------------------------------------------------------------------------
-    def make_cache(self) -> List[KVCache]:
-        """An empty KV cache: one `KVCache` per block."""
-        return [KVCache() for _ in self.blocks]
-
-    init_cache = make_cache
-
-    def forward(self, input_ids: Tensor, pos: Optional[Positions] = None,
-                cache: Optional[List[KVCache]] = None) -> Tensor:
-        """Logits ``[b, n, vocab]`` for ``input_ids`` ``[b, n]``.
-
-        With ``cache`` (from `make_cache`), ``input_ids`` are the new tokens only, ``pos`` describes all tokens
-        (cached + new) and every layer's cache is extended.  ``input_ids`` must hold at least one token, each in
-        ``0 .. vocab_size - 1``."""
-        check_input_ids(input_ids, self.vocab_size)
-        if cache is not None and (len(cache) != self.depth or not all(isinstance(c, KVCache) for c in cache)):
-            raise ValueError(f"cache must be a list of {self.depth} KVCache (model.make_cache()), got "
-                             f"{type(cache).__name__} of length {len(cache) if hasattr(cache, '__len__') else '?'}")
-        b, n = input_ids.shape
-        past = cache[0].length if cache is not None else 0
-        nk = past + n
-        check_seq_len(n, past, self.max_seq_len, self.allow_longer,
-                      " (BiPE's intra-line positions clip at max_intra - 1)" if self.intra_pe else "")
-        if pos is None:
-            pos = self.default_positions(input_ids, past)
-        self._check_positions(pos, b, nk, past)
-        x = self.tok_emb(input_ids)                                              # [b, n, c]
-        if self.intra_pe is not None:
-            intra = line_intra(pos.segments.to(input_ids.device), self.max_intra)   # [b?, nk]
-            x = self.intra_pe.embed(x, Positions(ids=intra[..., past:]))
-        x = self.drop(x)
-        with shared_encodings(self.blocks, pos):                                # one bias per forward
-            for i, blk in enumerate(self.blocks):
-                x = blk(x, pos, None if cache is None else cache[i])
-        return self.head(self.norm(x))                                           # [b, n, vocab]
-
-    # ---- generation ---------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
-                 use_cache: bool = True, generator: Optional[torch.Generator] = None,
-                 pos_fn: Optional[Callable[[Tensor, Positions], Positions]] = None,
-                 pos: Optional[Positions] = None) -> Tensor:
-        """Append ``max_new_tokens`` sampled tokens to ``input_ids`` ``[b, n]``; returns ``[b, n + max_new_tokens]``.
-
-        Args:
-            temperature: 0 = greedy (argmax); else sample from ``softmax(logits / temperature)``.
-            top_k: sample among the ``top_k`` most likely tokens only.
-            use_cache: decode one token at a time with a KV cache (else re-run the whole sequence each step).
-            generator: a ``torch.Generator`` for reproducible sampling.
-            pos_fn: ``pos_fn(tokens [b, m + k], pos of the first m) -> Positions of all m + k``; default
-                `extend_positions` with the model's ``newline_ids`` (rule in the module docstring).
-            pos: Positions of the prompt (default: `default_positions`).
-
-        The model mode is left as it is (call ``eval()`` to turn dropout off)."""
-        check_generate_args(max_new_tokens, temperature, top_k)
-        check_prompt(input_ids, self.vocab_size)
-        if pos_fn is None:
-            def pos_fn(tokens, p):
-                return extend_positions(p, tokens, self.newline_counts)
-        if pos is None:
-            pos = self.default_positions(input_ids)
-        return decode(self, input_ids, pos, pos_fn, max_new_tokens, temperature, top_k,
-                      self.make_cache() if use_cache else None, generator)
-
+    def next_positions(self, tokens: Tensor, pos: Positions) -> Positions:
+        """`extend_positions` with the model's ``newline_ids`` (the rule of the module docstring)."""
+        return extend_positions(pos, tokens, self.newline_counts)
 
 
 # ---- entrypoints ------------------------------------------------------------------------------------------------

@@ -37,16 +37,14 @@ here can then run longer for extrapolation studies (BiPE's intra table clips at 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from domains.genomics.tokenizers import SPECIAL_TOKENS
-from zoo.nn import Block, shared_encodings
-from zoo.nn.attention import KVCache
-from zoo.nn.generation import check_generate_args, check_input_ids, check_positions, check_seq_len, decode
-from zoo.nn.layers import init_decoder_weights
+from zoo.nn.transformer import (POOLS, TransformerEncoder, build_encoding, check_positive_ints, segment_intra,
+                                segment_intra_positions)
 from zoo.pe.alibi import ALiBi
 from zoo.pe.bipe import BiPEIntraEmbedding, BiPERoPE
 from zoo.pe.fire import FIRE
@@ -56,7 +54,7 @@ from zoo.pe.t5 import T5RelativeBias
 from zoo.positions import Positions
 from zoo.registry import register_model
 
-__all__ = ["DNATransformer", "PE_KINDS", "POOLS", "NUM_SPECIAL", "NUCLEOTIDE_VOCAB", "dna_positions",
+__all__ = ["DNATransformer", "PE_KINDS", "ENCODINGS", "POOLS", "NUM_SPECIAL", "NUCLEOTIDE_VOCAB", "dna_positions",
            "segment_intra", "checkpoint_filter_fn"]
 
 NUM_SPECIAL = len(SPECIAL_TOKENS)               # ids 0..6 are <pad> <cls> <sep> <mask> <unk> <bos> <eos>
@@ -71,22 +69,13 @@ PAPERS = {
 #: encoding kind -> the Positions fields the model reads
 PE_KINDS: Dict[str, tuple] = {"nope": (), "alibi": ("ids",), "rope": ("ids",), "kerple": ("ids",),
                               "fire": ("ids",), "t5": ("ids",), "bipe": ("segments",)}
-POOLS = ("cls", "mean", "last")
+#: encoding kind -> (class, defaults) of the attention encoding; head_dim / num_heads and the model's causality
+#: (``causal``, T5's ``bidirectional = not causal``) are added
+ENCODINGS = {"nope": None, "alibi": (ALiBi, {}), "rope": (RoPE, {"base": 10000.0}), "kerple": (KerpleLog, {}),
+             "fire": (FIRE, {}), "t5": (T5RelativeBias, {}), "bipe": (BiPERoPE, {"base": 10000.0})}
 
 
 # ---- positions --------------------------------------------------------------------------------------------------
-
-def segment_intra(segments: Tensor, max_intra: Optional[int] = None) -> Tensor:
-    """Index of every token inside its run of equal segment ids (BiPE's intra position), clipped at
-    ``max_intra - 1``.  ``segments`` ``[b, n]`` or ``[n]`` -> int64 of the same shape."""
-    n = segments.shape[-1]
-    idx = torch.arange(n, device=segments.device).expand(segments.shape)          # [b?, n]
-    start = torch.ones(segments.shape, dtype=torch.bool, device=segments.device)
-    start[..., 1:] = segments[..., 1:] != segments[..., :-1]                      # a segment starts here
-    first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=-1).values  # [b?, n] its first token
-    intra = idx - first
-    return intra if max_intra is None else intra.clamp(max=max_intra - 1)
-
 
 def dna_positions(input_ids: Tensor, spans: Optional[Tensor] = None, mask: Optional[Tensor] = None,
                   segment_bases: int = 3, causal: bool = False) -> Positions:
@@ -126,8 +115,8 @@ def dna_positions(input_ids: Tensor, spans: Optional[Tensor] = None, mask: Optio
 
 # ---- model ------------------------------------------------------------------------------------------------------
 
-class DNATransformer(nn.Module):
-    """Pre-norm transformer over DNA tokens with a pluggable positional encoding.
+class DNATransformer(TransformerEncoder):
+    """Pre-norm transformer over DNA tokens with a pluggable positional encoding (`zoo.nn.TransformerEncoder`).
 
     Args:
         vocab_size: ids of the tokenizer (12 = nucleotide).
@@ -138,12 +127,16 @@ class DNATransformer(nn.Module):
         pool: ``"cls"`` (first token, encoders' default), ``"mean"`` (over ``pos.mask``) or ``"last"`` (last real
             token, decoders' default; a causal model's first token sees nothing else).
         pe_kwargs: overrides for the attention encoding (e.g. ALiBi ``num_alibi_heads``, FIRE ``init_L``, T5
-            ``num_buckets``, RoPE ``base``).
+            ``num_buckets``, RoPE ``base``); defaults in `ENCODINGS`.
         max_seq_len, allow_longer: length limit (module docstring).
         segment_bases: BiPE segment size in bases (used when ``pos`` is built here).
         max_intra: rows of the BiPE intra table (segments hold ``segment_bases`` tokens at most with the nucleotide
             tokenizer; longer ones clip).
     """
+
+    positions_hint = (" (build them with domains.genomics.models.dna_positions or model.positions(input_ids, spans, "
+                      "mask))")
+    decoder_hint = " (dna_lm_*)"
 
     def __init__(self, vocab_size: int = NUCLEOTIDE_VOCAB, dim: int = 128, depth: int = 4, num_heads: int = 4,
                  mlp_ratio: float = 4.0, pe: str = "nope", causal: bool = False, num_classes: int = 0,
@@ -151,166 +144,40 @@ class DNATransformer(nn.Module):
                  allow_longer: bool = False, segment_bases: int = 3, max_intra: int = 64, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, head_drop: float = 0.0,
                  norm_eps: float = 1e-5, init_std: float = 0.02):
-        super().__init__()
-        for name, v in (("vocab_size", vocab_size), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
-                        ("max_seq_len", max_seq_len), ("segment_bases", segment_bases), ("max_intra", max_intra)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_positive_ints(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, max_seq_len=max_seq_len,
+                            segment_bases=segment_bases, max_intra=max_intra)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0 (0 = token logits), got {num_classes!r}")
         if pe not in PE_KINDS:
             raise ValueError(f"pe must be one of {tuple(PE_KINDS)}, got {pe!r}")
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        pool = pool or ("last" if causal else "cls")
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-        if causal and pool == "cls":
-            raise ValueError("pool='cls' needs a bidirectional model: in a decoder the first token sees only itself; "
-                             "use pool='last' or 'mean'")
-        self.vocab_size, self.dim, self.depth, self.num_heads = vocab_size, dim, depth, num_heads
-        self.pe_kind, self.causal, self.num_classes, self.pool = pe, bool(causal), num_classes, pool
-        self.max_seq_len, self.allow_longer = max_seq_len, bool(allow_longer)
+        bipe = pe == "bipe"
+        super().__init__(
+            vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            pe=build_encoding(ENCODINGS, pe, pe_kwargs, dim // num_heads, num_heads, bool(causal)),
+            embed_pe=(lambda: BiPEIntraEmbedding(max_intra, dim, init_std=init_std)) if bipe else None,
+            embed_pe_name="intra_pe", embed_positions=segment_intra_positions if bipe else None,
+            causal=causal, num_classes=num_classes, pool=pool, max_seq_len=max_seq_len, allow_longer=allow_longer,
+            needs=PE_KINDS[pe], pe_kind=pe, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path,
+            head_drop=head_drop, norm_eps=norm_eps, init_std=init_std)
         self.segment_bases, self.max_intra = segment_bases, max_intra
-        attn_pe = self._build_pe(pe, dim // num_heads, num_heads, self.causal, dict(pe_kwargs or {}))
-
-        self.tok_emb = nn.Embedding(vocab_size, dim)
-        self.intra_pe = BiPEIntraEmbedding(max_intra, dim, init_std=init_std) if pe == "bipe" else None
-        self.drop = nn.Dropout(drop)
-        dpr = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList([
-            Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
-                  drop_path=dpr[i], pe=attn_pe, causal=self.causal, norm_eps=norm_eps) for i in range(depth)])
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.head = nn.Linear(dim, vocab_size, bias=False)
-        self.head.weight = self.tok_emb.weight                                    # tied
-        self.head_drop = nn.Dropout(head_drop)
-        self.classifier = nn.Linear(dim, num_classes) if num_classes > 0 else None
-        self._init_weights(init_std)
-
-    @staticmethod
-    def _build_pe(kind: str, head_dim: int, num_heads: int, causal: bool, kw: dict) -> Optional[nn.Module]:
-        if kind == "nope":
-            if kw:
-                raise ValueError(f"pe='nope' takes no pe_kwargs, got {sorted(kw)}")
-            return None
-        if kind == "rope":
-            return RoPE(head_dim, **{"base": 10000.0, **kw})
-        if kind == "bipe":
-            return BiPERoPE(head_dim, **{"base": 10000.0, **kw})
-        if kind == "t5":
-            return T5RelativeBias(num_heads, **{"bidirectional": not causal, **kw})
-        cls = {"alibi": ALiBi, "kerple": KerpleLog, "fire": FIRE}[kind]
-        return cls(num_heads, **{"causal": causal, **kw})
-
-    def _init_weights(self, std: float) -> None:
-        init_decoder_weights(self, self.depth, std, skip=".pe.")                  # encodings keep their own init
-        nn.init.normal_(self.tok_emb.weight, std=std)
-
-    # ---- positions ----------------------------------------------------------------------------------------
-    @property
-    def needs(self) -> tuple:
-        """The Positions fields this model reads."""
-        return PE_KINDS[self.pe_kind]
 
     def positions(self, input_ids: Tensor, spans: Optional[Tensor] = None, mask: Optional[Tensor] = None
                   ) -> Positions:
         """`dna_positions` with this model's ``segment_bases`` and causality."""
         return dna_positions(input_ids, spans, mask, self.segment_bases, self.causal)
 
-    def _check_positions(self, pos: Positions, b: int, nk: int, past: int) -> None:
-        check_positions(pos, self.needs, b, nk, past, f"DNATransformer(pe={self.pe_kind!r})",
-                        " (build them with domains.genomics.models.dna_positions or model.positions(input_ids, spans, "
-                        "mask))")
+    def default_positions(self, input_ids: Tensor, past: int = 0) -> Positions:
+        """`positions` of ``input_ids``; with a non-empty cache the caller must pass them (segments of past tokens
+        are not known here)."""
+        if past:
+            raise ValueError("with a non-empty cache, pass pos describing all keys (past and new)")
+        return self.positions(input_ids)
 
-    # ---- forward ------------------------------------------------------------------------------------------
-    def make_cache(self) -> List[KVCache]:
-        """An empty KV cache (decoders): one `KVCache` per block."""
-        if not self.causal:
-            raise ValueError("a KV cache needs a causal model (dna_lm_*); an encoder's earlier outputs change with "
-                             "every new token")
-        return [KVCache() for _ in self.blocks]
-
-    def forward_features(self, input_ids: Tensor, pos: Optional[Positions] = None,
-                         cache: Optional[List[KVCache]] = None) -> Tensor:
-        """Normed hidden states ``[b, n, c]``.  With ``cache`` (decoders), ``input_ids`` are the new tokens and
-        ``pos`` describes all tokens (cached + new)."""
-        check_input_ids(input_ids, self.vocab_size)  # at least one token, ids in [0, vocab_size)
-        if cache is not None:
-            if not self.causal:
-                raise ValueError("cache= needs a causal model (dna_lm_*)")
-            if len(cache) != self.depth or not all(isinstance(c, KVCache) for c in cache):
-                raise ValueError(f"cache must be a list of {self.depth} KVCache (model.make_cache())")
-        b, n = input_ids.shape
-        past = cache[0].length if cache is not None else 0
-        nk = past + n
-        check_seq_len(n, past, self.max_seq_len, self.allow_longer)
-        if pos is None:
-            if past:
-                raise ValueError("with a non-empty cache, pass pos describing all keys (past and new)")
-            pos = self.positions(input_ids)
-        self._check_positions(pos, b, nk, past)
-        x = self.tok_emb(input_ids)                                               # [b, n, c]
-        if self.intra_pe is not None:
-            intra = segment_intra(pos.segments.to(input_ids.device), self.max_intra)   # [b?, nk]
-            x = self.intra_pe.embed(x, Positions(ids=intra[..., past:]))
-        x = self.drop(x)
-        with shared_encodings(self.blocks, pos):                                # one bias per forward
-            for i, blk in enumerate(self.blocks):
-                x = blk(x, pos, None if cache is None else cache[i])
-        return self.norm(x)
-
-    def token_logits(self, x: Tensor) -> Tensor:
-        """Tied-head logits ``[b, n, vocab]`` from `forward_features`."""
-        return self.head(x)
-
-    def pool_features(self, x: Tensor, pos: Optional[Positions] = None) -> Tensor:
-        """``[b, n, c] -> [b, c]`` by ``self.pool``; ``mean`` and ``last`` respect ``pos.mask``."""
-        mask = pos.mask if pos is not None and pos.mask is not None else None
-        if self.pool == "cls":
-            return x[:, 0]
-        if mask is None:
-            return x.mean(1) if self.pool == "mean" else x[:, -1]
-        m = mask.to(device=x.device, dtype=torch.bool).expand(x.shape[:2])
-        if self.pool == "mean":
-            w = m.to(x.dtype).unsqueeze(-1)                                       # [b, n, 1]
-            return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
-        last = (m.long().cumsum(-1).argmax(-1))                                   # [b] index of the last True
-        return x[torch.arange(x.shape[0], device=x.device), last]
-
-    def forward_head(self, x: Tensor, pos: Optional[Positions] = None) -> Tensor:
-        """Class logits ``[b, num_classes]`` from `forward_features`."""
-        if self.classifier is None:
-            raise ValueError("this model has no classifier (num_classes=0); build it with num_classes=K")
-        return self.classifier(self.head_drop(self.pool_features(x, pos)))
-
-    def forward(self, input_ids: Tensor, pos: Optional[Positions] = None,
-                cache: Optional[List[KVCache]] = None) -> Tensor:
-        """Token logits ``[b, n, vocab]`` (``num_classes == 0``) or class logits ``[b, num_classes]``."""
-        if pos is None and cache is None:
-            pos = self.positions(input_ids) if isinstance(input_ids, Tensor) and input_ids.ndim == 2 else None
-        x = self.forward_features(input_ids, pos, cache)
-        return self.token_logits(x) if self.classifier is None else self.forward_head(x, pos)
-
-    # ---- generation (decoders) ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
-                 use_cache: bool = True, generator: Optional[torch.Generator] = None,
-                 pos_fn: Optional[Callable[[Tensor], Positions]] = None) -> Tensor:
-        """Append ``max_new_tokens`` sampled tokens to ``input_ids`` ``[b, n]`` -> ``[b, n + max_new_tokens]``.
-
-        ``temperature`` 0 = greedy; ``top_k`` restricts sampling; ``pos_fn(tokens) -> Positions`` of all tokens so
-        far (default `positions`: token indices and nucleotide segments).  Decoders only; mode left as is."""
-        if not self.causal:
-            raise ValueError("generate() needs a causal model (dna_lm_*), this is an encoder")
-        check_generate_args(max_new_tokens, temperature, top_k)
-        if self.classifier is not None:
-            raise ValueError("generate() needs token logits: build the decoder with num_classes=0")
-        check_input_ids(input_ids, self.vocab_size)  # at least one token, ids in [0, vocab_size)
-        pos_fn = pos_fn or self.positions
-        return decode(self, input_ids, pos_fn(input_ids), lambda tokens, _: pos_fn(tokens), max_new_tokens,
-                      temperature, top_k, self.make_cache() if use_cache else None, generator)
-
+    def next_positions(self, tokens: Tensor, pos: Positions) -> Positions:
+        """`positions` of every token so far (token indices and nucleotide segments)."""
+        return self.positions(tokens)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: DNATransformer) -> dict:

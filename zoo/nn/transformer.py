@@ -1,0 +1,308 @@
+"""Shared transformer bodies over token ids: a pre-norm encoder and a decoder LM with any 1D encoding.
+
+    input_ids [b, n] --tok_emb--> [b, n, c] (+ embed_pe.embed: BiPE intra table, learned / sincos APE, ...)
+        --Blocks(pe: rotate / bias hooks, causal?)--> norm --> x [b, n, c]
+            num_classes == 0 : head (tied to tok_emb) --> token logits [b, n, vocab]      (MLM / next token)
+            num_classes  > 0 : pool (cls | mean | last) --> classifier --> class logits [b, num_classes]
+
+`TransformerEncoder` is the body (bidirectional, or causal with a KV cache and ``generate``); `DecoderLM` is the
+same body fixed to causal.  Domain models are presets over them: they pick the encoding, the Positions fields it
+reads (``needs``) and how positions are built from token ids (``default_positions`` / ``next_positions``); the
+position builders themselves (syntax levels, codon segments, lines) stay in the domain.
+
+The attention encoding ``pe`` is one module shared by every block, so ``shared_encodings`` builds a position-only
+bias (ALiBi, T5, KERPLE, FIRE, BiPE-ALiBi) once per forward, and long inputs go through the attention's chunked
+path (`zoo.nn.chunked`) unchanged.  With a KV cache, ``pos`` always describes every key (cached + new); the
+embedding-level encoding sees the positions of the new tokens only.
+
+Initialisation follows GPT-2 (`init_decoder_weights`; encodings keep their own init), after every layer is built in
+the order tok_emb, embed_pe, blocks, norm, head, classifier, so that one seed gives the same weights whatever
+preset builds the body.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..positions import Positions
+from .attention import KVCache
+from .block import Block, shared_encodings
+from .generation import check_generate_args, check_input_ids, check_positions, check_prompt, check_seq_len, decode
+from .layers import init_decoder_weights
+
+__all__ = ["TransformerEncoder", "DecoderLM", "POOLS", "segment_intra", "segment_intra_positions",
+           "check_positive_ints", "build_encoding"]
+
+POOLS = ("cls", "mean", "last")
+#: a table of encodings: kind -> None (no encoding) or (class, default keyword arguments)
+EncodingTable = Mapping[str, Optional[Tuple[Callable[..., nn.Module], dict]]]
+
+
+def check_positive_ints(**values) -> None:
+    """Raise ``ValueError`` naming the first argument that is not a positive int."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def build_encoding(table: EncodingTable, kind: str, kwargs: Optional[dict], head_dim: int, num_heads: int,
+                   causal: bool) -> Optional[nn.Module]:
+    """The attention encoding ``table[kind]`` of a preset with its defaults, the model's geometry and ``kwargs``.
+
+    The geometry is given to the parameters the class has: ``head_dim`` (rotary) or ``num_heads`` (biases) first,
+    ``causal`` (ALiBi, KERPLE, FIRE) or ``bidirectional = not causal`` (T5).  ``kwargs`` override both."""
+    if kind not in table:
+        raise ValueError(f"pe must be one of {tuple(table)}, got {kind!r}")
+    kw = dict(kwargs or {})
+    entry = table[kind]
+    if entry is None:
+        if kw:
+            raise ValueError(f"pe={kind!r} takes no pe_kwargs, got {sorted(kw)}")
+        return None
+    cls, defaults = entry
+    params = inspect.signature(cls.__init__).parameters
+    geometry = {"causal": causal} if "causal" in params else {}
+    if "bidirectional" in params:
+        geometry["bidirectional"] = not causal
+    first = head_dim if "head_dim" in params else num_heads
+    return cls(first, **{**geometry, **defaults, **kw})
+
+
+# ---- positions --------------------------------------------------------------------------------------------------
+
+def segment_intra(segments: Tensor, max_intra: Optional[int] = None) -> Tensor:
+    """Index of every token inside its run of equal segment ids: ``j - first(j)``, ``first(j)`` = the first token of
+    the run that holds ``j`` (BiPE's intra-segment position, He et al., ICML 2024); clipped at ``max_intra - 1``
+    (the official ``train_scale``).
+
+    ``segments`` ``[b, n]`` or ``[n]`` -> int64 of the same shape.  On segment ids from `zoo.pe.bipe.bipe_ids` this
+    gives back its intra positions."""
+    if not isinstance(segments, Tensor) or segments.ndim not in (1, 2):
+        raise ValueError(f"segments must be a [b, n] or [n] tensor, got "
+                         f"{tuple(segments.shape) if isinstance(segments, Tensor) else type(segments).__name__}")
+    n = segments.shape[-1]
+    idx = torch.arange(n, device=segments.device).expand(segments.shape)          # [b?, n]
+    start = torch.ones(segments.shape, dtype=torch.bool, device=segments.device)
+    start[..., 1:] = segments[..., 1:] != segments[..., :-1]                      # a segment starts here
+    first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=-1).values  # [b?, n] its first token
+    intra = idx - first
+    return intra if max_intra is None else intra.clamp(max=max_intra - 1)
+
+
+def segment_intra_positions(pos: Positions, embed_pe: nn.Module) -> Positions:
+    """Positions for BiPE's intra table (``embed_pe.max_intra`` rows): ``ids`` = `segment_intra` of
+    ``pos.segments``."""
+    return Positions(ids=segment_intra(pos.segments, embed_pe.max_intra))
+
+
+# ---- bodies -----------------------------------------------------------------------------------------------------
+
+class TransformerEncoder(nn.Module):
+    """Pre-norm transformer over token ids with a pluggable 1D encoding; bidirectional, or causal (KV cache,
+    ``generate``).
+
+    Args:
+        vocab_size: ids of the tokenizer.
+        dim, depth, num_heads, mlp_ratio: width ``c``, blocks, heads, MLP hidden ratio.
+        pe: the attention encoding (rotate / bias hooks), one module shared by every block, or None.
+        embed_pe: an embedding-level encoding (``embed`` hook), or a callable returning one: a callable is called
+            after ``tok_emb`` is built, so seeded initialisation follows the layer order.
+        embed_pe_name: the attribute (state-dict prefix) ``embed_pe`` is stored under.
+        embed_positions: ``fn(pos, embed_pe) -> Positions`` that ``embed_pe`` reads (default: ``pos`` itself), e.g.
+            `segment_intra_positions`; the body passes on the new tokens' part only.
+        causal: causal mask, KV cache and ``generate``.
+        num_classes: 0 = token logits (tied head); > 0 = sequence classification logits.
+        pool: ``"cls"`` (first token; encoders' default), ``"mean"`` (over ``pos.mask``) or ``"last"`` (last real
+            token; decoders' default).
+        max_seq_len, allow_longer: inputs over ``max_seq_len`` keys (cached + new) raise unless ``allow_longer``
+            (an attribute too).
+        needs: the Positions fields the model reads (checked on every forward); default ``("ids",)`` with an
+            encoding, ``()`` without.
+        pe_kind: the encoding's name in error messages (default: its class name).
+        init_std: normal init of linear and embedding weights; residual projections get ``init_std/sqrt(2*depth)``.
+
+    Class attributes a preset sets: ``positions_hint`` (appended to a missing-positions error: how to build them),
+    ``decoder_hint`` (appended where a causal model is needed: which names are decoders).
+    """
+
+    positions_hint: str = ""
+    decoder_hint: str = ""
+
+    def __init__(self, vocab_size: int, dim: int = 128, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0,
+                 pe: Optional[nn.Module] = None, embed_pe: Union[None, nn.Module, Callable[[], nn.Module]] = None,
+                 embed_pe_name: str = "embed_pe",
+                 embed_positions: Optional[Callable[[Positions, nn.Module], Positions]] = None,
+                 causal: bool = False, num_classes: int = 0, pool: Optional[str] = None, max_seq_len: int = 1024,
+                 allow_longer: bool = False, needs: Optional[tuple] = None, pe_kind: Optional[str] = None,
+                 qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 head_drop: float = 0.0, norm_eps: float = 1e-5, init_std: float = 0.02):
+        super().__init__()
+        check_positive_ints(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, max_seq_len=max_seq_len)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0 (0 = token logits), got {num_classes!r}")
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        pool = pool or ("last" if causal else "cls")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if causal and pool == "cls":
+            raise ValueError("pool='cls' needs a bidirectional model: in a decoder the first token sees only itself; "
+                             "use pool='last' or 'mean'")
+        self.vocab_size, self.dim, self.depth, self.num_heads = vocab_size, dim, depth, num_heads
+        self.causal, self.num_classes, self.pool = bool(causal), num_classes, pool
+        self.max_seq_len, self.allow_longer = max_seq_len, bool(allow_longer)
+        self.pe_kind = pe_kind if pe_kind is not None else (type(pe).__name__ if pe is not None else "none")
+        self.needs = tuple(needs) if needs is not None else (("ids",) if pe is not None or embed_pe else ())
+
+        self.tok_emb = nn.Embedding(vocab_size, dim)
+        if embed_pe is not None and not isinstance(embed_pe, nn.Module):
+            embed_pe = embed_pe()
+        self._embed_pe_name, self._embed_positions = embed_pe_name, embed_positions
+        if embed_pe is not None:
+            setattr(self, embed_pe_name, embed_pe)
+        self.drop = nn.Dropout(drop)
+        dpr = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList([
+            Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
+                  drop_path=dpr[i], pe=pe, causal=self.causal, norm_eps=norm_eps) for i in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight                                    # tied
+        self.head_drop = nn.Dropout(head_drop)
+        self.classifier = nn.Linear(dim, num_classes) if num_classes > 0 else None
+        init_decoder_weights(self, depth, init_std, skip=".pe.")                  # encodings keep their own init
+        nn.init.normal_(self.tok_emb.weight, std=init_std)
+
+    @property
+    def embed_pe(self) -> Optional[nn.Module]:
+        """The embedding-level encoding (stored under ``embed_pe_name``), or None."""
+        return self._modules.get(self._embed_pe_name)
+
+    # ---- positions (a preset overrides these) -----------------------------------------------------------------
+    def default_positions(self, input_ids: Tensor, past: int = 0) -> Positions:
+        """Positions of ``past`` cached + the ``n`` tokens of ``input_ids`` when none are given: token indices."""
+        b, n = input_ids.shape
+        return Positions(ids=torch.arange(past + n, device=input_ids.device).expand(b, past + n))
+
+    def next_positions(self, tokens: Tensor, pos: Positions) -> Positions:
+        """Positions of ``tokens [b, m + k]`` during `generate`, given ``pos`` of the first ``m``."""
+        return self.default_positions(tokens)
+
+    # ---- forward ----------------------------------------------------------------------------------------------
+    def make_cache(self) -> List[KVCache]:
+        """An empty KV cache (causal models): one `KVCache` per block."""
+        if not self.causal:
+            raise ValueError(f"a KV cache needs a causal model{self.decoder_hint}; an encoder's earlier outputs "
+                             f"change with every new token")
+        return [KVCache() for _ in self.blocks]
+
+    init_cache = make_cache
+
+    def _check_cache(self, cache) -> None:
+        if not self.causal:
+            raise ValueError(f"cache= needs a causal model{self.decoder_hint}")
+        if not isinstance(cache, (list, tuple)) or len(cache) != self.depth \
+                or not all(isinstance(c, KVCache) for c in cache):
+            raise ValueError(f"cache must be a list of {self.depth} KVCache (model.make_cache()), got "
+                             f"{type(cache).__name__} of length {len(cache) if hasattr(cache, '__len__') else '?'}")
+
+    def forward_features(self, input_ids: Tensor, pos: Optional[Positions] = None,
+                         cache: Optional[List[KVCache]] = None) -> Tensor:
+        """Normed hidden states ``[b, n, c]``.  With ``cache`` (causal models), ``input_ids`` are the new tokens
+        only, ``pos`` describes all tokens (cached + new) and every layer's cache is extended.  ``input_ids`` must
+        hold at least one token, each in ``0 .. vocab_size - 1``."""
+        check_input_ids(input_ids, self.vocab_size)
+        if cache is not None:
+            self._check_cache(cache)
+        b, n = input_ids.shape
+        past = cache[0].length if cache is not None else 0
+        nk = past + n
+        note = " (BiPE's intra-segment positions clip at max_intra - 1)" \
+            if self._embed_positions is segment_intra_positions else ""
+        check_seq_len(n, past, self.max_seq_len, self.allow_longer, note)
+        if pos is None:
+            pos = self.default_positions(input_ids, past)
+        check_positions(pos, self.needs, b, nk, past, f"{type(self).__name__}(pe={self.pe_kind!r})",
+                        self.positions_hint)
+        x = self.tok_emb(input_ids)                                               # [b, n, c]
+        embed_pe = self.embed_pe
+        if embed_pe is not None:
+            epos = pos if self._embed_positions is None else self._embed_positions(pos, embed_pe)
+            x = embed_pe.embed(x, epos.tail(n) if past else epos)                 # the new tokens' positions
+        x = self.drop(x)
+        with shared_encodings(self.blocks, pos):                                # one bias per forward
+            for i, blk in enumerate(self.blocks):
+                x = blk(x, pos, None if cache is None else cache[i])
+        return self.norm(x)
+
+    def token_logits(self, x: Tensor) -> Tensor:
+        """Tied-head logits ``[b, n, vocab]`` from `forward_features`."""
+        return self.head(x)
+
+    def pool_features(self, x: Tensor, pos: Optional[Positions] = None) -> Tensor:
+        """``[b, n, c] -> [b, c]`` by ``self.pool``; ``mean`` and ``last`` respect ``pos.mask``."""
+        mask = pos.mask if pos is not None and pos.mask is not None else None
+        if self.pool == "cls":
+            return x[:, 0]
+        if mask is None:
+            return x.mean(1) if self.pool == "mean" else x[:, -1]
+        m = mask.to(device=x.device, dtype=torch.bool).expand(x.shape[:2])
+        if self.pool == "mean":
+            w = m.to(x.dtype).unsqueeze(-1)                                       # [b, n, 1]
+            return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+        last = m.long().cumsum(-1).argmax(-1)                                     # [b] index of the last True
+        return x[torch.arange(x.shape[0], device=x.device), last]
+
+    def forward_head(self, x: Tensor, pos: Optional[Positions] = None) -> Tensor:
+        """Class logits ``[b, num_classes]`` from `forward_features`."""
+        if self.classifier is None:
+            raise ValueError("this model has no classifier (num_classes=0); build it with num_classes=K")
+        return self.classifier(self.head_drop(self.pool_features(x, pos)))
+
+    def forward(self, input_ids: Tensor, pos: Optional[Positions] = None,
+                cache: Optional[List[KVCache]] = None) -> Tensor:
+        """Token logits ``[b, n, vocab]`` (``num_classes == 0``) or class logits ``[b, num_classes]``."""
+        x = self.forward_features(input_ids, pos, cache)
+        return self.token_logits(x) if self.classifier is None else self.forward_head(x, pos)
+
+    # ---- generation (causal models) ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
+                 use_cache: bool = True, generator: Optional[torch.Generator] = None,
+                 pos_fn: Optional[Callable[[Tensor, Positions], Positions]] = None,
+                 pos: Optional[Positions] = None) -> Tensor:
+        """Append ``max_new_tokens`` sampled tokens to ``input_ids`` ``[b, n]``; returns ``[b, n + max_new_tokens]``.
+
+        Args:
+            temperature: 0 = greedy (argmax); else sample from ``softmax(logits / temperature)``.
+            top_k: sample among the ``top_k`` most likely tokens only.
+            use_cache: decode one token at a time with a KV cache (else re-run the whole sequence each step).
+            generator: a ``torch.Generator`` for reproducible sampling.
+            pos_fn: ``pos_fn(tokens [b, m + k], pos of the first m) -> Positions of all m + k``; default
+                `next_positions`.
+            pos: Positions of the prompt (default: `default_positions`).
+
+        The model mode is left as it is (call ``eval()`` to turn dropout off)."""
+        if not self.causal:
+            raise ValueError(f"generate() needs a causal model{self.decoder_hint}, this is an encoder")
+        check_generate_args(max_new_tokens, temperature, top_k)
+        if self.classifier is not None:
+            raise ValueError("generate() needs token logits: build the decoder with num_classes=0")
+        check_prompt(input_ids, self.vocab_size)
+        if pos is None:
+            pos = self.default_positions(input_ids)
+        return decode(self, input_ids, pos, pos_fn or self.next_positions, max_new_tokens, temperature, top_k,
+                      self.make_cache() if use_cache else None, generator)
+
+
+class DecoderLM(TransformerEncoder):
+    """`TransformerEncoder` fixed to causal: a pre-norm decoder LM with a tied head, a KV cache and ``generate``.
+    Takes every argument of the encoder but ``causal``."""
+
+    def __init__(self, vocab_size: int, **kwargs):
+        if "causal" in kwargs:
+            raise ValueError(f"causal= is fixed: {type(self).__name__} is a decoder")
+        super().__init__(vocab_size, causal=True, **kwargs)
