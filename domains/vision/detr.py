@@ -18,8 +18,9 @@ DETR-with-iRPE does, and so what this file does:
 The sine embedding is kept: DETR-with-iRPE adds iRPE on top of DETR's absolute sinusoid ("Absolute Position
 Encoding: Sinusoid" in its README), so queries and keys of every encoder layer see ``src + pos`` and the iRPE term
 is computed from those (scaled) queries, as in ``rpe_attention_function.py``. Every attention is `zoo.nn.Attention`
-(encoder: ``pe=IRPE(...)``); q, k and v come from different inputs here, so the fused ``qkv`` weight is applied in
-three slices (its rows are ordered q | k | v exactly like ``nn.MultiheadAttention.in_proj_weight``).
+(encoder: ``pe=IRPE(...)``); q, k and v come from different inputs here (``attn(q_in, pos, key=k_in, value=v_in)``),
+which runs the fused ``qkv`` weight's three row blocks apart (its rows are ordered q | k | v exactly like
+``nn.MultiheadAttention.in_proj_weight``, so official checkpoints map key to key).
 
 Padding: the pixel mask becomes a token mask (``Positions.mask``), which masks padded keys in every attention;
 padded tokens keep their place in the grid, so iRPE's relative offsets between real tokens do not change. The tiny
@@ -56,7 +57,6 @@ from torch import Tensor, nn
 
 from zoo.errors import CheckpointError, ConfigError
 from zoo.nn import Attention
-from zoo.nn.attention import merge_heads
 from zoo.pe.irpe import IRPE
 from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
@@ -203,21 +203,6 @@ class ResNetBackbone(nn.Module):
 
 # ---- transformer ------------------------------------------------------------------------------------------------
 
-def _attend(attn: Attention, query: Tensor, key: Tensor, value: Tensor, pos: Optional[Positions]) -> Tensor:
-    """`Attention` with separate q / k / v inputs ``[b, n, c]``: the fused qkv weight applied in its three slices
-    (``nn.MultiheadAttention``'s in_proj order q | k | v), then ``attn.attend`` (PE hooks, masks, SDPA)."""
-    b, nq, _ = query.shape
-    nk = key.shape[1]
-    h, d = attn.num_heads, attn.head_dim
-    wq, wk, wv = attn.qkv.weight.chunk(3)
-    bq, bk, bv = attn.qkv.bias.chunk(3) if attn.qkv.bias is not None else (None, None, None)
-    q = F.linear(query, wq, bq).view(b, nq, h, d).transpose(1, 2)                 # [b, h, nq, d]
-    k = F.linear(key, wk, bk).view(b, nk, h, d).transpose(1, 2)                   # [b, h, nk, d]
-    v = F.linear(value, wv, bv).view(b, nk, h, d).transpose(1, 2)                 # [b, h, nk, d]
-    out = merge_heads(attn.attend(q, k, v, pos))                                  # [b, nq, c]
-    return attn.proj_drop(attn.proj(out))
-
-
 class EncoderLayer(nn.Module):
     """DETR's post-norm encoder layer; queries and keys are ``src + pos``, values ``src``."""
 
@@ -234,7 +219,7 @@ class EncoderLayer(nn.Module):
 
     def forward(self, src: Tensor, pos_embed: Tensor, pos: Positions) -> Tensor:
         qk = src + pos_embed
-        src = self.norm1(src + self.dropout1(_attend(self.self_attn, qk, qk, src, pos)))
+        src = self.norm1(src + self.dropout1(self.self_attn(qk, pos, key=qk, value=src)))
         src2 = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout2(src2))
 
@@ -259,8 +244,8 @@ class DecoderLayer(nn.Module):
     def forward(self, tgt: Tensor, memory: Tensor, pos_embed: Tensor, query_pos: Tensor,
                 memory_pos: Optional[Positions]) -> Tensor:
         q = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout1(_attend(self.self_attn, q, q, tgt, None)))
-        tgt2 = _attend(self.cross_attn, tgt + query_pos, memory + pos_embed, memory, memory_pos)
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, key=q, value=tgt)))
+        tgt2 = self.cross_attn(tgt + query_pos, memory_pos, key=memory + pos_embed, value=memory)
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         tgt2 = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(tgt2))

@@ -219,3 +219,52 @@ def test_positions_tail_and_num_tokens():
         p.tail(7)
     with pytest.raises(ValueError, match="grid positions"):
         Positions.grid_2d(2, 2).tail(1)
+
+
+def test_keys_and_values_from_other_inputs_match_multihead_attention():
+    # reference: torch's nn.MultiheadAttention, whose in_proj_weight has the fused qkv's row order (q | k | v)
+    torch.manual_seed(0)
+    c, h = 16, 4
+    attn = Attention(c, h).eval()
+    mha = torch.nn.MultiheadAttention(c, h, batch_first=True).eval()
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(attn.qkv.weight)
+        mha.in_proj_bias.copy_(attn.qkv.bias)
+        mha.out_proj.weight.copy_(attn.proj.weight)
+        mha.out_proj.bias.copy_(attn.proj.bias)
+    query, key, value = torch.randn(2, 5, c), torch.randn(2, 7, c), torch.randn(2, 7, c)
+    keep = torch.ones(2, 7, dtype=torch.bool)
+    keep[1, -3:] = False
+    with torch.no_grad():
+        ours = attn(query, Positions(mask=keep), key=key, value=value)
+        ref = mha(query, key, value, key_padding_mask=~keep, need_weights=False)[0]
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+        # value defaults to key; key and value given as x equal the fused projection
+        torch.testing.assert_close(attn(query, key=key), mha(query, key, key, need_weights=False)[0],
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(attn(query, key=query, value=query), attn(query), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="key and value must be"):
+        attn(query, key=key, value=value[:, :3])
+    with pytest.raises(ValueError, match="cannot be used with a KV cache or a causal"):
+        Attention(c, h, causal=True)(query, key=key)
+
+
+def test_separate_query_positions_rotate_queries_and_keys_apart():
+    # RoPE scores depend on query position - key position only: shifting both by the same offset changes nothing,
+    # shifting the queries alone does; query_pos equal to the key positions is ordinary self-attention
+    torch.manual_seed(0)
+    c, h = 16, 2
+    attn = Attention(c, h, pe=RoPE(c // h)).eval()
+    query, key = torch.randn(1, 4, c), torch.randn(1, 6, c)
+    qp, kp = torch.tensor([3, 7, 8, 20]), torch.arange(6)
+    with torch.no_grad():
+        a = attn(query, Positions(ids=kp), key=key, query_pos=Positions(ids=qp))
+        b = attn(query, Positions(ids=kp + 11), key=key, query_pos=Positions(ids=qp + 11))
+        shifted = attn(query, Positions(ids=kp), key=key, query_pos=Positions(ids=qp + 1))
+        x = torch.randn(1, 6, c)
+        self_attn = attn(x, Positions(ids=kp), query_pos=Positions(ids=kp))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(a, shifted, atol=1e-4)
+    torch.testing.assert_close(self_attn, attn(x, Positions(ids=kp)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="query_pos: ALiBi adds a bias"):
+        Attention(c, h, pe=ALiBi(h))(query, Positions(ids=kp), key=key, query_pos=Positions(ids=qp))

@@ -163,20 +163,65 @@ class Attention(nn.Module):
             raise ValueError(f"chunk_size must be None (automatic), 0 (never chunk) or a positive int, got {value!r}")
         self._chunk_size = value
 
-    def forward(self, x: Tensor, pos: Optional[Positions] = None, cache: Optional[KVCache] = None) -> Tensor:
+    def forward(self, x: Tensor, pos: Optional[Positions] = None, cache: Optional[KVCache] = None,
+                key: Optional[Tensor] = None, value: Optional[Tensor] = None,
+                query_pos: Optional[Positions] = None) -> Tensor:
         """``x [b, n, c]``.  With ``cache``, ``x`` holds only the new tokens, ``pos`` describes all keys (cached +
-        new) and the cache is extended in place."""
-        q, k, v = split_heads(self.qkv(x), self.num_heads)                        # [b, h, n, d] each
-        if cache is None:
+        new) and the cache is extended in place.
+
+        Keys and values from other inputs (cross-attention, DETR's ``q = k = src + pos_embed, v = src``): ``key``
+        ``[b, nk, c]`` (default ``x``) and ``value`` ``[b, nk, c]`` (default ``key``) go through the k and v rows of
+        the fused ``qkv`` weight, ``x`` through its q rows.  ``pos`` then describes the keys (their padding mask,
+        rotation); ``query_pos`` the queries, rotated apart from the keys (rotary encodings only: a bias encoding
+        places the queries among the keys).  Without ``key`` / ``value`` the fused projection runs once."""
+        if key is None and value is None:
+            q, k, v = split_heads(self.qkv(x), self.num_heads)                    # [b, h, n, d] each
+        else:
+            if cache is not None or self.causal:
+                raise ValueError("key= / value= (keys from another sequence) cannot be used with a KV cache or a "
+                                 "causal attention")
+            q, k, v = self.project(x, key, value)                                # [b, h, nq | nk, d]
+        if query_pos is not None:
+            out = self.attend_cross(q, k, v, query_pos, pos)
+        elif cache is None:
             out = self.attend(q, k, v, pos)                                      # [b, h, n, d]
         else:
             out = self.attend_cached(q, k, v, pos, cache)
         return self.proj_drop(self.proj(merge_heads(out)))                       # [b, n, c]
 
+    def project(self, query: Tensor, key: Optional[Tensor] = None, value: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor, Tensor]:
+        """q, k, v ``[b, h, n, d]`` from separate inputs ``[b, n, c]`` through the three row blocks of the fused
+        ``qkv`` weight (q | k | v, ``nn.MultiheadAttention.in_proj_weight``'s order); ``key`` defaults to
+        ``query``, ``value`` to ``key``."""
+        key = query if key is None else key
+        value = key if value is None else value
+        if key.shape[:-1] != value.shape[:-1]:
+            raise ValueError(f"key and value must be [b, nk, c] with the same b and nk, got {tuple(key.shape)} and "
+                             f"{tuple(value.shape)}")
+        wq, wk, wv = self.qkv.weight.chunk(3)                                    # [c, c] each
+        bq, bk, bv = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None, None, None)
+        h, d = self.num_heads, self.head_dim
+        return tuple(F.linear(t, w, bias).view(t.shape[0], t.shape[1], h, d).transpose(1, 2)   # [b, h, n, d]
+                     for t, w, bias in ((query, wq, bq), (key, wk, bk), (value, wv, bv)))
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions]) -> Tensor:
         """Attention on ``[b, h, n, d]`` tensors, with the PE hooks applied."""
         if self.pe is not None:
             q, k = self.pe.rotate(q, k, pos)
+        return self._attend_rotated(q, k, v, pos)
+
+    def attend_cross(self, q: Tensor, k: Tensor, v: Tensor, query_pos: Positions, pos: Optional[Positions]
+                     ) -> Tensor:
+        """Attention of queries ``[b, h, nq, d]`` at ``query_pos`` over keys ``[b, h, nk, d]`` at ``pos``: each side
+        rotated by its own positions, then the masks of ``pos`` (keys)."""
+        pe = self.pe
+        if pe is not None:
+            if pe.has_bias or pe.needs_weights:
+                raise ValueError(f"query_pos: {type(pe).__name__} adds a bias that places the queries among the keys; "
+                                 f"only rotary encodings take separate query positions")
+            q = pe.rotate(q, q, query_pos)[0]
+            k = pe.rotate(k, k, pos)[1]
         return self._attend_rotated(q, k, v, pos)
 
     def attend_cached(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions], cache: KVCache) -> Tensor:
