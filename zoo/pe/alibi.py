@@ -81,7 +81,8 @@ def alibi_bias(nq: int, nk: int, slopes: Tensor, causal: bool = False, device=No
     return _bias_from_rel(j[None, :] - i[:, None], slopes, causal)[None]         # [1, h, nq, nk]
 
 
-@register_pe("alibi", positions="1d", paper="Press et al., Train Short, Test Long: Attention with Linear Biases Enables Input Length Extrapolation, ICLR 2022, arXiv:2108.12409", causal_ok=True, relative=True)
+@register_pe("alibi", positions="1d", paper="Press et al., Train Short, Test Long: Attention with Linear Biases "
+             "Enables Input Length Extrapolation, ICLR 2022, arXiv:2108.12409", causal_ok=True, relative=True)
 class ALiBi(PositionalEncoding):
     """Attention with Linear Biases (Press et al., ICLR 2022) on the ``bias`` hook.
 
@@ -168,7 +169,8 @@ def alibi_interpolation_scale(length: int, factor: Optional[float] = None, train
     return 1.0
 
 
-@register_pe("alibi_interp", positions="1d", paper="Al-Khateeb et al., Position Interpolation Improves ALiBi Extrapolation, arXiv:2310.13017", causal_ok=True, relative=True, example={"factor": 2.0})
+@register_pe("alibi_interp", positions="1d", paper="Al-Khateeb et al., Position Interpolation Improves ALiBi "
+             "Extrapolation, arXiv:2310.13017", causal_ok=True, relative=True, example={"factor": 2.0})
 class InterpolatedALiBi(ALiBi):
     """ALiBi with linear position interpolation: Al-Khateeb, Dey, Soboleva & Hestness, "Position Interpolation
     Improves ALiBi Extrapolation", 2023 (arXiv 2310.13017; used by Cerebras BTLM-3B-8k and JAIS as

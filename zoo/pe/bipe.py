@@ -81,7 +81,8 @@ def bipe_positions(input_ids: Tensor, separator_ids: Union[Iterable[int], Tensor
     return Positions(ids=intra, segments=inter, causal=causal, mask=mask)
 
 
-@register_pe("bipe_intra", positions="1d", paper="He et al., Two Stones Hit One Bird: Bilevel Positional Encoding for Better Length Extrapolation, ICML 2024, arXiv:2401.16421", causal_ok=True,
+@register_pe("bipe_intra", positions="1d", paper="He et al., Two Stones Hit One Bird: Bilevel Positional Encoding "
+             "for Better Length Extrapolation, ICML 2024, arXiv:2401.16421", causal_ok=True,
              geometry={"max_intra": "max_len"})
 class BiPEIntraEmbedding(PositionalEncoding):
     """BiPE's intra-segment learned absolute position embedding (official ``embeds[0]``, an ``nn.Embedding``).
@@ -153,7 +154,8 @@ def _segments(pos: Optional[Positions], nk: int, by: str) -> Tensor:
     return seg
 
 
-@register_pe("bipe_rope", positions="1d", paper="He et al., Two Stones Hit One Bird: Bilevel Positional Encoding for Better Length Extrapolation, ICML 2024, arXiv:2401.16421", causal_ok=True, relative=True)
+@register_pe("bipe_rope", positions="1d", paper="He et al., Two Stones Hit One Bird: Bilevel Positional Encoding for "
+             "Better Length Extrapolation, ICML 2024, arXiv:2401.16421", causal_ok=True, relative=True)
 class BiPERoPE(RoPE):
     """BiPE-RoPE: plain RoPE (base 10000, rotate-half as the official Llama code) driven by the segment index.
 
@@ -166,7 +168,8 @@ class BiPERoPE(RoPE):
         return super().rotate(q, k, Positions(ids=seg))
 
 
-@register_pe("bipe_alibi", positions="1d", paper="He et al., Two Stones Hit One Bird: Bilevel Positional Encoding for Better Length Extrapolation, ICML 2024, arXiv:2401.16421", causal_ok=True, relative=True)
+@register_pe("bipe_alibi", positions="1d", paper="He et al., Two Stones Hit One Bird: Bilevel Positional Encoding "
+             "for Better Length Extrapolation, ICML 2024, arXiv:2401.16421", causal_ok=True, relative=True)
 class BiPEALiBi(PositionalEncoding):
     """BiPE-ALiBi: ALiBi on segment ids with the standard slopes times 96 (official ``_init_alibi_mul96``).
 

@@ -62,7 +62,8 @@ def bros_sinusoid(rel: Tensor, dim_1d: int) -> Tensor:
     return emb.flatten(-2)                                                       # [..., c * e]
 
 
-@register_pe("bros", positions="boxes", paper="Hong et al., BROS: A Pre-trained Language Model Focusing on Text and Layout for Better Key Information Extraction from Documents, AAAI 2022, arXiv:2108.04539",
+@register_pe("bros", positions="boxes", paper="Hong et al., BROS: A Pre-trained Language Model Focusing on Text and "
+             "Layout for Better Key Information Extraction from Documents, AAAI 2022, arXiv:2108.04539",
              geometry={"hidden_size": "dim"})
 class BrosRelativeBias(PositionalEncoding):
     """BROS ``crel`` box encoding on the ``bias`` hook (see the module docstring).

@@ -52,7 +52,8 @@ def cope_interpolate(z: Tensor, p: Tensor) -> Tensor:
     return z_hi * w + z_lo * (1 - w)
 
 
-@register_pe("cope", positions="1d", paper="Golovneva et al., Contextual Position Encoding: Learning to Count What's Important, arXiv:2405.18719", causal_ok=True, relative=True)
+@register_pe("cope", positions="1d", paper="Golovneva et al., Contextual Position Encoding: Learning to Count What's "
+             "Important, arXiv:2405.18719", causal_ok=True, relative=True)
 class CoPE(PositionalEncoding):
     """Contextual position encoding on the ``bias`` hook (computes ``q.k`` itself; see the module docstring).
 

@@ -61,7 +61,8 @@ def fire_inputs(pi: Tensor, pj: Tensor, c: Tensor, L: Tensor, causal: bool = Tru
     return torch.log1p(c * dist) / (torch.log1p(c * norm) + eps)
 
 
-@register_pe("fire", positions="1d", paper="Li et al., Functional Interpolation for Relative Positions Improves Long Context Transformers, ICLR 2024, arXiv:2310.04418", causal_ok=True)
+@register_pe("fire", positions="1d", paper="Li et al., Functional Interpolation for Relative Positions Improves Long "
+             "Context Transformers, ICLR 2024, arXiv:2310.04418", causal_ok=True)
 class FIRE(PositionalEncoding):
     """FIRE relative bias on the ``bias`` hook.
 

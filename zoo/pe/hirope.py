@@ -153,7 +153,8 @@ def hirope_angles(positions: Tensor, inv_freq: Tensor, counts: Sequence[int]) ->
         return p * inv_freq.to(device=positions.device, dtype=torch.float32)
 
 
-@register_pe("hirope", positions="1d", paper="Zhang et al., HiRoPE: Length Extrapolation for Code Models Using Hierarchical Position, ACL 2024, arXiv:2403.19115", causal_ok=True)
+@register_pe("hirope", positions="1d", paper="Zhang et al., HiRoPE: Length Extrapolation for Code Models Using "
+             "Hierarchical Position, ACL 2024, arXiv:2403.19115", causal_ok=True)
 class HiRoPE(PositionalEncoding):
     """Hierarchical RoPE (Zhang et al., ACL 2024) on the ``rotate`` hook, plus the window rule on ``bias``.
 

@@ -218,7 +218,8 @@ class IRPECrossTable(nn.Module):
 
 # ---- the positional encoding ------------------------------------------------------------------------------------
 
-@register_pe("irpe", positions="2d", paper="Wu et al., Rethinking and Improving Relative Position Encoding for Vision Transformer, ICCV 2021, arXiv:2107.14222")
+@register_pe("irpe", positions="2d", paper="Wu et al., Rethinking and Improving Relative Position Encoding for "
+             "Vision Transformer, ICCV 2021, arXiv:2107.14222")
 class IRPE(PositionalEncoding):
     """iRPE as a `PositionalEncoding` (bias hook for queries/keys; value hook for values).
 

@@ -117,7 +117,8 @@ class _Kerple(PositionalEncoding, ABC):
         return self.bias_rows(q, k, pos, scale, k.shape[-2] - q.shape[-2])
 
 
-@register_pe("kerple_log", positions="1d", paper="Chi et al., KERPLE: Kernelized Relative Positional Embedding for Length Extrapolation, NeurIPS 2022, arXiv:2205.09921", causal_ok=True, relative=True)
+@register_pe("kerple_log", positions="1d", paper="Chi et al., KERPLE: Kernelized Relative Positional Embedding for "
+             "Length Extrapolation, NeurIPS 2022, arXiv:2205.09921", causal_ok=True, relative=True)
 class KerpleLog(_Kerple):
     """KERPLE logarithmic kernel ``-p * log(1 + a |i - j|)`` (the variant the paper recommends).
 
@@ -133,7 +134,8 @@ class KerpleLog(_Kerple):
         return kerple_log_bias(dist, p, a)
 
 
-@register_pe("kerple_power", positions="1d", paper="Chi et al., KERPLE: Kernelized Relative Positional Embedding for Length Extrapolation, NeurIPS 2022, arXiv:2205.09921", causal_ok=True, relative=True)
+@register_pe("kerple_power", positions="1d", paper="Chi et al., KERPLE: Kernelized Relative Positional Embedding for "
+             "Length Extrapolation, NeurIPS 2022, arXiv:2205.09921", causal_ok=True, relative=True)
 class KerplePower(_Kerple):
     """KERPLE power kernel ``-a |i - j| ^ p``, ``p`` in ``[eps, 2]`` (the official multiplicative ``exp`` factor,
     unused in its released configs, is not implemented).

@@ -78,7 +78,8 @@ def _boxes_of(pos: Optional[Positions], by: str) -> Tensor:
     return pos.boxes
 
 
-@register_pe("layoutlm_2d", positions="boxes", paper="Xu et al., LayoutLM: Pre-training of Text and Layout for Document Image Understanding, KDD 2020, arXiv:1912.13318")
+@register_pe("layoutlm_2d", positions="boxes", paper="Xu et al., LayoutLM: Pre-training of Text and Layout for "
+             "Document Image Understanding, KDD 2020, arXiv:1912.13318")
 class LayoutLM2DEmbedding(PositionalEncoding):
     """LayoutLM v1 2D absolute position embedding on the ``embed`` hook: adds
     ``X[x0] + Y[y0] + X[x1] + Y[y1] + H[y1 - y0] + W[x1 - x0]`` (tables ``[max_2d, dim]``) to ``x [b, n, dim]``.
@@ -134,7 +135,8 @@ def _v3_sizes(dim: int) -> Tuple[int, int]:
     return c, (dim - 4 * c) // 2
 
 
-@register_pe("layoutlmv3_spatial", positions="boxes", paper="Huang et al., LayoutLMv3: Pre-training for Document AI with Unified Text and Image Masking, ACM MM 2022, arXiv:2204.08387",
+@register_pe("layoutlmv3_spatial", positions="boxes", paper="Huang et al., LayoutLMv3: Pre-training for Document AI "
+             "with Unified Text and Image Masking, ACM MM 2022, arXiv:2204.08387",
              geometry={"coordinate_size": ("dim", _v3_coordinate_size), "shape_size": ("dim", _v3_shape_size)})
 class LayoutLMv3SpatialEmbedding(PositionalEncoding):
     """LayoutLMv3 text-token spatial embedding on the ``embed`` hook: adds the concatenation
@@ -191,7 +193,8 @@ def layoutlmv3_bucket(relative_position: Tensor, num_buckets: int, max_distance:
     return t5_bucket(relative_position, bidirectional=True, num_buckets=num_buckets, max_distance=max_distance)
 
 
-@register_pe("layoutlmv3_bias", positions="boxes", paper="Huang et al., LayoutLMv3: Pre-training for Document AI with Unified Text and Image Masking, ACM MM 2022, arXiv:2204.08387")
+@register_pe("layoutlmv3_bias", positions="boxes", paper="Huang et al., LayoutLMv3: Pre-training for Document AI "
+             "with Unified Text and Image Masking, ACM MM 2022, arXiv:2204.08387")
 class LayoutLMv3SpatialBias(PositionalEncoding):
     """LayoutLMv3 spatial-aware relative attention bias on the ``bias`` hook (see the module docstring).
 

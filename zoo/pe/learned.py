@@ -91,7 +91,8 @@ def resample_abs_pos_embed(posemb: Tensor, new_size: Sequence[int], old_size: Op
 
 @register_pe("learned", positions="1d", paper="Devlin et al., BERT, NAACL 2019, arXiv:1810.04805", causal_ok=True,
              geometry={"num_tokens_or_grid": "max_len"})
-@register_pe("learned_2d", positions="2d", paper="Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021, arXiv:2010.11929",
+@register_pe("learned_2d", positions="2d", paper="Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021, "
+             "arXiv:2010.11929",
              geometry={"num_tokens_or_grid": "grid_size"})
 class LearnedAPE(PositionalEncoding):
     """Learned absolute position embedding (BERT 1D; ViT 2D grid with resampling).

@@ -83,7 +83,8 @@ def lrpe_cosine(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([xf * cos, xf * sin], dim=-1).to(x.dtype)
 
 
-@register_pe("md_lrpe_cosine", positions="2d", paper="Qin et al., You Only Scan Once: Efficient Multi-dimension Sequential Modeling with LightNet, arXiv:2405.21022")
+@register_pe("md_lrpe_cosine", positions="2d", paper="Qin et al., You Only Scan Once: Efficient Multi-dimension "
+             "Sequential Modeling with LightNet, arXiv:2405.21022")
 class MdLrpeCosine(PositionalEncoding):
     """MD-LRPE, cosine form (LightNet, Qin et al., 2024) on the ``rotate`` hook; doubles q/k to ``2 * head_dim``.
 

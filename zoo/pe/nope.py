@@ -15,7 +15,8 @@ __all__ = ["NoPE"]
 _IGNORED = ("num_heads", "head_dim", "dim", "causal")
 
 
-@register_pe("nope", positions="1d", paper="Kazemnejad et al., The Impact of Positional Encoding on Length Generalization in Transformers, NeurIPS 2023, arXiv:2305.19466", causal_ok=True, relative=True)
+@register_pe("nope", positions="1d", paper="Kazemnejad et al., The Impact of Positional Encoding on Length "
+             "Generalization in Transformers, NeurIPS 2023, arXiv:2305.19466", causal_ok=True, relative=True)
 class NoPE(PositionalEncoding):
     """No positional encoding: every hook is the identity.
 

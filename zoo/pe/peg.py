@@ -30,7 +30,8 @@ from .registry import register_pe
 __all__ = ["PEG"]
 
 
-@register_pe("peg", positions="2d", paper="Chu et al., Conditional Positional Encodings for Vision Transformers, ICLR 2023, arXiv:2102.10882")
+@register_pe("peg", positions="2d", paper="Chu et al., Conditional Positional Encodings for Vision Transformers, "
+             "ICLR 2023, arXiv:2102.10882")
 class PEG(PositionalEncoding):
     """Positional Encoding Generator (CPVT) on the ``embed`` hook.
 

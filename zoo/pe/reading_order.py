@@ -201,7 +201,8 @@ class ReadingOrderGraphConv(nn.Module):
         return self.norm(h + self.out(agg))
 
 
-@register_pe("reading_order", positions="graph", paper="Lee et al., ROPE: Reading Order Equivariant Positional Encoding for Graph-based Document Information Extraction, ACL 2021, arXiv:2106.10786")
+@register_pe("reading_order", positions="graph", paper="Lee et al., ROPE: Reading Order Equivariant Positional "
+             "Encoding for Graph-based Document Information Extraction, ACL 2021, arXiv:2106.10786")
 class ReadingOrderBias(PositionalEncoding):
     """ROPE codes on the attention ``bias`` hook: graph attention over a k-NN word graph of ``pos.boxes``.
 

@@ -73,7 +73,8 @@ def manhattan_decay_bias(height: int, width: int, log_decay: Tensor, num_prefix:
     return grid_bias[None]                                                         # [1, heads, n, n]
 
 
-@register_pe("manhattan_decay", positions="2d", paper="Fan et al., RMT: Retentive Networks Meet Vision Transformers, CVPR 2024, arXiv:2309.11523")
+@register_pe("manhattan_decay", positions="2d", paper="Fan et al., RMT: Retentive Networks Meet Vision Transformers, "
+             "CVPR 2024, arXiv:2309.11523")
 class ManhattanDecay(PositionalEncoding):
     """RMT Manhattan spatial decay (Fan et al., CVPR 2024) on the ``bias`` hook.
 

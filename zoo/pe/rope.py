@@ -221,8 +221,10 @@ def check_key_ids(ids: Tensor, nq: int, nk: int) -> None:
         raise ValueError(f"pos.ids must be [b, n] or [n], got shape {tuple(ids.shape)}")
 
 
-@register_pe("rope", positions="1d", paper="Su et al., RoFormer: Enhanced Transformer with Rotary Position Embedding, arXiv:2104.09864", causal_ok=True, relative=True)
-@register_pe("p_rope", positions="1d", paper="Barbero et al., Round and Round We Go! What makes Rotary Positional Encodings useful?, ICLR 2025, arXiv:2410.06205", causal_ok=True, relative=True, example={"p": 0.75})
+@register_pe("rope", positions="1d", paper="Su et al., RoFormer: Enhanced Transformer with Rotary Position "
+             "Embedding, arXiv:2104.09864", causal_ok=True, relative=True)
+@register_pe("p_rope", positions="1d", paper="Barbero et al., Round and Round We Go! What makes Rotary Positional "
+             "Encodings useful?, ICLR 2025, arXiv:2410.06205", causal_ok=True, relative=True, example={"p": 0.75})
 class RoPE(PositionalEncoding):
     """Rotary position embedding (Su et al., RoFormer, 2021) on the ``rotate`` hook.
 

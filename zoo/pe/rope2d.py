@@ -191,7 +191,8 @@ def _check_qk(q: Tensor, k: Tensor, head_dim: int, by: str) -> None:
 
 # ---- RoPE-Axial ------------------------------------------------------------------------------------------------
 
-@register_pe("rope2d_axial", positions="2d", paper="Heo et al., Rotary Position Embedding for Vision Transformer, ECCV 2024, arXiv:2403.13298")
+@register_pe("rope2d_axial", positions="2d", paper="Heo et al., Rotary Position Embedding for Vision Transformer, "
+             "ECCV 2024, arXiv:2403.13298")
 class AxialRoPE2d(PositionalEncoding):
     """RoPE-Axial (Heo et al., 2024): fixed frequencies, half of the rotary pairs follow the column, half the row.
 
@@ -255,7 +256,8 @@ class AxialRoPE2d(PositionalEncoding):
 
 # ---- RoPE-Mixed ------------------------------------------------------------------------------------------------
 
-@register_pe("rope2d_mixed", positions="2d", paper="Heo et al., Rotary Position Embedding for Vision Transformer, ECCV 2024, arXiv:2403.13298")
+@register_pe("rope2d_mixed", positions="2d", paper="Heo et al., Rotary Position Embedding for Vision Transformer, "
+             "ECCV 2024, arXiv:2403.13298")
 class MixedRoPE2d(PositionalEncoding):
     """RoPE-Mixed (Heo et al., 2024): learnable 2D frequencies per layer and head, ``angle = fx*col + fy*row``.
 

@@ -45,7 +45,8 @@ def shaw_relative_index(relative_position: Tensor, max_relative_position: int) -
     return rel.long().clamp(-k, k) + k
 
 
-@register_pe("shaw", positions="1d", paper="Shaw et al., Self-Attention with Relative Position Representations, NAACL 2018, arXiv:1803.02155", causal_ok=True, relative=True)
+@register_pe("shaw", positions="1d", paper="Shaw et al., Self-Attention with Relative Position Representations, "
+             "NAACL 2018, arXiv:1803.02155", causal_ok=True, relative=True)
 class ShawRPE(PositionalEncoding):
     """Shaw et al. (2018) relative position representations.
 

@@ -92,8 +92,10 @@ def sincos_2d(height: int, width: int, dim: int, base: float = 10000.0, device=N
     return _sincos_2d_at(rows, cols, dim, base)
 
 
-@register_pe("sincos", positions="1d", paper="Vaswani et al., Attention Is All You Need, NeurIPS 2017, arXiv:1706.03762", causal_ok=True)
-@register_pe("sincos_2d", positions="2d", paper="He et al., Masked Autoencoders Are Scalable Vision Learners, CVPR 2022, arXiv:2111.06377")
+@register_pe("sincos", positions="1d", paper="Vaswani et al., Attention Is All You Need, NeurIPS 2017, "
+             "arXiv:1706.03762", causal_ok=True)
+@register_pe("sincos_2d", positions="2d", paper="He et al., Masked Autoencoders Are Scalable Vision Learners, CVPR "
+             "2022, arXiv:2111.06377")
 class SinCosAPE(PositionalEncoding):
     """Fixed sinusoidal absolute position embedding added to the tokens (``embed`` hook).
 

@@ -79,7 +79,8 @@ def t5_bucket(relative_position: Tensor, bidirectional: bool = True, num_buckets
     return base + torch.where(n < max_exact, n, large)
 
 
-@register_pe("t5", positions="1d", paper="Raffel et al., Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer, JMLR 2020, arXiv:1910.10683", causal_ok=True, relative=True,
+@register_pe("t5", positions="1d", paper="Raffel et al., Exploring the Limits of Transfer Learning with a Unified "
+             "Text-to-Text Transformer, JMLR 2020, arXiv:1910.10683", causal_ok=True, relative=True,
              geometry={"bidirectional": ("causal", operator.not_)})
 class T5RelativeBias(PositionalEncoding):
     """T5 relative position bias on the ``bias`` hook: a learned ``[num_buckets, num_heads]`` table indexed by the

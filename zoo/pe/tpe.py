@@ -142,7 +142,8 @@ class Tpe(nn.Module):
         return self.o_proj(self.norm(self.mix(x, bidirectional)))
 
 
-@register_pe("md_tpe", positions="2d", paper="Qin et al., You Only Scan Once: Efficient Multi-dimension Sequential Modeling with LightNet, arXiv:2405.21022", geometry={"embed_dim": "dim"})
+@register_pe("md_tpe", positions="2d", paper="Qin et al., You Only Scan Once: Efficient Multi-dimension Sequential "
+             "Modeling with LightNet, arXiv:2405.21022", geometry={"embed_dim": "dim"})
 class MdTpe(PositionalEncoding):
     """MD-TPE (LightNet): a `Tpe` per grid axis, summed, added to the tokens on the ``embed`` hook.
 

@@ -154,7 +154,9 @@ def v2pe_position_ids(visual: Tensor, mask: Optional[Tensor] = None, stride: Str
     return (out, used) if return_strides else out
 
 
-@register_pe("v2pe", positions="multimodal", paper="Ge et al., V2PE: Improving Multimodal Long-Context Capability of Vision-Language Models with Variable Visual Position Encoding, arXiv:2412.09616", causal_ok=True, relative=True)
+@register_pe("v2pe", positions="multimodal", paper="Ge et al., V2PE: Improving Multimodal Long-Context Capability of "
+             "Vision-Language Models with Variable Visual Position Encoding, arXiv:2412.09616",
+             causal_ok=True, relative=True)
 class V2PE(RoPE):
     """RoPE at V2PE's float positions (official ``V2PE`` rotary class: ``freqs = outer(pos, inv_freq)``,
     ``cat(freqs, freqs)``, rotate-half), i.e. `zoo.pe.rope.RoPE` with ``layout="half"`` whose positions must be given.

@@ -41,7 +41,8 @@ def xpos_scale(positions: Tensor, zeta: Tensor, scale_base: float, center=0.0) -
         return torch.exp(power[..., None] * torch.log(zeta.to(positions.device, torch.float32)))
 
 
-@register_pe("xpos", positions="1d", paper="Sun et al., A Length-Extrapolatable Transformer, ACL 2023, arXiv:2212.10554", causal_ok=True, relative=True)
+@register_pe("xpos", positions="1d", paper="Sun et al., A Length-Extrapolatable Transformer, ACL 2023, "
+             "arXiv:2212.10554", causal_ok=True, relative=True)
 class XPos(PositionalEncoding):
     """xPos (Sun et al., 2022) on the ``rotate`` hook: RoPE plus a per-pair exponential scale, q up, k down.
 
