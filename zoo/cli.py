@@ -82,8 +82,6 @@ def _cmd_finetune(args) -> int:
 def _cmd_bench(args) -> int:
     from .bench import run_bench
 
-    if args.batch_size is None and args.suite in ("vision", "linear"):
-        args.batch_size = 8
     return run_bench(args.suite, args)
 
 
@@ -109,40 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pb = sub.add_parser("bench", help="speed and memory as ratios against a baseline in the same run; "
                         "'extrapolation': quality beyond the training length")
-    pb.add_argument("suite", choices=["vision", "linear", "code", "extrapolation", "long"])
-    pb.add_argument("--batch-size", type=int, default=None, help="default: 8 (16 for extrapolation training)")
-    pb.add_argument("--iters", type=int, default=6)
-    pb.add_argument("--warmup", type=int, default=2)
-    pb.add_argument("--img-size", type=int, default=224)
-    pb.add_argument("--device", default="auto")
-    pb.add_argument("--models", default=None, help="comma-separated zoo models (default: the suite's list)")
-    pb.add_argument("--json", default=None, help="also write the results to this JSON file")
-    gl = pb.add_argument_group("long sequences (zoo bench long): forward+backward of dna_*_tiny per encoding vs NoPE")
-    gl.add_argument("--tokens", type=int, default=16384, help="sequence length (default 16384)")
-    gl.add_argument("--depth", type=int, default=None, help="blocks (default: the model's 4; 1 = one layer)")
-    g = pb.add_argument_group("extrapolation (zoo bench extrapolation --domain code|genomics); unset options take "
-                              "the domain's defaults, code / genomics")
-    g.add_argument("--domain", default="code", help="domain whose models to compare: code (default) or genomics")
-    g.add_argument("--steps", type=int, default=None, help="training steps per model (300 / 300)")
-    g.add_argument("--retrain", action="store_true", help="train every model again, even one already trained in "
-                   "--out with the same config (reused by default)")
-    g.add_argument("--runs", default=None, help="code: comma-separated finished causal_lm run folders to score "
-                   "instead of training (e.g. the configs/code recipes' outputs)")
-    g.add_argument("--lengths", default=None, help="evaluation lengths in tokens (512,...,8192 / "
-                   "256,512,1024,2048,4096 bases)")
-    g.add_argument("--train-len", type=int, default=None, help="training length in tokens (512 / 256)")
-    g.add_argument("--eval-tokens", type=int, default=None, help="test tokens scored at every length "
-                   "(32768 / 16384)")
-    g.add_argument("--out", default=None, help="output folder (JSON, PNG, runs); default "
-                   "runs/bench/extrapolation_<domain>")
-    g.add_argument("--data-root", default=None, help="code: a source tree instead of the Python stdlib; genomics: "
-                   "a copy of rRNA16S.gold.fasta")
-    g = pb.add_argument_group("code speed (zoo bench code)")
-    g.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence")
-    g.add_argument("--prompt", type=int, default=128, help="prompt tokens for generate()")
-    g.add_argument("--new-tokens", type=int, default=64, help="tokens generate() appends")
-    g.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the models")
-    pb.add_argument("--quiet", action="store_true", help="no progress bars")
+    from .bench import add_bench_arguments
+    add_bench_arguments(pb)                 # the suites and options the plugins' benches register
     pb.set_defaults(func=_cmd_bench)
     return p
 

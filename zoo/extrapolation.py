@@ -13,7 +13,21 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
-__all__ = ["format_ppl_table", "plot_ppl_vs_length", "finished_run", "write_result"]
+__all__ = ["format_ppl_table", "plot_ppl_vs_length", "finished_run", "write_result", "OPTIONS"]
+
+#: the options of ``zoo bench extrapolation`` every plugin's variant takes (`zoo.bench.register_bench`); unset ones
+#: take the variant's defaults
+OPTIONS = [
+    (("--steps",), dict(type=int, default=None, help="training steps per model")),
+    (("--retrain",), dict(action="store_true", help="train every model again, even one already trained in --out "
+                                                    "with the same config (reused by default)")),
+    (("--lengths",), dict(default=None, help="comma-separated evaluation lengths in tokens")),
+    (("--train-len",), dict(type=int, default=None, help="training length in tokens")),
+    (("--eval-tokens",), dict(type=int, default=None, help="test tokens scored at every length")),
+    (("--out",), dict(default=None, help="output folder (JSON, PNG, runs); default "
+                                         "runs/bench/extrapolation_<domain>")),
+    (("--data-root",), dict(default=None, help="the data to train and score on instead of the default corpus")),
+]
 
 #: config keys that do not change what a run trains
 RUN_KEYS_IGNORED = frozenset({"train.progress", "output.dir", "output.overwrite"})

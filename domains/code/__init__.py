@@ -6,5 +6,5 @@ PLUGIN = {
     "name": "code",
     "models": [".models"],
     "tasks": {"causal_lm": ".task"},
-    "benches": [],
+    "benches": [".bench"],
 }

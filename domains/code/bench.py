@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["extrapolation", "speed", "run_from_cli", "EXTRAPOLATION_MODELS", "SPEED_BASELINE", "SPEED_MODELS",
-           "DEFAULT_LENGTHS"]
+__all__ = ["extrapolation", "speed", "EXTRAPOLATION_MODELS", "SPEED_BASELINE", "SPEED_MODELS",
+           "DEFAULT_LENGTHS", "run_extrapolation", "run_speed"]
 
 PE_ORDER = ("nope", "rope", "alibi", "hirope", "bipe")
 EXTRAPOLATION_MODELS = tuple(f"code_lm_{pe}_tiny" for pe in PE_ORDER)
@@ -74,7 +74,7 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
     from zoo.errors import ConfigError
     from zoo.extrapolation import finished_run
     from zoo.finetune import finetune
-    from zoo.finetune.engine import _autocast, _resolve_device
+    from zoo.bench import autocast as _autocast, resolve_device as _resolve_device
 
     from domains.code.data import tokenize_files
     from domains.code.task import get_tokenizer, load_run, open_source_tree, stream_tensors
@@ -366,33 +366,58 @@ def speed(models: Optional[Sequence[str]] = None, baseline: str = SPEED_BASELINE
 
 # ---- command line ------------------------------------------------------------------------------------------------
 
-def run_from_cli(suite: str, args) -> int:
-    """``zoo bench extrapolation --domain code`` and ``zoo bench code`` (arguments from ``zoo.cli``)."""
-    from zoo.bench import parse_list
-    from zoo.errors import ConfigError
+_RUNS_OPTION = [(("--runs",), dict(default=None, help="comma-separated finished causal_lm run folders to score "
+                                                      "instead of training (e.g. the configs/code recipes' outputs)"))]
+SPEED_OPTIONS = [
+    (("--seq-len",), dict(type=int, default=512, help="tokens per training sequence")),
+    (("--prompt",), dict(type=int, default=128, help="prompt tokens for generate()")),
+    (("--new-tokens",), dict(type=int, default=64, help="tokens generate() appends")),
+    (("--rounds",), dict(type=int, default=2, help="interleaved rounds over the models")),
+]
 
-    models = parse_list(getattr(args, "models", None))
-    if suite == "extrapolation":
-        domain = getattr(args, "domain", None) or "code"
-        if domain != "code":
-            raise ConfigError(f"zoo bench extrapolation --domain {domain}: only 'code' is implemented")
-        lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
-        result = extrapolation(models=models, steps=args.steps, lengths=lengths, train_len=args.train_len,
-                               runs=parse_list(getattr(args, "runs", None)),
-                               retrain=bool(getattr(args, "retrain", False)),
-                               batch_size=args.batch_size or 16, eval_tokens=args.eval_tokens,
-                               out=args.out or "runs/bench/extrapolation_code", root=args.data_root,
-                               dataset="source_tree" if args.data_root else "cpython_stdlib",
-                               device=args.device, progress=not args.quiet)
-        if getattr(args, "json", None):
-            from zoo.io import atomic_write_text
-            atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-        return 0
-    speed(models=models, batch=args.batch_size or 8, seq_len=args.seq_len, iters=args.iters, warmup=args.warmup,
-          device=args.device, prompt=args.prompt, new_tokens=args.new_tokens, rounds=args.rounds,
-          baseline=SPEED_BASELINE,
-          progress=not args.quiet, json_path=getattr(args, "json", None))
+
+def run_extrapolation(args) -> int:
+    """``zoo bench extrapolation --domain code`` (arguments from ``zoo bench``, defaults applied)."""
+    from zoo.bench import parse_list
+
+    lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
+    result = extrapolation(models=parse_list(getattr(args, "models", None)), steps=args.steps, lengths=lengths,
+                           train_len=args.train_len, runs=parse_list(getattr(args, "runs", None)),
+                           retrain=bool(getattr(args, "retrain", False)),
+                           batch_size=args.batch_size or 16, eval_tokens=args.eval_tokens,
+                           out=args.out or "runs/bench/extrapolation_code", root=args.data_root,
+                           dataset="source_tree" if args.data_root else "cpython_stdlib",
+                           device=args.device, progress=not args.quiet)
+    if getattr(args, "json", None):
+        from zoo.io import atomic_write_text
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def run_speed(args) -> int:
+    """``zoo bench code`` (arguments from ``zoo bench``)."""
+    from zoo.bench import parse_list
+
+    speed(models=parse_list(getattr(args, "models", None)), batch=args.batch_size or 8, seq_len=args.seq_len,
+          iters=args.iters, warmup=args.warmup, device=args.device, prompt=args.prompt, new_tokens=args.new_tokens,
+          rounds=args.rounds, baseline=SPEED_BASELINE, progress=not args.quiet, json_path=getattr(args, "json", None))
+    return 0
+
+
+def _register() -> None:
+    from zoo.bench import register_bench
+    from zoo.extrapolation import OPTIONS as EXTRAPOLATION_OPTIONS
+
+    register_bench("extrapolation", run_extrapolation, variant="code", default=True,
+                   options=EXTRAPOLATION_OPTIONS + _RUNS_OPTION,
+                   defaults={"steps": 300, "lengths": ",".join(map(str, DEFAULT_LENGTHS)), "train_len": 512,
+                             "eval_tokens": 32768},
+                   help="code LMs trained at --train-len, perplexity at every length")
+    register_bench("code", run_speed, options=SPEED_OPTIONS,
+                   help="code LMs: training throughput vs NoPE, generate() with and without the KV cache")
+
+
+_register()
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "_worker":

@@ -7,5 +7,5 @@ PLUGIN = {
     "name": "genomics",
     "models": [".models"],
     "tasks": {"sequence_classification": ".task", "masked_lm": ".task", "dna_lm": ".task"},
-    "benches": [],
+    "benches": [".bench"],
 }

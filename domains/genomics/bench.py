@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["extrapolation", "evaluation_stream", "stream_metrics", "load_lm_run", "format_extrapolation",
-           "plot_extrapolation", "run_from_cli", "EXTRAPOLATION_MODELS", "DEFAULT_LENGTHS", "DEFAULT_TRAIN_LEN",
-           "DEFAULT_EVAL_TOKENS"]
+           "plot_extrapolation", "EXTRAPOLATION_MODELS", "DEFAULT_LENGTHS", "DEFAULT_TRAIN_LEN",
+           "DEFAULT_EVAL_TOKENS", "run_extrapolation", "run_long", "LONG_PES"]
 
 PE_ORDER = ("nope", "alibi", "rope", "kerple", "fire", "t5", "bipe")
 EXTRAPOLATION_MODELS = tuple(f"dna_lm_{pe}_tiny" for pe in PE_ORDER)
@@ -45,6 +45,8 @@ DEFAULT_LENGTHS = (256, 512, 1024, 2048, 4096)
 DEFAULT_TRAIN_LEN = 256
 DEFAULT_EVAL_TOKENS = 16384
 DEFAULT_STEPS = 300
+#: the encodings `zoo bench long` compares by default
+LONG_PES = ("nope", "alibi", "rope", "kerple", "fire", "t5", "bipe")
 IGNORE_INDEX = -100
 
 
@@ -164,7 +166,7 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
     from zoo.errors import ConfigError
     from zoo.extrapolation import finished_run, write_result
     from zoo.finetune import finetune
-    from zoo.finetune.engine import _autocast, _resolve_device
+    from zoo.bench import autocast as _autocast, resolve_device as _resolve_device
 
     from domains.genomics.tokenizers import nucleotide_tokenizer
 
@@ -254,8 +256,8 @@ def plot_extrapolation(result: Dict[str, Any], path: Path) -> Path:
 
 # ---- command line ------------------------------------------------------------------------------------------------
 
-def run_from_cli(args) -> int:
-    """``zoo bench extrapolation --domain genomics`` (arguments from ``zoo.cli``; unset ones take this domain's
+def run_extrapolation(args) -> int:
+    """``zoo bench extrapolation --domain genomics`` (arguments from ``zoo bench``; unset ones take this domain's
     defaults)."""
     from zoo.bench import parse_list
 
@@ -271,3 +273,30 @@ def run_from_cli(args) -> int:
         from zoo.io import atomic_write_text
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def run_long(args) -> int:
+    """``zoo bench long``: the generic long-sequence suite (`zoo.bench.long`) over the DNA encoder's encodings."""
+    from zoo.bench.long import run_from_cli
+
+    from .models import NUM_SPECIAL
+    if getattr(args, "long_token_range", None) is None:
+        args.long_token_range = (NUM_SPECIAL, NUM_SPECIAL + 4)                 # A C G T
+    return run_from_cli(args)
+
+
+def _register() -> None:
+    from zoo.bench import register_bench
+    from zoo.bench.long import OPTIONS as LONG_OPTIONS
+    from zoo.extrapolation import OPTIONS as EXTRAPOLATION_OPTIONS
+
+    register_bench("extrapolation", run_extrapolation, variant="genomics", options=EXTRAPOLATION_OPTIONS,
+                   defaults={"steps": DEFAULT_STEPS, "lengths": ",".join(map(str, DEFAULT_LENGTHS)),
+                             "train_len": DEFAULT_TRAIN_LEN, "eval_tokens": DEFAULT_EVAL_TOKENS},
+                   help="DNA LMs trained at --train-len bases, perplexity per base at every length")
+    register_bench("long", run_long, options=LONG_OPTIONS,
+                   defaults={"long_model": "dna_{pe}_tiny", "long_pes": LONG_PES},
+                   help="forward+backward of dna_<pe>_tiny at --tokens per encoding vs NoPE")
+
+
+_register()

@@ -6,6 +6,6 @@ PLUGIN = {
     "name": "vision",
     "models": [".models", ".cpvt", ".rmt", ".rope_vit", ".lightnet", ".detr"],
     "tasks": {"image_classification": ".task"},
-    "benches": [],
+    "benches": [".bench"],
     "timm": True,          # `timm.create_model("vit_irpe_small")` works after `import zoo`
 }

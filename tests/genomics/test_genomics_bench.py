@@ -163,3 +163,14 @@ def test_extrapolation_bench_bad_arguments(fasta, tmp_path, capsys):
                  "--out", str(tmp_path)]) == 2
     assert main(["bench", "extrapolation", "--domain", "proteins", "--out", str(tmp_path)]) == 2
     assert "known: code, genomics" in capsys.readouterr().err
+
+
+def test_long_bench_builds_the_dna_encoder_per_encoding(tmp_path):
+    # `zoo bench long` is the generic suite of zoo.bench.long; the genomics plugin gives it the model and token ids
+    out = tmp_path / "long.json"
+    assert main(["bench", "long", "--tokens", "256", "--depth", "1", "--models", "alibi,nope", "--json", str(out),
+                 "--quiet"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["model"] for r in rows] == ["dna_nope_tiny", "dna_alibi_tiny"]          # NoPE first: the baseline
+    assert all(r["depth"] == 1 and r["tokens"] == 256 for r in rows)
+    assert rows[0]["time_vs_nope"] == 1.0 and rows[0]["peak_rss_vs_nope"] == 1.0

@@ -1,4 +1,4 @@
-"""`zoo bench`: speed and memory as ratios against a baseline measured in the same run.
+"""Speed and memory as ratios against a baseline measured in the same run (image models: `image_speed`).
 
 Each measurement runs in its own subprocess (so peak memory is that model's alone); baseline and candidates are
 interleaved over several rounds so that machine drift hits both alike. The figure of merit is
@@ -16,18 +16,12 @@ import sys
 import time
 from typing import Callable, Dict, List
 
-__all__ = ["run_bench", "interleaved", "run_worker", "parse_list", "SUITES", "EXTRAPOLATION_DOMAINS"]
-
-#: ``zoo bench extrapolation --domain D`` -> the module whose ``run_from_cli`` runs it
-EXTRAPOLATION_DOMAINS = {"code": "domains.code.bench", "genomics": "domains.genomics.bench"}
-# code's command-line defaults (genomics applies its own in domains.genomics.bench.run_from_cli)
-_CODE_EXTRAPOLATION_DEFAULTS = {"steps": 300, "lengths": "512,1024,2048,4096,8192", "train_len": 512,
-                                "eval_tokens": 32768}
+__all__ = ["image_speed", "interleaved", "run_worker", "parse_list"]
 
 
 def parse_list(text, kind=str):
     """``"a,b"`` -> ``["a", "b"]`` (``kind`` applied to each item); None -> None; a bad item raises ConfigError."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
     if text is None:
         return None
     items = [t.strip() for t in str(text).split(",") if t.strip()]
@@ -35,32 +29,6 @@ def parse_list(text, kind=str):
         return [kind(t) for t in items]
     except ValueError:
         raise ConfigError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
-
-# suite -> (baseline, candidates); "timm:" names are built with timm.create_model, others with zoo.create
-SUITES: Dict[str, tuple] = {
-    # every vision family at the Small geometry against timm's plain ViT-S/16
-    "vision": ("timm:vit_small_patch16_224", ["vit_ape_small", "vit_irpe_small", "vit_irpe_small_qkv", "cpvt_small",
-                                              "vit_rope_small", "vit_rope_mixed_small", "vit_rmt_small",
-                                              "lightnet_small"]),
-}
-
-
-def run_linear_scaling(args) -> int:
-    """LightNet block (linear attention + MD-LRPE) vs a softmax block at growing token counts."""
-    from domains.vision.lightnet import linear_scaling_bench
-
-    rows = linear_scaling_bench(sizes=(64, 256, 1024, 4096), device="cuda" if args.device == "cuda" else "cpu")
-    print("\nzoo bench linear: forward+backward of one block (dim 192, 3 heads), batch 1")
-    print(f"{'tokens':>7s} {'grid':>9s} {'linear ms':>10s} {'softmax ms':>11s} {'tokens x':>9s} {'linear x':>9s} "
-          f"{'softmax x':>10s}")
-    for r in rows:
-        g = "x".join(str(v) for v in r["grid"])
-        print(f"{r['tokens']:7d} {g:>9s} {r['linear_ms']:10.2f} {r['softmax_ms']:11.2f} {r['token_growth']:9.1f} "
-              f"{r['linear_growth']:9.1f} {r['softmax_growth']:10.1f}")
-    if getattr(args, "json", None):
-        from .io import atomic_write_text
-        atomic_write_text(args.json, json.dumps(rows, indent=2))
-    return 0
 
 
 def _worker(spec: str, batch: int, iters: int, warmup: int, img: int, device: str) -> dict:
@@ -119,7 +87,7 @@ def run_worker(module: str, spec: str, *worker_args: str) -> dict:
 
 
 def _run_one(spec: str, args) -> dict:
-    return run_worker("zoo.bench", spec, str(args.batch_size), str(args.iters), str(args.warmup),
+    return run_worker("zoo.bench.speed", spec, str(args.batch_size), str(args.iters), str(args.warmup),
                       str(args.img_size), args.device)
 
 
@@ -138,34 +106,9 @@ def interleaved(specs: List[str], run_one: Callable[[str], dict], rounds: int, d
     return results
 
 
-def run_bench(suite: str, args, rounds: int = 2) -> int:
-    if suite == "linear":
-        return run_linear_scaling(args)
-    if suite == "long":
-        from domains.genomics.long_bench import DEFAULT_PES, long_sequence_bench
-        pes = [m.strip() for m in args.models.split(",")] if getattr(args, "models", None) else DEFAULT_PES
-        rows = long_sequence_bench(tokens=args.tokens, pes=pes, depth=args.depth, batch=args.batch_size or 1)
-        if getattr(args, "json", None):
-            from .io import atomic_write_text
-            atomic_write_text(args.json, json.dumps(rows, indent=2))
-        return 0 if all("error" not in r for r in rows) else 1
-    if suite == "extrapolation":
-        import importlib
-
-        from .errors import ConfigError
-        domain = getattr(args, "domain", None) or "code"
-        if domain not in EXTRAPOLATION_DOMAINS:
-            raise ConfigError(f"zoo bench extrapolation --domain {domain}: not implemented; known: "
-                              f"{', '.join(EXTRAPOLATION_DOMAINS)}")
-        if domain == "genomics":
-            return importlib.import_module(EXTRAPOLATION_DOMAINS[domain]).run_from_cli(args)
-        for key, value in _CODE_EXTRAPOLATION_DEFAULTS.items():
-            if getattr(args, key, None) is None:
-                setattr(args, key, value)
-    if suite in ("code", "extrapolation"):
-        from domains.code.bench import run_from_cli
-        return run_from_cli(suite, args)
-    baseline, candidates = SUITES[suite]
+def image_speed(suite: str, baseline: str, candidates: List[str], args, rounds: int = 2) -> int:
+    """Forward+backward of image models (``args.models`` or ``candidates``) at ``args.img_size`` against
+    ``baseline`` (``"timm:<name>"`` builds a timm model), interleaved over ``rounds``; prints the ratio table."""
     if getattr(args, "models", None):
         candidates = [m.strip() for m in args.models.split(",") if m.strip()]
     specs = [baseline] + list(candidates)
@@ -187,7 +130,7 @@ def run_bench(suite: str, args, rounds: int = 2) -> int:
         print(f"{r['model']:40s} {r['ms_per_iter']:9.1f} {r['speed_vs_baseline']:8.3f} {r['peak_mib']:9.0f} "
               f"{r['memory_vs_baseline']:6.2f} {r['params'] / 1e6:7.1f}M")
     if getattr(args, "json", None):
-        from .io import atomic_write_text
+        from ..io import atomic_write_text
         atomic_write_text(args.json, json.dumps(summary, indent=2))
     return 0
 
