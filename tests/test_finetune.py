@@ -139,6 +139,7 @@ def test_lr_schedule_warms_up_linearly_then_follows_the_cosine_to_the_floor():
 
 # ---- (b) exact resume -----------------------------------------------------------------------------------------
 
+@pytest.mark.debian_data("dataset-fashion-mnist")
 def test_resume_with_more_steps_continues_exactly(tmp_path, reference_runs):
     ref_summary, ref = reference_runs["const"]
     out = tmp_path / "run"
@@ -158,6 +159,7 @@ def test_resume_with_more_steps_continues_exactly(tmp_path, reference_runs):
     assert second["final"] == ref_summary["final"]
 
 
+@pytest.mark.debian_data("dataset-fashion-mnist")
 def test_resume_refuses_a_different_config_and_a_missing_checkpoint(tmp_path):
     out = tmp_path / "run"
     cfg = fmnist_cfg(out, steps=1)
@@ -191,6 +193,7 @@ def _raise_keyboard_interrupt():
     raise KeyboardInterrupt
 
 
+@pytest.mark.debian_data("dataset-fashion-mnist")
 def test_keyboard_interrupt_saves_a_checkpoint_and_resume_redoes_the_lost_step(tmp_path, monkeypatch, capsys,
                                                                                 reference_runs):
     _, ref = reference_runs["cos"]
@@ -217,6 +220,7 @@ def test_keyboard_interrupt_saves_a_checkpoint_and_resume_redoes_the_lost_step(t
         assert losses[step] == pytest.approx(ref[step], rel=0, abs=1e-6), step
 
 
+@pytest.mark.debian_data("dataset-fashion-mnist")
 def test_first_ctrl_c_finishes_the_current_step_then_stops(tmp_path, monkeypatch, reference_runs):
     _, ref = reference_runs["cos"]
     out = tmp_path / "run"
@@ -294,6 +298,7 @@ def test_missing_file_and_free_form_model_kwargs(tmp_path):
 
 # ---- (e) dataset not installed --------------------------------------------------------------------------------
 
+@pytest.mark.debian_data("dataset-fashion-mnist")
 def test_missing_dataset_says_how_to_install_it(tmp_path, monkeypatch):
     import domains.vision.data as vision_data
     monkeypatch.setattr(vision_data, "FASHION_MNIST_SYSTEM_DIRS", [])
@@ -310,6 +315,7 @@ def test_missing_dataset_says_how_to_install_it(tmp_path, monkeypatch):
 
 # ---- (f) no half-written files --------------------------------------------------------------------------------
 
+@pytest.mark.debian_data("dataset-fashion-mnist")
 def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "run"
     real_save = torch.save

@@ -43,6 +43,7 @@ def _wl_cfg(root, out, min_lr_ratio=0.01, **train):
         "output": {"dir": str(out)}})
 
 
+@pytest.mark.debian_data("r-doc-pdf")
 def test_word_labelling_trains_and_evaluates_on_real_pages(manuals_dir, tmp_path):
     s = finetune(_wl_cfg(manuals_dir, tmp_path / "run"))
     final = s["final"]
@@ -55,6 +56,7 @@ def test_word_labelling_trains_and_evaluates_on_real_pages(manuals_dir, tmp_path
     assert json.loads((tmp_path / "run" / "labels.json").read_text()) == ["body", "heading", "code", "math"]
 
 
+@pytest.mark.debian_data("r-doc-pdf")
 def test_word_labelling_overfits_a_batch(manuals_dir):
     task = WordLabellingTask()
     cfg = _wl_cfg(manuals_dir, "unused")
@@ -75,6 +77,7 @@ def test_word_labelling_overfits_a_batch(manuals_dir):
     assert losses[-1] < 0.3 * losses[0], losses
 
 
+@pytest.mark.debian_data("r-doc-pdf")
 def test_word_labelling_batches_resume_exactly(manuals_dir):
     task = WordLabellingTask()
     task.build_data(_wl_cfg(manuals_dir, "unused", batch_size=2))
@@ -89,6 +92,7 @@ def test_word_labelling_batches_resume_exactly(manuals_dir):
     assert any(not torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(full, other))
 
 
+@pytest.mark.debian_data("r-doc-pdf")
 def test_word_labelling_resume_is_exact_and_reuses_the_vocab(manuals_dir, tmp_path):
     # constant lr (min_lr_ratio=1): a run of 3 steps resumed to 6 follows the 6-step run
     ref = finetune(_wl_cfg(manuals_dir, tmp_path / "ref", min_lr_ratio=1.0))
@@ -192,6 +196,7 @@ def test_entity_linking_bad_input(tmp_path):
         EntityLinkingTask().build_data(_el_cfg(root, tmp_path / "o", name="xfund"))
 
 
+@pytest.mark.debian_data("r-doc-pdf")
 def test_word_labelling_bad_input(manuals_dir, tmp_path):
     with pytest.raises(ConfigError, match="unknown dataset data.name='funsd' for task word_labelling"):
         WordLabellingTask().build_data(build_config({"task": "word_labelling", "model": {"name": "doc_bros_tiny"},

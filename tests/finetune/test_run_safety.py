@@ -275,6 +275,7 @@ def _fmnist_root(d, train_prefix="train"):
     return d
 
 
+@pytest.mark.debian_data("dataset-fashion-mnist")
 def test_resume_refuses_a_data_root_holding_other_data(tmp_path):
     out = tmp_path / "run"
     a = _fmnist_root(tmp_path / "a")

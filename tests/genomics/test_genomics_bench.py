@@ -34,6 +34,7 @@ def fasta(tmp_path_factory):
     return path
 
 
+@pytest.mark.debian_data("microbiomeutil-data")
 @require(RRNA16S_PATH, "microbiomeutil-data")
 def test_evaluation_stream_joins_held_out_records(fasta):
     tok = nucleotide_tokenizer()
@@ -72,6 +73,7 @@ def test_stream_metrics_skips_separator_targets():
         bench.stream_metrics(model, tokens, 16, 5, 1)
 
 
+@pytest.mark.debian_data("microbiomeutil-data")
 @require(RRNA16S_PATH, "microbiomeutil-data")
 def test_extrapolation_bench_end_to_end(fasta, tmp_path, capsys):
     out = tmp_path / "bench"
@@ -104,6 +106,7 @@ def test_extrapolation_bench_end_to_end(fasta, tmp_path, capsys):
     assert result["files"]["png"].endswith("extrapolation.png")
 
 
+@pytest.mark.debian_data("microbiomeutil-data")
 @require(RRNA16S_PATH, "microbiomeutil-data")
 def test_extrapolation_bench_reuses_runs_trained_with_the_same_config(fasta, tmp_path, capsys):
     out = tmp_path / "reuse"
@@ -135,6 +138,7 @@ def test_extrapolation_bench_reuses_runs_trained_with_the_same_config(fasta, tmp
     assert "reusing" not in capsys.readouterr().err and weights.stat().st_mtime_ns != stamp
 
 
+@pytest.mark.debian_data("microbiomeutil-data")
 @require(RRNA16S_PATH, "microbiomeutil-data")
 def test_extrapolation_bench_cli(fasta, tmp_path, capsys):
     out = tmp_path / "cli"
@@ -147,6 +151,7 @@ def test_extrapolation_bench_cli(fasta, tmp_path, capsys):
     assert "dna_lm_nope_tiny" in capsys.readouterr().out
 
 
+@pytest.mark.debian_data("microbiomeutil-data")
 @require(RRNA16S_PATH, "microbiomeutil-data")
 def test_extrapolation_bench_bad_arguments(fasta, tmp_path, capsys):
     with pytest.raises(ConfigError, match="unknown DNA decoder.*dna_lm_alibi_tiny"):

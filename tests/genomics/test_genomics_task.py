@@ -65,6 +65,7 @@ def test_decoder_classifies_too(tmp_path):
     assert s["final"]["accuracy"] >= 0.9, s["final"]
 
 
+@pytest.mark.debian_data("r-cran-mlbench")
 @require(SPLICE_PATH, "r-cran-mlbench")
 def test_splice_slice_trains_and_evaluates(tmp_path):
     cfg = _cfg(tmp_path, "sequence_classification", "dna_bipe_tiny", None, **{
