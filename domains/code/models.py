@@ -41,12 +41,8 @@ from typing import Dict, Iterable, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-from zoo.nn.transformer import (DecoderLM, build_encoding, check_positive_ints, segment_intra,
+from zoo.nn.transformer import (DecoderLM, preset_spec, check_positive_ints, segment_intra,
                                 segment_intra_positions)
-from zoo.pe.alibi import ALiBi
-from zoo.pe.bipe import BiPEALiBi, BiPEIntraEmbedding, BiPERoPE
-from zoo.pe.hirope import HiRoPE
-from zoo.pe.rope import RoPE
 from zoo.positions import Positions
 from zoo.registry import register_model
 
@@ -64,10 +60,10 @@ PAPERS = {
 #: encoding kind -> the Positions fields the model reads
 PE_KINDS: Dict[str, tuple] = {"nope": (), "rope": ("ids",), "alibi": ("ids",), "hirope": ("levels",),
                               "bipe": ("segments",), "bipe_alibi": ("segments",)}
-#: encoding kind -> (class, defaults) of the attention encoding; head_dim / num_heads and causal=True are added
-ENCODINGS = {"nope": None, "rope": (RoPE, {"base": 10000.0}), "alibi": (ALiBi, {}),
-             "hirope": (HiRoPE, {"base": 10000.0, "levels": (2, -1), "split": 0.5, "window": 0}),
-             "bipe": (BiPERoPE, {"base": 10000.0}), "bipe_alibi": (BiPEALiBi, {})}
+#: encoding kind -> its spec for `zoo.pe.build` (the model's geometry and causal=True are added)
+ENCODINGS = {"nope": None, "rope": {"name": "rope", "base": 10000.0}, "alibi": "alibi",
+             "hirope": {"name": "hirope", "base": 10000.0, "levels": (2, -1), "split": 0.5, "window": 0},
+             "bipe": {"name": "bipe_rope", "base": 10000.0}, "bipe_alibi": "bipe_alibi"}
 NewlineIds = Union[None, Tensor, Mapping[int, int], Iterable[int]]
 #: index of every token inside its line (BiPE's intra position), clipped at ``max_intra - 1``
 line_intra = segment_intra
@@ -234,8 +230,8 @@ class CodeLM(DecoderLM):
         bipe = pe.startswith("bipe")
         super().__init__(
             vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            pe=build_encoding(ENCODINGS, pe, pe_kwargs, dim // num_heads, num_heads, causal=True),
-            embed_pe=(lambda: BiPEIntraEmbedding(max_intra, dim, init_std=init_std)) if bipe else None,
+            pe=preset_spec(ENCODINGS, pe, pe_kwargs),
+            embed_pe={"name": "bipe_intra", "max_intra": max_intra, "init_std": init_std} if bipe else None,
             embed_pe_name="intra_pe", embed_positions=segment_intra_positions if bipe else None,
             max_seq_len=max_seq_len, allow_longer=allow_longer, needs=PE_KINDS[pe], pe_kind=pe, qkv_bias=qkv_bias,
             drop=drop, attn_drop=attn_drop, drop_path=drop_path, norm_eps=norm_eps, init_std=init_std)

@@ -14,6 +14,12 @@ map, every shape asserted) and gives their ``last_hidden_state`` (tests/document
 are post-norm BERT layers with separate q/k/v; `PostNormBlock` keeps that order but runs zoo's `Attention` (fused
 ``qkv`` = cat(query, key, value), ``proj`` = attention.output.dense) with the encoding on its hooks.
 
+Bodies.  These encoders do not use `zoo.nn.TransformerEncoder` (the shared pre-norm body of the code and DNA
+models): ``layoutlm`` / ``layoutlmv3`` / ``bros`` are post-norm BERT layers (the HF checkpoints they load are), the
+graph encoder has no attention blocks, and `DocV2PEEncoder`, pre-norm, puts image patch tokens between the
+embedding and the blocks, reads float V2PE positions and keeps timm's default init with ``head`` as its per-token
+classifier (a checkpoint key the body uses for its tied LM head); it runs zoo `Block` s directly.
+
 The attention encoding (LayoutLMv3 bias, BROS box memory) is one module owned by the encoder (``rel``) and shared by
 every block; blocks hold it as an unregistered attribute, so the state dict has one copy of its weights.  The model
 opens ``rel.shared()`` around the blocks, so the ``[b, H, n, n]`` bias / ``[b, n, n, D]`` BROS memory is computed

@@ -43,14 +43,8 @@ import torch
 from torch import Tensor
 
 from domains.genomics.tokenizers import SPECIAL_TOKENS
-from zoo.nn.transformer import (POOLS, TransformerEncoder, build_encoding, check_positive_ints, segment_intra,
+from zoo.nn.transformer import (POOLS, TransformerEncoder, preset_spec, check_positive_ints, segment_intra,
                                 segment_intra_positions)
-from zoo.pe.alibi import ALiBi
-from zoo.pe.bipe import BiPEIntraEmbedding, BiPERoPE
-from zoo.pe.fire import FIRE
-from zoo.pe.kerple import KerpleLog
-from zoo.pe.rope import RoPE
-from zoo.pe.t5 import T5RelativeBias
 from zoo.positions import Positions
 from zoo.registry import register_model
 
@@ -69,10 +63,10 @@ PAPERS = {
 #: encoding kind -> the Positions fields the model reads
 PE_KINDS: Dict[str, tuple] = {"nope": (), "alibi": ("ids",), "rope": ("ids",), "kerple": ("ids",),
                               "fire": ("ids",), "t5": ("ids",), "bipe": ("segments",)}
-#: encoding kind -> (class, defaults) of the attention encoding; head_dim / num_heads and the model's causality
-#: (``causal``, T5's ``bidirectional = not causal``) are added
-ENCODINGS = {"nope": None, "alibi": (ALiBi, {}), "rope": (RoPE, {"base": 10000.0}), "kerple": (KerpleLog, {}),
-             "fire": (FIRE, {}), "t5": (T5RelativeBias, {}), "bipe": (BiPERoPE, {"base": 10000.0})}
+#: encoding kind -> its spec for `zoo.pe.build` (the model's geometry and causality are added: ``causal``, T5's
+#: ``bidirectional = not causal``)
+ENCODINGS = {"nope": None, "alibi": "alibi", "rope": {"name": "rope", "base": 10000.0}, "kerple": "kerple_log",
+             "fire": "fire", "t5": "t5", "bipe": {"name": "bipe_rope", "base": 10000.0}}
 
 
 # ---- positions --------------------------------------------------------------------------------------------------
@@ -155,8 +149,8 @@ class DNATransformer(TransformerEncoder):
         bipe = pe == "bipe"
         super().__init__(
             vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            pe=build_encoding(ENCODINGS, pe, pe_kwargs, dim // num_heads, num_heads, bool(causal)),
-            embed_pe=(lambda: BiPEIntraEmbedding(max_intra, dim, init_std=init_std)) if bipe else None,
+            pe=preset_spec(ENCODINGS, pe, pe_kwargs),
+            embed_pe={"name": "bipe_intra", "max_intra": max_intra, "init_std": init_std} if bipe else None,
             embed_pe_name="intra_pe", embed_positions=segment_intra_positions if bipe else None,
             causal=causal, num_classes=num_classes, pool=pool, max_seq_len=max_seq_len, allow_longer=allow_longer,
             needs=PE_KINDS[pe], pe_kind=pe, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path,

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from zoo.nn import DecoderLM, TransformerEncoder
-from zoo.nn.transformer import build_encoding, segment_intra, segment_intra_positions
-from zoo.pe import ALiBi, BiPEIntraEmbedding, BiPERoPE, FIRE, RoPE, SinCosAPE, T5RelativeBias, bipe_ids, sincos_1d
+from zoo.nn.transformer import preset_spec, segment_intra, segment_intra_positions
+from zoo.pe import ALiBi, BiPEIntraEmbedding, BiPERoPE, FIRE, RoPE, SinCosAPE, bipe_ids, sincos_1d
 from zoo.positions import Positions
 
 V, C, H = 23, 16, 2
@@ -90,18 +90,24 @@ def test_segment_intra_matches_official_bipe_ids():
         segment_intra(torch.zeros(1, 2, 3))
 
 
-def test_build_encoding_adds_the_geometry_the_class_takes():
-    table = {"rope": (RoPE, {"base": 500.0}), "t5": (T5RelativeBias, {}), "alibi": (ALiBi, {}), "nope": None}
-    rope = build_encoding(table, "rope", None, 8, 2, causal=True)
-    assert isinstance(rope, RoPE) and rope.head_dim == 8 and rope.base == 500.0
-    assert build_encoding(table, "t5", None, 8, 2, causal=True).bidirectional is False   # T5 decoders
-    assert build_encoding(table, "t5", None, 8, 2, causal=False).bidirectional is True
-    assert build_encoding(table, "alibi", {"causal": False}, 8, 2, causal=True).causal is False  # kwargs win
-    assert build_encoding(table, "nope", None, 8, 2, causal=True) is None
+def test_specs_are_built_for_the_model_geometry():
+    # a spec gets the body's geometry: head_dim for rotary encodings, causality (T5: bidirectional = not causal)
+    m = _lm(pe={"name": "rope", "base": 500.0}, embed_pe={"name": "bipe_intra", "max_intra": 8},
+            embed_pe_name="intra_pe")
+    rope = m.blocks[0].attn.pe
+    assert isinstance(rope, RoPE) and rope.head_dim == C // H and rope.base == 500.0
+    assert all(b.attn.pe is rope for b in m.blocks) and m.pe_kind == "rope"
+    assert tuple(m.intra_pe.weight.shape) == (8, C) and "intra_pe.weight" in m.state_dict()
+    assert _lm(pe="t5").blocks[0].attn.pe.bidirectional is False
+    assert TransformerEncoder(V, dim=C, depth=1, num_heads=H, pe="t5").blocks[0].attn.pe.bidirectional is True
+    table = {"rope": {"name": "rope", "base": 500.0}, "alibi": "alibi", "nope": None}
+    assert preset_spec(table, "rope", {"base": 7.0}) == {"name": "rope", "base": 7.0}         # kwargs win
+    assert preset_spec(table, "alibi", None) == {"name": "alibi"}
+    assert preset_spec(table, "nope") is None
     with pytest.raises(ValueError, match="pe='nope' takes no pe_kwargs"):
-        build_encoding(table, "nope", {"base": 1}, 8, 2, causal=True)
+        preset_spec(table, "nope", {"base": 1})
     with pytest.raises(ValueError, match="pe must be one of"):
-        build_encoding(table, "ropee", None, 8, 2, causal=True)
+        preset_spec(table, "ropee")
 
 
 def test_body_errors_name_the_argument():

@@ -21,8 +21,7 @@ preset builds the body.
 """
 from __future__ import annotations
 
-import inspect
-from typing import Callable, List, Mapping, Optional, Tuple, Union
+from typing import Callable, List, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -34,11 +33,11 @@ from .generation import check_generate_args, check_input_ids, check_positions, c
 from .layers import init_decoder_weights
 
 __all__ = ["TransformerEncoder", "DecoderLM", "POOLS", "segment_intra", "segment_intra_positions",
-           "check_positive_ints", "build_encoding"]
+           "check_positive_ints", "preset_spec"]
 
 POOLS = ("cls", "mean", "last")
-#: a table of encodings: kind -> None (no encoding) or (class, default keyword arguments)
-EncodingTable = Mapping[str, Optional[Tuple[Callable[..., nn.Module], dict]]]
+#: an encoding: a built module, None, or a spec for `zoo.pe.build` (a registered name or {"name": ..., **kwargs})
+Spec = Union[None, nn.Module, str, Mapping]
 
 
 def check_positive_ints(**values) -> None:
@@ -48,27 +47,18 @@ def check_positive_ints(**values) -> None:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
-def build_encoding(table: EncodingTable, kind: str, kwargs: Optional[dict], head_dim: int, num_heads: int,
-                   causal: bool) -> Optional[nn.Module]:
-    """The attention encoding ``table[kind]`` of a preset with its defaults, the model's geometry and ``kwargs``.
-
-    The geometry is given to the parameters the class has: ``head_dim`` (rotary) or ``num_heads`` (biases) first,
-    ``causal`` (ALiBi, KERPLE, FIRE) or ``bidirectional = not causal`` (T5).  ``kwargs`` override both."""
+def preset_spec(table: Mapping[str, Spec], kind: str, pe_kwargs: Optional[dict] = None) -> Spec:
+    """The encoding spec of a preset: ``table[kind]`` (None = no encoding, a registered name, or ``{"name": ...,
+    **defaults}``) with ``pe_kwargs`` overriding the defaults."""
     if kind not in table:
         raise ValueError(f"pe must be one of {tuple(table)}, got {kind!r}")
-    kw = dict(kwargs or {})
-    entry = table[kind]
-    if entry is None:
+    kw = dict(pe_kwargs or {})
+    spec = table[kind]
+    if spec is None:
         if kw:
             raise ValueError(f"pe={kind!r} takes no pe_kwargs, got {sorted(kw)}")
         return None
-    cls, defaults = entry
-    params = inspect.signature(cls.__init__).parameters
-    geometry = {"causal": causal} if "causal" in params else {}
-    if "bidirectional" in params:
-        geometry["bidirectional"] = not causal
-    first = head_dim if "head_dim" in params else num_heads
-    return cls(first, **{**geometry, **defaults, **kw})
+    return {**({"name": spec} if isinstance(spec, str) else spec), **kw}
 
 
 # ---- positions --------------------------------------------------------------------------------------------------
@@ -98,6 +88,13 @@ def segment_intra_positions(pos: Positions, embed_pe: nn.Module) -> Positions:
     return Positions(ids=segment_intra(pos.segments, embed_pe.max_intra))
 
 
+def _build(spec: Spec, geometry: dict) -> Optional[nn.Module]:
+    if spec is None or isinstance(spec, nn.Module):
+        return spec
+    from ..pe import build                                                        # zoo.pe imports zoo.nn
+    return build(spec, **geometry)
+
+
 # ---- bodies -----------------------------------------------------------------------------------------------------
 
 class TransformerEncoder(nn.Module):
@@ -107,9 +104,12 @@ class TransformerEncoder(nn.Module):
     Args:
         vocab_size: ids of the tokenizer.
         dim, depth, num_heads, mlp_ratio: width ``c``, blocks, heads, MLP hidden ratio.
-        pe: the attention encoding (rotate / bias hooks), one module shared by every block, or None.
-        embed_pe: an embedding-level encoding (``embed`` hook), or a callable returning one: a callable is called
-            after ``tok_emb`` is built, so seeded initialisation follows the layer order.
+        pe: the attention encoding (rotate / bias hooks), one module shared by every block: a module, None, or a
+            spec that `zoo.pe.build` builds for this geometry (``dim``, ``head_dim``, ``num_heads``, ``causal``,
+            ``max_len = max_seq_len``, ``depth``), e.g. ``"alibi"`` or ``{"name": "rope", "base": 5e5}``.
+        embed_pe: an embedding-level encoding (``embed`` hook): a module, None, a spec (built like ``pe``), or a
+            callable returning a module.  Specs and callables are built after ``tok_emb``, so seeded initialisation
+            follows the layer order.
         embed_pe_name: the attribute (state-dict prefix) ``embed_pe`` is stored under.
         embed_positions: ``fn(pos, embed_pe) -> Positions`` that ``embed_pe`` reads (default: ``pos`` itself), e.g.
             `segment_intra_positions`; the body passes on the new tokens' part only.
@@ -132,7 +132,7 @@ class TransformerEncoder(nn.Module):
     decoder_hint: str = ""
 
     def __init__(self, vocab_size: int, dim: int = 128, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0,
-                 pe: Optional[nn.Module] = None, embed_pe: Union[None, nn.Module, Callable[[], nn.Module]] = None,
+                 pe: Spec = None, embed_pe: Union[Spec, Callable[[], nn.Module]] = None,
                  embed_pe_name: str = "embed_pe",
                  embed_positions: Optional[Callable[[Positions, nn.Module], Positions]] = None,
                  causal: bool = False, num_classes: int = 0, pool: Optional[str] = None, max_seq_len: int = 1024,
@@ -154,12 +154,18 @@ class TransformerEncoder(nn.Module):
         self.vocab_size, self.dim, self.depth, self.num_heads = vocab_size, dim, depth, num_heads
         self.causal, self.num_classes, self.pool = bool(causal), num_classes, pool
         self.max_seq_len, self.allow_longer = max_seq_len, bool(allow_longer)
-        self.pe_kind = pe_kind if pe_kind is not None else (type(pe).__name__ if pe is not None else "none")
+        geometry = dict(dim=dim, head_dim=dim // num_heads, num_heads=num_heads, causal=self.causal,
+                        max_len=max_seq_len, depth=depth)
+        if pe_kind is None:
+            pe_kind = pe if isinstance(pe, str) else pe.get("name") if isinstance(pe, Mapping) else \
+                type(pe).__name__ if pe is not None else "none"
+        self.pe_kind = pe_kind
         self.needs = tuple(needs) if needs is not None else (("ids",) if pe is not None or embed_pe else ())
+        pe = _build(pe, geometry)                                                 # before tok_emb (seeded order)
 
         self.tok_emb = nn.Embedding(vocab_size, dim)
-        if embed_pe is not None and not isinstance(embed_pe, nn.Module):
-            embed_pe = embed_pe()
+        embed_pe = embed_pe() if callable(embed_pe) and not isinstance(embed_pe, nn.Module) else \
+            _build(embed_pe, geometry)
         self._embed_pe_name, self._embed_positions = embed_pe_name, embed_positions
         if embed_pe is not None:
             setattr(self, embed_pe_name, embed_pe)
