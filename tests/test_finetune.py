@@ -33,7 +33,7 @@ def fmnist_cfg(out, **train):
     t = {"steps": 6, "batch_size": 64, "accumulation": 2, "log_every": 1, "progress": False, "seed": 3,
          "num_threads": 1}
     t.update(train)
-    return {"model": FMNIST_MODEL,
+    return {"task": "image_classification", "model": FMNIST_MODEL,
             "data": {"name": "fashion_mnist", "train_limit": 512, "eval_limit": 256, "augment": True},
             "optim": {"lr": 2e-3, "warmup_steps": 2},
             "train": t, "output": {"dir": str(out)}}
@@ -68,7 +68,7 @@ def reference_runs(tmp_path_factory):
 
 def test_digits_run_learns_and_writes_its_outputs(tmp_path):
     out = tmp_path / "run"
-    cfg = {"model": DIGITS_MODEL, "data": {"name": "digits", "augment": False},
+    cfg = {"task": "image_classification", "model": DIGITS_MODEL, "data": {"name": "digits", "augment": False},
            "optim": {"lr": 2e-3, "warmup_steps": 5},
            "train": {"steps": 60, "batch_size": 64, "log_every": 5, "eval_every": 30, "progress": False,
                      "num_threads": 1},
@@ -244,7 +244,7 @@ def _write(tmp_path, text):
     return p
 
 
-GOOD = "model:\n  name: vit_irpe_tiny\ndata:\n  name: digits\n"
+GOOD = "task: image_classification\nmodel:\n  name: vit_irpe_tiny\ndata:\n  name: digits\n"
 
 
 def test_unknown_key_in_the_file_names_key_file_and_suggestion(tmp_path):
@@ -279,7 +279,7 @@ def test_wrong_value_types_name_the_key_and_the_value(tmp_path):
     assert load_config(_write(tmp_path, GOOD + "train:\n  amp: off\n"), []).train.amp == "off"
     assert load_config(_write(tmp_path, GOOD), ["train.amp=off"]).train.amp == "off"
     with pytest.raises(ConfigError, match=r"'model\.name' is required"):
-        load_config(_write(tmp_path, "data:\n  name: digits\n"), [])
+        load_config(_write(tmp_path, "task: image_classification\ndata:\n  name: digits\n"), [])
 
 
 def test_missing_file_and_free_form_model_kwargs(tmp_path):

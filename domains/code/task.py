@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -31,12 +32,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.errors import CheckpointError, ConfigError, DatasetNotFoundError
+from zoo.finetune.config import DataCfg, check_at_least
 from zoo.finetune.engine import read_run
 from zoo.finetune.tasks import Task, register_task
 from zoo.positions import Positions
+from zoo.splits import SPLITS
 
-__all__ = ["CausalLMTask", "SOURCES", "DEFAULT_SEQ_LEN", "DEFAULT_VOCAB_SIZE", "open_source_tree", "get_tokenizer",
-           "stream_tensors", "gather_windows", "lm_metrics", "load_run"]
+__all__ = ["CausalLMTask", "CodeData", "SOURCES", "DEFAULT_SEQ_LEN", "DEFAULT_VOCAB_SIZE", "open_source_tree",
+           "get_tokenizer", "stream_tensors", "gather_windows", "lm_metrics", "load_run"]
 
 #: data.name -> what it is (``source_tree`` needs data.root)
 SOURCES = {"cpython_stdlib": "the CPython standard library (.py)", "go_stdlib": "the Go standard library (.go)",
@@ -49,6 +52,28 @@ _MAX_EVAL_LOGITS = 1 << 26
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
+
+@dataclass
+class CodeData(DataCfg):
+    """``data.*`` of ``causal_lm``: the shared keys (``name`` of `SOURCES`, ``root``, limits in windows,
+    ``eval_split`` val | test) and these."""
+
+    seq_len: int = DEFAULT_SEQ_LEN             # tokens per window
+    vocab_size: Optional[int] = None           # BPE size to train (null: DEFAULT_VOCAB_SIZE, or data.tokenizer's)
+    tokenizer: Optional[str] = None            # load this tokenizer.json (or a run folder's) instead of training
+    tokenizer_files: Optional[int] = None      # train the tokenizer on the first N training files (null: all)
+    languages: Optional[List[str]] = None      # keep files of these languages only (null: all supported)
+    augment: bool = True                       # a random window offset per epoch
+    cache: bool = True                         # cache tokenized corpora under $ZOO_HOME
+
+    @classmethod
+    def check(cls, d) -> None:
+        super().check(d)
+        check_at_least(d, 1, "seq_len", "vocab_size", "tokenizer_files")
+        if d.eval_split not in ("val", "test"):
+            raise ConfigError(f"invalid value for config key 'data.eval_split': {d.eval_split!r} (code splits by "
+                              f"content hash into {', '.join(SPLITS)}; evaluate on val or test)")
+
 
 def open_source_tree(name: str, root: Optional[str] = None, languages: Optional[List[str]] = None):
     """The ``SourceTree`` named by ``data.name`` / ``data.root`` / ``data.languages``; clear errors naming the key."""
@@ -187,6 +212,7 @@ class CausalLMTask(Task):
 
     main_metric = "loss"
     main_mode = "min"
+    data_schema = CodeData
 
     def __init__(self) -> None:
         self.cfg = None
@@ -194,14 +220,11 @@ class CausalLMTask(Task):
         self.train_stream = self.eval_stream = None
 
     def build_data(self, cfg) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-        from domains.code.data import SPLITS, tokenize_files
+        from domains.code.data import tokenize_files
 
         self.cfg = cfg
         d, progress = cfg.data, bool(cfg.train.progress)
-        if d.eval_split not in SPLITS or d.eval_split == "train":
-            raise ConfigError(f"invalid value for config key 'data.eval_split': {d.eval_split!r} (code splits by "
-                              f"content hash into {', '.join(SPLITS)}; evaluate on val or test)")
-        self.seq_len = int(d.seq_len or DEFAULT_SEQ_LEN)
+        self.seq_len = int(d.seq_len)
         self.tree = open_source_tree(d.name, d.root, d.languages)
         train_files, eval_files = self.tree.split("train"), self.tree.split(d.eval_split)
         for split, files in (("train", train_files), (d.eval_split, eval_files)):

@@ -19,12 +19,10 @@ Models: any ``doc_*`` encoder taking ``(input_ids, pos=Positions(ids=reading ord
 ``vocab_size``, ``num_classes`` (word labelling) or ``link_dim`` (entity linking, default 128) into the builder
 kwargs, and ``pad_token_id=0`` for LayoutLMv3 (whose RoBERTa positions count non-pad tokens; our ``<unk>`` is 1).
 
-Data config (``data.*``): ``name``, ``root`` (R manuals: a folder of the PDFs, default Debian's r-doc-pdf; FUNSD:
-the dataset folder, see `read_funsd_pages`), ``manuals`` (R manual names, default all eight), ``seq_len`` (words per
-window), ``vocab_size`` (max words, default 20,000), ``min_freq`` (default 2), ``tokenizer`` (a saved
-``word_vocab.json`` or a run folder holding one, instead of building), ``train_limit`` / ``eval_limit`` (pages /
-forms: the first N of a fixed seed-0 permutation), ``eval_split`` (``val`` | ``test``), ``cache`` (R-manual page
-cache under ``$ZOO_HOME/documents``), ``dangling_links`` (FUNSD: ``error`` | ``drop``).
+Data config (``data.*``): `DocumentData` (both tasks), `WordLabellingData` and `EntityLinkingData` state the keys,
+their defaults and their ranges; ``root`` is, for the R manuals, a folder of the PDFs (default Debian's r-doc-pdf) and
+for FUNSD the dataset folder (`read_funsd_pages`); ``train_limit`` / ``eval_limit`` count pages / forms (the first N
+of a fixed seed-0 permutation).
 
 Splits: R manuals (both tasks) by page content hash (`domains.documents.data.split_of_page`, 90/5/5); FUNSD by
 its own ``training_data`` / ``testing_data`` folders (val = a fixed 10% of training_data), or by file-name hash
@@ -40,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -49,22 +48,53 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.errors import ConfigError, ZooError
+from zoo.finetune.config import DataCfg, check_at_least, check_one_of, invalid_value
 from zoo.finetune.tasks import Task, register_task
 from zoo.positions import Positions
 
-__all__ = ["WordLabellingTask", "EntityLinkingTask", "VOCAB_FILE", "LABELS_FILE", "confusion_f1",
+__all__ = ["WordLabellingTask", "EntityLinkingTask", "DocumentData", "WordLabellingData", "EntityLinkingData",
+           "VOCAB_FILE", "LABELS_FILE", "confusion_f1",
            "read_funsd_pages", "link_counts"]
 
 VOCAB_FILE = "word_vocab.json"
 LABELS_FILE = "labels.json"
 IGNORE = -100
-_DEFAULTS = {"vocab_size": 20_000, "min_freq": 2, "word_seq_len": 256, "link_seq_len": 512, "link_dim": 128,
-             "dangling_links": "error"}
+_LINK_DIM = 128                      # model.kwargs.link_dim of entity linking when the config sets none
 
 
-def _opt(d, key: str, default_key: Optional[str] = None):
-    value = d[key] if key in d else None
-    return _DEFAULTS[default_key or key] if value is None else value
+@dataclass
+class DocumentData(DataCfg):
+    """``data.*`` of both document tasks: the shared keys (``eval_split`` val | test) and these."""
+
+    manuals: Optional[List[str]] = None        # R manuals to use, e.g. [R-intro, R-exts] (null: all eight)
+    vocab_size: int = 20_000                   # most words kept in the vocabulary built on the train split
+    min_freq: int = 2                          # words seen fewer times in the train split map to <unk>
+    tokenizer: Optional[str] = None            # a saved word_vocab.json (or a run folder holding one) instead
+    cache: bool = True                         # R-manual page cache under $ZOO_HOME/documents
+
+    @classmethod
+    def check(cls, d) -> None:
+        super().check(d)
+        check_one_of(d, "eval_split", ("val", "test"))
+        check_at_least(d, 1, "min_freq", "seq_len")
+        if d.vocab_size < 3:
+            raise invalid_value("data.vocab_size", d.vocab_size, "must be >= 3: <pad>, <unk> and a word")
+
+
+@dataclass
+class WordLabellingData(DocumentData):
+    seq_len: int = 256                         # words per window
+
+
+@dataclass
+class EntityLinkingData(DocumentData):
+    seq_len: int = 512                         # words of a form / crop kept
+    dangling_links: str = "error"              # FUNSD links to missing entities: error | drop
+
+    @classmethod
+    def check(cls, d) -> None:
+        super().check(d)
+        check_one_of(d, "dangling_links", ("error", "drop"))
 
 
 def _limit(n: int, limit: Optional[int]) -> np.ndarray:
@@ -84,12 +114,6 @@ def _choose_pages(by_split: Dict[str, list], d, eval_split: str, empty) -> Dict[
         if not chosen[name]:
             raise ConfigError(empty(name, src))
     return chosen
-
-
-def _check_eval_split(d) -> str:
-    if d.eval_split not in ("val", "test"):
-        raise ConfigError(f"invalid value for config key 'data.eval_split': {d.eval_split!r} (val or test)")
-    return d.eval_split
 
 
 def confusion_f1(conf: Tensor) -> Tuple[Tensor, Tensor]:
@@ -115,10 +139,7 @@ def _vocab(d, texts, resume_dir: Optional[Path]):
             return WordVocab.load(path)
         except ValueError as e:
             raise ConfigError(f"data.tokenizer={d.tokenizer!r}: {e}") from None
-    size = _opt(d, "vocab_size")
-    if size < 3:
-        raise ConfigError(f"invalid value for config key 'data.vocab_size': {size} (>= 3: <pad>, <unk> and a word)")
-    return WordVocab.build(texts, min_freq=_opt(d, "min_freq"), max_size=size)
+    return WordVocab.build(texts, min_freq=d.min_freq, max_size=d.vocab_size)
 
 
 def _positions(ids: Tensor, boxes: Tensor, mask: Tensor) -> Positions:
@@ -172,6 +193,7 @@ class WordLabellingTask(_DocumentTask):
 
     main_metric = "macro_f1"
     main_mode = "max"
+    data_schema = WordLabellingData
     DATASETS = ("r_manuals",)
 
     def build_data(self, cfg):
@@ -182,8 +204,7 @@ class WordLabellingTask(_DocumentTask):
         if d.name not in self.DATASETS:
             raise ConfigError(f"unknown dataset data.name={d.name!r} for task word_labelling; known: "
                               f"{', '.join(self.DATASETS)}")
-        split = _check_eval_split(d)
-        seq_len = int(_opt(d, "seq_len", "word_seq_len"))
+        split, seq_len = d.eval_split, int(d.seq_len)
         try:
             pages = r_manual_pages(d.root, list(d.manuals) if d.manuals is not None else None,
                                    cache_dir=bool(d.cache), progress=bool(cfg.train.progress))
@@ -329,7 +350,7 @@ def _r_manual_links(cfg, skipped: Counter) -> Dict[str, list]:
     manuals = list(d.manuals) if d.manuals is not None else None
     try:
         return r_manual_link_pages(d.root, manuals, cache_dir=bool(d.cache), progress=bool(cfg.train.progress),
-                                   skipped=skipped, max_words=int(_opt(d, "seq_len", "link_seq_len")))
+                                   skipped=skipped, max_words=int(d.seq_len))
     except ZooError as e:                           # DatasetNotFoundError / PdfError: names the folder or file
         raise ConfigError(f"data (r_manual_links, data.root={d.root!r}, data.manuals={manuals}): {e}") from None
 
@@ -341,6 +362,7 @@ class EntityLinkingTask(_DocumentTask):
 
     main_metric = "link_f1"
     main_mode = "max"
+    data_schema = EntityLinkingData
     DATASETS = ("funsd", "r_manual_links")
     labels = ("no_link", "link")
 
@@ -352,7 +374,7 @@ class EntityLinkingTask(_DocumentTask):
         if d.name not in self.DATASETS:
             raise ConfigError(f"unknown dataset data.name={d.name!r} for task entity_linking; known: "
                               f"{', '.join(self.DATASETS)}")
-        split = _check_eval_split(d)
+        split = d.eval_split
         self.skipped = Counter()
         if d.name == "r_manual_links":
             by_split = _r_manual_links(cfg, self.skipped)
@@ -360,11 +382,8 @@ class EntityLinkingTask(_DocumentTask):
             if d.root is None:
                 raise ConfigError("entity_linking needs data.root: the folder of your FUNSD copy (FUNSD is not "
                                   "installable here; https://guillaumejaume.github.io/FUNSD/)")
-            dangling = _opt(d, "dangling_links")
-            if dangling not in ("error", "drop"):
-                raise ConfigError(f"invalid value for config key 'data.dangling_links': {dangling!r} (error or drop)")
             try:
-                by_split = read_funsd_pages(d.root, LayoutPolicy(dangling_link=dangling), self.skipped)
+                by_split = read_funsd_pages(d.root, LayoutPolicy(dangling_link=d.dangling_links), self.skipped)
             except (DocumentFormatError, FileNotFoundError) as e:
                 hint = "; set data.dangling_links=drop to drop such links" if "link" in str(e) else ""
                 raise ConfigError(f"data.root={d.root!r}: {e}{hint}") from None
@@ -375,7 +394,7 @@ class EntityLinkingTask(_DocumentTask):
         chosen = _choose_pages(by_split, d, split, lambda name, src: (
             f"{d.name} ({d.root or 'default folder'}): no {src} pages (data.{name}_limit / the split is empty)"))
         self.pages = chosen
-        self.seq_len = int(_opt(d, "seq_len", "link_seq_len"))
+        self.seq_len = int(d.seq_len)
         self.vocab = _vocab(d, (w.text for p in chosen["train"] for w in p.words[:self.seq_len]), self.resume_dir)
         try:
             self.items = {s: [linking_example(p, self.vocab, max_len=self.seq_len) for p in ps]
@@ -386,7 +405,7 @@ class EntityLinkingTask(_DocumentTask):
 
     def model_kwargs(self, cfg) -> Dict[str, Any]:
         kwargs = self._base_kwargs(cfg)
-        kwargs["link_dim"] = _DEFAULTS["link_dim"]
+        kwargs["link_dim"] = _LINK_DIM
         kwargs.update(dict(cfg.model.kwargs))
         self._check_vocab(kwargs)
         if kwargs.get("num_classes"):

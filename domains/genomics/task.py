@@ -7,13 +7,9 @@
     dna_lm                    the same windows, next-token cross-entropy for decoders (dna_lm_*); loss,
                               perplexity, token_accuracy
 
-Data config (``data.*``): ``name``, ``root`` (a copy of the dataset file), ``tokenizer_kind`` (``nucleotide`` |
-``kmer`` | ``codon``, default nucleotide), ``k`` (k-mer size, default 6; k-mers do not overlap), ``tokenizer`` (load
-a saved ``dna_tokenizer.json`` or a run folder instead), ``seq_len`` (classification: tokens kept, longer sequences
-are truncated; LM tasks: tokens per window, default 256), ``label_rank`` / ``top_n`` (16S: taxonomy rank, default
-phylum, and how many of its most frequent classes to keep, default 5; the rest are dropped), ``mask_prob`` (MLM,
-0.15), ``train_limit`` / ``eval_limit`` (sequences for classification, windows for LM tasks), ``eval_split``
-(``val`` | ``test``).  Fields the config schema does not (yet) define take their defaults.
+Data config (``data.*``): `GenomicsData` (every task), `ClassificationData`, `WindowData` (dna_lm) and
+`MaskedLMData` state the keys, their defaults and their ranges; ``train_limit`` / ``eval_limit`` count sequences for
+classification, windows for LM tasks.
 
 Splits: `stratified_split` by label, fractions 0.8 / 0.1 / 0.1, seed 0 (fixed: the split does not move with
 ``train.seed``).  LM windows are cut inside the sequences of one split, so no sequence is in two splits.  Limits
@@ -30,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 from abc import abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -39,24 +36,73 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.errors import ConfigError
+from zoo.finetune.config import DataCfg, check_at_least, check_one_of, invalid_value
 from zoo.finetune.tasks import Task, register_task
 
 from .models import dna_positions
 
-__all__ = ["SequenceClassificationTask", "MaskedLMTask", "DNACausalLMTask", "TOKENIZER_KINDS", "build_tokenizer",
+__all__ = ["SequenceClassificationTask", "MaskedLMTask", "DNACausalLMTask", "GenomicsData", "ClassificationData",
+           "WindowData", "MaskedLMData", "TOKENIZER_KINDS", "build_tokenizer",
            "window_bases", "macro_f1", "IGNORE_INDEX"]
 
 TOKENIZER_KINDS = ("nucleotide", "kmer", "codon")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 DEFAULT_LM_SEQ_LEN = 256
 IGNORE_INDEX = -100
-_DEFAULTS = {"tokenizer_kind": "nucleotide", "k": 6, "label_rank": "phylum", "top_n": 5, "mask_prob": 0.15}
 
 
-def _opt(d, key: str):
-    """``d.key`` when the schema has it and it is set, else the task default."""
-    value = d[key] if key in d else None
-    return _DEFAULTS.get(key) if value is None else value
+# ---- data config ----------------------------------------------------------------------------------------------
+
+@dataclass
+class GenomicsData(DataCfg):
+    """``data.*`` of every genomics task: the shared keys (``name`` of `domains.genomics.data.DATASETS`, ``root``: a
+    copy of the dataset file, limits, ``eval_split`` val | test) and these."""
+
+    tokenizer_kind: str = "nucleotide"         # nucleotide | kmer | codon
+    k: int = 6                                 # k-mer size (kmer tokenizer; k-mers do not overlap)
+    tokenizer: Optional[str] = None            # load a saved dna_tokenizer.json (or a run folder's) instead
+    label_rank: str = "phylum"                 # 16S: the taxonomy rank used as the label
+    top_n: int = 5                             # 16S: keep the N most frequent classes of that rank, drop the rest
+
+    @classmethod
+    def check(cls, d) -> None:
+        super().check(d)
+        check_one_of(d, "tokenizer_kind", TOKENIZER_KINDS)
+        if not 2 <= d.k <= 8:
+            raise invalid_value("data.k", d.k, "k-mer size, 2..8")
+        check_at_least(d, 2, "top_n")
+        check_one_of(d, "eval_split", ("val", "test"))
+
+
+@dataclass
+class ClassificationData(GenomicsData):
+    seq_len: Optional[int] = None              # tokens kept per sequence, longer ones truncated (null: all)
+
+    @classmethod
+    def check(cls, d) -> None:
+        super().check(d)
+        check_at_least(d, 1, "seq_len")
+
+
+@dataclass
+class WindowData(GenomicsData):
+    seq_len: int = DEFAULT_LM_SEQ_LEN          # tokens per window
+
+    @classmethod
+    def check(cls, d) -> None:
+        super().check(d)
+        check_at_least(d, 1, "seq_len")
+
+
+@dataclass
+class MaskedLMData(WindowData):
+    mask_prob: float = 0.15                    # BERT masking probability (`domains.genomics.data.mlm_mask`)
+
+    @classmethod
+    def check(cls, d) -> None:
+        super().check(d)
+        if not 0.0 < d.mask_prob < 1.0:
+            raise invalid_value("data.mask_prob", d.mask_prob, "must be in (0, 1)")
 
 
 # ---- shared pieces --------------------------------------------------------------------------------------------
@@ -67,22 +113,16 @@ def build_tokenizer(d, resume_dir: Optional[Path] = None):
 
     if resume_dir is not None and (Path(resume_dir) / TOKENIZER_FILE).is_file():
         return DNATokenizer.load(Path(resume_dir) / TOKENIZER_FILE)
-    if d.get("tokenizer") is not None:
+    if d.tokenizer is not None:
         try:
             return DNATokenizer.load(Path(d.tokenizer).expanduser())
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"data.tokenizer={d.tokenizer!r}: {e}") from None
-    kind, k = _opt(d, "tokenizer_kind"), _opt(d, "k")
-    if kind not in TOKENIZER_KINDS:
-        raise ConfigError(f"invalid value for config key 'data.tokenizer_kind': {kind!r} (one of "
-                          f"{', '.join(TOKENIZER_KINDS)})")
-    if kind == "nucleotide":
+    if d.tokenizer_kind == "nucleotide":
         return nucleotide_tokenizer()
-    if kind == "codon":
+    if d.tokenizer_kind == "codon":
         return codon_tokenizer()
-    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 8:
-        raise ConfigError(f"invalid value for config key 'data.k': {k!r} (k-mer size, 2..8)")
-    return kmer_tokenizer(k, overlapping=False)
+    return kmer_tokenizer(d.k, overlapping=False)
 
 
 def _load(d):
@@ -92,10 +132,7 @@ def _load(d):
         raise ConfigError(f"unknown genomics dataset data.name={d.name!r}; known: {', '.join(DATASETS)}")
     try:
         if d.name == "16s_rrna":
-            top_n = _opt(d, "top_n")
-            if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 2:
-                raise ConfigError(f"invalid value for config key 'data.top_n': {top_n!r} (>= 2 classes)")
-            return load_16s(d.root, rank=_opt(d, "label_rank"), top_n=top_n)
+            return load_16s(d.root, rank=d.label_rank, top_n=d.top_n)
         return DATASETS[d.name](d.root)
     except ValueError as e:
         if isinstance(e, ConfigError):
@@ -106,8 +143,6 @@ def _load(d):
 def _split(d, labels) -> Tuple[np.ndarray, np.ndarray]:
     from .data import stratified_split
 
-    if d.eval_split not in ("val", "test"):
-        raise ConfigError(f"invalid value for config key 'data.eval_split': {d.eval_split!r} (val or test)")
     parts = stratified_split(labels, SPLIT_FRACTIONS, seed=0)
     return parts["train"], parts[d.eval_split]
 
@@ -167,6 +202,7 @@ class SequenceClassificationTask(_GenomicsTask):
 
     main_metric = "accuracy"
     main_mode = "max"
+    data_schema = ClassificationData
 
     def build_data(self, cfg):
         from .data import classification_tensors
@@ -275,6 +311,7 @@ def window_bases(tokenizer, tokens: int) -> int:
 
 
 class _WindowTask(_GenomicsTask):
+    data_schema = WindowData
     prefix: Tuple[str, ...] = ()
     extra: int = 0                   # tokens beyond the model input per window (the causal LM's last label)
     causal: bool = False
@@ -288,7 +325,7 @@ class _WindowTask(_GenomicsTask):
         self.dataset_name = d.name
         train_idx, eval_idx = _split(d, data.labels)
         self.tokenizer = build_tokenizer(d, self.resume_dir)
-        self.seq_len = int(d.seq_len or DEFAULT_LM_SEQ_LEN)
+        self.seq_len = int(d.seq_len)
         self.window = window_bases(self.tokenizer, self.seq_len + self.extra - len(self.prefix))
         self.spans = torch.from_numpy(self.tokenizer.encode("A" * self.window, self.prefix).spans)  # [L, 2]
         self.ids = {}
@@ -298,10 +335,7 @@ class _WindowTask(_GenomicsTask):
                 raise ConfigError(f"{d.name}: no {split} sequence holds a window of {self.window} bases "
                                   f"(data.seq_len={self.seq_len}); lower data.seq_len")
             self.ids[split] = ids[torch.from_numpy(_limit(ids.shape[0], limit))]
-        prob = float(_opt(d, "mask_prob"))
-        if not 0.0 < prob < 1.0:
-            raise ConfigError(f"invalid value for config key 'data.mask_prob': {prob!r} (in (0, 1))")
-        self.mask_prob = prob
+        self.mask_prob = float(d.get("mask_prob", 0.0))          # masked_lm only
         self.eval_inputs = self._eval_inputs()
         return self.ids["train"], self.ids["eval"]
 
@@ -391,6 +425,7 @@ class MaskedLMTask(_WindowTask):
 
     main_metric = "loss"
     main_mode = "min"
+    data_schema = MaskedLMData
     prefix = ("<cls>",)
     accuracy_key = "masked_accuracy"
 

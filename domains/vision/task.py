@@ -11,6 +11,7 @@ uninterrupted epoch would have produced from ``k`` on.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Tuple
 
 import torch
@@ -18,11 +19,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.errors import ConfigError
+from zoo.finetune.config import DataCfg
 from zoo.finetune.tasks import Task, register_task
 
 from .data import DATASETS, _canonical_name, build_dataset, random_crop_flip
 
-__all__ = ["ImageClassificationTask", "augment_settings"]
+__all__ = ["ImageClassificationTask", "ImageData", "augment_settings"]
+
+
+@dataclass
+class ImageData(DataCfg):
+    """``data.*`` of image classification: the shared keys (``name`` of `domains.vision.data.DATASETS`, ``root``,
+    limits, ``eval_split`` among the dataset's splits) and these."""
+
+    download: bool = False                     # fetch the dataset into data.root when it is not there
+    augment: bool = True                       # random crop + flip in training (`augment_settings`)
 
 
 def augment_settings(dataset: str, img_size: int) -> Dict[str, Any]:
@@ -39,6 +50,7 @@ class ImageClassificationTask(Task):
 
     main_metric = "accuracy"
     main_mode = "max"
+    data_schema = ImageData
 
     def __init__(self) -> None:
         self.cfg = None

@@ -3,9 +3,10 @@ wrong type, every number given nan / inf / a negative value), empty and truncate
 output folders that are files, unwritable or hold another run, data that changed under ``--resume``, and runs
 interrupted by Ctrl-C, SIGTERM, a full disk or a killed save.
 
-Config cases are generated from the schema (``valid_keys`` and the node types of ``FinetuneCfg``) and data cases
-from the task registry (``list_tasks``; each task's dataset name from a recipe in ``configs/`` of the same domain
-module), so a new config key or task is covered at once. Training runs are one or two steps of a one-block ViT on
+Config cases are generated from the schemas (``valid_keys`` and the node types of ``FinetuneCfg``: the keys every
+task shares once, then each registered task's own data keys, ``data_schema``) and data cases from the task registry
+(``list_tasks``; each task's dataset name from a recipe in ``configs/`` of the same domain module), so a new config
+key or task is covered at once. Training runs are one or two steps of a one-block ViT on
 scikit-learn's digits.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import re
 import signal
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode
 
 from zoo.errors import CheckpointError, ConfigError, ZooError
 from zoo.finetune import FinetuneCfg, build_config, finetune, list_tasks, load_config, valid_keys
-from zoo.finetune.config import FREE_FORM_KEYS
+from zoo.finetune.config import FREE_FORM_KEYS, data_schema
 from zoo.finetune.engine import RunOutputError
 from zoo.finetune.tasks import task_module
 
@@ -41,7 +43,7 @@ def digits(out, **train):
     """A run of ``steps`` (default 2) steps on 128 digits, batch 32."""
     t = {"steps": 2, "batch_size": 32, "log_every": 1, "progress": False, "num_threads": 1}
     t.update(train)
-    return {"model": json.loads(json.dumps(DIGITS_MODEL)),
+    return {"task": "image_classification", "model": json.loads(json.dumps(DIGITS_MODEL)),
             "data": {"name": "digits", "augment": False, "train_limit": 128, "eval_limit": 32},
             "train": t, "output": {"dir": str(out)}}
 
@@ -97,11 +99,12 @@ def _raise_keyboard_interrupt():
 
 # ---- the schema: every key, every number --------------------------------------------------------------------------
 
-def schema_leaves():
-    """``(dotted key, kind)`` of every value key of the schema: int, float, bool, list, mapping or str."""
-    schema = OmegaConf.structured(FinetuneCfg)
+def schema_leaves(task=None):
+    """``(dotted key, kind)`` of every value key of ``task``'s schema (without a task: the keys every task shares):
+    int, float, bool, list, mapping or str."""
+    schema = OmegaConf.structured(FinetuneCfg(task=task, data=data_schema(task)()) if task else FinetuneCfg)
     out = []
-    for key in valid_keys():
+    for key in valid_keys(task):
         node = schema
         for part in key.split("."):
             node = node._get_node(part)
@@ -117,27 +120,44 @@ def schema_leaves():
     return out
 
 
+def schema_cases():
+    """``(task, key, kind)``: the shared keys once (on the digits run), then each registered task's own keys (on a
+    config of that task)."""
+    shared = schema_leaves()
+    out = [(None, key, kind) for key, kind in shared]
+    for task in list_tasks():
+        out += [(task, key, kind) for key, kind in schema_leaves(task) if (key, kind) not in shared]
+    return out
+
+
+def base_cfg(task, tmp_path):
+    return digits(tmp_path / "run") if task is None else task_cfg(task, tmp_path / "run")
+
+
 # a value of the wrong type for each kind of key
 WRONG = {"int": "many", "float": "fast", "bool": "perhaps", "list": {"a": 1}, "mapping": [1, 2], "str": {"a": 1}}
 
 
-def wrong_type_case(key, kind):
+def wrong_type_case(task, key, kind):
     def run(tmp_path):
-        return build_config(merged(digits(tmp_path / "run"), key, WRONG[kind]))
-    return Case(f"config-{key}-{kind}-given-{type(WRONG[kind]).__name__}", "wrong type",
-                f"a {type(WRONG[kind]).__name__} for the {kind} key {key} is a ConfigError naming the key", run,
-                raises=ConfigError, match=rf"'{re.escape(key)}'")
+        return build_config(merged(base_cfg(task, tmp_path), key, WRONG[kind]))
+    of = f"{task}-" if task else ""
+    return Case(f"config-{of}{key}-{kind}-given-{type(WRONG[kind]).__name__}", "wrong type",
+                f"a {type(WRONG[kind]).__name__} for the {kind} key {key}" + (f" of task {task}" if task else "")
+                + " is a ConfigError naming the key", run, raises=ConfigError, match=rf"'{re.escape(key)}'")
 
 
-def out_of_range_cases(key, kind):
+def out_of_range_cases(task, key, kind):
     values = {"float": [float("nan"), float("inf"), -1.0], "int": [-1]}.get(kind, [])
     if key == "optim.betas":
         values = [[float("nan"), 0.9], [0.9, float("inf")], [-0.1, 0.9]]
+    of = f"{task}-" if task else ""
     for value in values:
         def run(tmp_path, value=value):
-            return build_config(merged(digits(tmp_path / "run"), key, value))
-        yield Case(f"config-{key}={value}", "out of range",
-                   f"{key}={value} is refused at config load with a ConfigError naming the key", run,
+            return build_config(merged(base_cfg(task, tmp_path), key, value))
+        yield Case(f"config-{of}{key}={value}", "out of range",
+                   f"{key}={value}" + (f" (task {task})" if task else "")
+                   + " is refused at config load with a ConfigError naming the key", run,
                    raises=ConfigError, match=rf"'{re.escape(key)}'")
 
 
@@ -149,7 +169,7 @@ def dataset_for_task(task: str) -> str:
     recipes = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "configs").glob("*/*.yaml"))]
     by_task = {}
     for r in recipes:
-        by_task.setdefault(r.get("task", "image_classification"), r["data"]["name"])
+        by_task.setdefault(r["task"], r["data"]["name"])
     if task in by_task:
         return by_task[task]
     same_module = [t for t in by_task if task_module(t) == task_module(task)]
@@ -178,7 +198,21 @@ def task_cases(task):
     def nothing_written(info, tmp_path):
         assert not (tmp_path / "run").exists()
 
-    return [
+    own = {f.name for f in fields(data_schema(task))}
+    foreign = sorted({(f.name, t) for t in list_tasks() for f in fields(data_schema(t)) if f.name not in own})
+    foreign_cases = []
+    if foreign:
+        key, owner = foreign[0]
+
+        def other_tasks_key(tmp_path):
+            return build_config(task_cfg(task, tmp_path / "run", **{key: None}))
+
+        foreign_cases.append(Case(
+            f"{task}-data-key-of-another-task", "corrupt", f"{task}: data.{key} (a key of {owner}, not of {task}) is "
+            "an unknown key; the error names the tasks that use it", other_tasks_key, raises=ConfigError,
+            match=rf"'data\.{key}'.*task '{task}' has no data key '{key}'.*{owner}"))
+
+    return foreign_cases + [
         Case(f"{task}-misspelt-data-key", "corrupt", f"{task}: data.train_limt is an unknown key; the error names "
              "the closest valid key", misspelt, raises=ConfigError, match=r"'data\.train_limt'.*'data\.train_limit'"),
         Case(f"{task}-unknown-dataset", "out of range", f"{task}: an unknown data.name is a ConfigError naming it, "
@@ -192,7 +226,7 @@ def task_cases(task):
 
 # ---- config files -------------------------------------------------------------------------------------------------
 
-GOOD_YAML = "model:\n  name: vit_irpe_tiny\ndata:\n  name: digits\n"
+GOOD_YAML = "task: image_classification\nmodel:\n  name: vit_irpe_tiny\ndata:\n  name: digits\n"
 
 
 def config_file_cases():
@@ -223,10 +257,11 @@ def config_file_cases():
         return finetune(cfg)
 
     return [
-        Case("config-file-empty", "empty", "an empty config file: ConfigError saying model.name is required and "
-             "naming the file", empty_file, raises=ConfigError, match=r"'model\.name' is required.*empty\.yaml"),
+        Case("config-file-empty", "empty", "an empty config file: ConfigError naming the file and the keys it must "
+             "set (model.name, task, data.name)", empty_file, raises=ConfigError,
+             match=r"'model\.name', 'task' and 'data\.name' are required.*empty\.yaml"),
         Case("config-file-comments-only", "empty", "a config file of comments only: like an empty file",
-             comments_only, raises=ConfigError, match=r"'model\.name' is required.*c\.yaml"),
+             comments_only, raises=ConfigError, match=r"'model\.name', 'task' and 'data\.name' are required.*c\.yaml"),
         Case("config-file-truncated", "truncated", "a YAML file cut off mid-mapping: ConfigError naming the file",
              truncated_yaml, raises=ConfigError, match=r"cannot parse config file .*cut\.yaml"),
         Case("config-file-binary", "corrupt", "a binary file given as the config: ConfigError naming the file",
@@ -411,8 +446,8 @@ def interrupted_cases():
     ]
 
 
-CASES = ([wrong_type_case(k, kind) for k, kind in schema_leaves()]
-         + [c for k, kind in schema_leaves() for c in out_of_range_cases(k, kind)]
+CASES = ([wrong_type_case(t, k, kind) for t, k, kind in schema_cases()]
+         + [c for t, k, kind in schema_cases() for c in out_of_range_cases(t, k, kind)]
          + [c for task in list_tasks() for c in task_cases(task)]
          + config_file_cases() + checkpoint_cases() + output_cases() + interrupted_cases())
 

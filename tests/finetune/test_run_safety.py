@@ -32,7 +32,8 @@ def digits_cfg(out, **train):
     """256 train / 64 eval digits, batch 32 -> 8 steps per epoch."""
     t = {"steps": 4, "batch_size": 32, "log_every": 1, "progress": False, "seed": 1, "num_threads": 1}
     t.update(train)
-    return {"model": DIGITS_MODEL, "data": {"name": "digits", "augment": False, "train_limit": 256, "eval_limit": 64},
+    return {"task": "image_classification", "model": DIGITS_MODEL,
+            "data": {"name": "digits", "augment": False, "train_limit": 256, "eval_limit": 64},
             "optim": {"lr": 2e-3}, "train": t, "output": {"dir": str(out)}}
 
 
@@ -281,8 +282,8 @@ def test_resume_refuses_a_data_root_holding_other_data(tmp_path):
     a = _fmnist_root(tmp_path / "a")
     b = _fmnist_root(tmp_path / "b", train_prefix="t10k")       # other files: the test split posing as train
     moved = _fmnist_root(tmp_path / "moved")                    # the same files in another folder
-    cfg = {"model": {"name": "vit_irpe_tiny", "kwargs": {"patch_size": 7, "depth": 1, "embed_dim": 16,
-                                                        "num_heads": 2}},
+    cfg = {"task": "image_classification",
+           "model": {"name": "vit_irpe_tiny", "kwargs": {"patch_size": 7, "depth": 1, "embed_dim": 16, "num_heads": 2}},
            "data": {"name": "fashion_mnist", "root": str(a), "train_limit": 128, "eval_limit": 32, "augment": False},
            "train": {"steps": 1, "batch_size": 32, "progress": False, "num_threads": 1},
            "output": {"dir": str(out)}}

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from genomics_test_helpers import require
-from omegaconf import OmegaConf
 
 import domains.genomics.models  # noqa: F401  (registers the dna_* models)
 import domains.genomics.task as T
@@ -132,13 +131,22 @@ def test_bad_data_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="data.eval_split"):
         finetune(_cfg(tmp_path, "sequence_classification", "dna_rope_tiny", _toy_fasta(tmp_path / "t.fa"),
                       **{"data.eval_split": "train"}))
-    with pytest.raises(ConfigError, match="data.tokenizer_kind"):
-        T.build_tokenizer(OmegaConf.create({"tokenizer_kind": "bpe", "tokenizer": None}))
-    with pytest.raises(ConfigError, match="data.k"):
-        T.build_tokenizer(OmegaConf.create({"tokenizer_kind": "kmer", "k": 20}))
+    # the value checks of the task's data schema, at config load
+    for task, key, value, need in (("sequence_classification", "tokenizer_kind", "bpe", "one of nucleotide, kmer"),
+                                   ("dna_lm", "k", 20, "k-mer size, 2..8"), ("masked_lm", "k", 1, "2..8"),
+                                   ("sequence_classification", "top_n", 1, ">= 2"),
+                                   ("masked_lm", "mask_prob", 1.0, r"in \(0, 1\)"),
+                                   ("masked_lm", "eval_split", "train", "one of val, test")):
+        with pytest.raises(ConfigError, match=rf"'data\.{key}': {value!r} \(.*{need}"):
+            _cfg(tmp_path, task, "dna_rope_tiny", None, **{f"data.{key}": value})
+    with pytest.raises(ConfigError, match=r"task 'dna_lm' has no data key 'mask_prob'; it is a data key of task "
+                                          r"masked_lm\)$"):
+        _cfg(tmp_path, "dna_lm", "dna_lm_rope_tiny", None, **{"data.mask_prob": 0.2})
     with pytest.raises(ConfigError, match="data.tokenizer="):
-        T.build_tokenizer(OmegaConf.create({"tokenizer": str(tmp_path / "missing.json")}))
-    assert T.build_tokenizer(OmegaConf.create({"tokenizer_kind": "kmer", "k": 4})) == kmer_tokenizer(4, False)
+        T.build_tokenizer(_cfg(tmp_path, "masked_lm", "dna_rope_tiny", None,
+                               **{"data.tokenizer": str(tmp_path / "missing.json")}).data)
+    kmer = _cfg(tmp_path, "masked_lm", "dna_rope_tiny", None, **{"data.tokenizer_kind": "kmer", "data.k": 4}).data
+    assert T.build_tokenizer(kmer) == kmer_tokenizer(4, False)
 
 
 def test_window_bases_gives_exact_token_counts():

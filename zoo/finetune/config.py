@@ -5,14 +5,20 @@
 The schema is strict: an unknown or mistyped key, in the file or in an override, is an error that names the key,
 where it came from and the closest valid key. ``model.kwargs`` is the one free-form mapping (it goes to the model
 builder as is).
+
+Each task owns its ``data`` section: ``task`` (required, from the file or an override) names a registered task whose
+``data_schema`` (a dataclass extending `DataCfg`, declared in the task's own module with its defaults and its
+``check`` of the values) becomes the schema of ``data``. A data key of another task is refused naming the tasks that
+use it. A config saved by a run before the data schemas were per task (one ``data`` section holding every task's
+keys, the unused ones null) still loads: its null and unused-default keys are read as unset (`saved_config`).
 """
 from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -20,7 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 from ..errors import ConfigError
 
 __all__ = ["ModelCfg", "DataCfg", "OptimCfg", "TrainCfg", "OutputCfg", "FinetuneCfg", "load_config",
-           "build_config", "valid_keys", "FREE_FORM_KEYS", "AMP_MODES"]
+           "build_config", "saved_config", "valid_keys", "data_schema", "invalid_value", "check_at_least",
+           "check_one_of", "FREE_FORM_KEYS", "AMP_MODES"]
 
 AMP_MODES = ("auto", "off", "bf16")
 # mappings whose keys are not checked against the schema (passed through to user code)
@@ -35,32 +42,49 @@ class ModelCfg:
     kwargs: Dict[str, Any] = field(default_factory=dict)   # builder kwargs; dataset defaults fill the rest
 
 
+def invalid_value(key: str, value: Any, need: str) -> ConfigError:
+    """The error of a config value out of its range: ``invalid value for config key 'key': value (need)``."""
+    return ConfigError(f"invalid value for config key {key!r}: {value!r} ({need})")
+
+
+def check_at_least(d: Any, low: float, *keys: str, section: str = "data") -> None:
+    """Each ``d.<key>`` that is set must be ``>= low``."""
+    for key in keys:
+        value = d[key]
+        if value is not None and value < low:
+            raise invalid_value(f"{section}.{key}", value, f"must be >= {low}")
+
+
+def check_one_of(d: Any, key: str, choices, section: str = "data") -> None:
+    """``d.<key>`` must be one of ``choices``."""
+    if d[key] not in choices:
+        raise invalid_value(f"{section}.{key}", d[key], "one of " + ", ".join(map(str, choices)))
+
+
 @dataclass
 class DataCfg:
-    name: str = MISSING                        # dataset name known to the task's domain
-    root: Optional[str] = None                 # where the files are (default: the domain's search path)
-    download: bool = False
+    """The ``data`` keys every task shares. A task extends it with its own keys (``Task.data_schema``) and their
+    value checks (``check``, which calls its parent's first)."""
+
+    name: str = MISSING                        # dataset name known to the task
+    root: Optional[str] = None                 # where the files are (default: the task's search path)
     train_limit: Optional[int] = None          # first N training samples only
     eval_limit: Optional[int] = None
-    augment: bool = True
     eval_split: str = "test"
-    # sequence domains (code, genomics): typed here so that a typo is an error; image tasks ignore them
-    seq_len: Optional[int] = None              # tokens per training window; null = the task's default
-    vocab_size: Optional[int] = None           # size of the tokenizer to train; null = the task's default
-    tokenizer: Optional[str] = None            # load this tokenizer (a tokenizer.json or a run folder) instead
-    tokenizer_files: Optional[int] = None      # train the tokenizer on N training files only (null = all)
-    languages: Optional[List[str]] = None      # keep files of these languages only (code); null = all supported
-    cache: bool = True                         # cache preprocessed data (tokenized corpora) under $ZOO_HOME
-    # genomics
-    tokenizer_kind: Optional[str] = None       # nucleotide | kmer | codon (default nucleotide)
-    k: Optional[int] = None                    # k-mer size (kmer tokenizer; default 6)
-    label_rank: Optional[str] = None           # 16S taxonomy rank used as the label (default phylum)
-    top_n: Optional[int] = None                # 16S: keep the N most frequent classes (default 5)
-    mask_prob: Optional[float] = None          # masked-LM masking probability (default 0.15)
-    # documents (seq_len = words per window, vocab_size = max word vocabulary, tokenizer = a saved word_vocab.json)
-    manuals: Optional[List[str]] = None        # R manuals to use, e.g. [R-intro, R-exts]; null = all
-    min_freq: Optional[int] = None             # words seen fewer times in the train split map to <unk> (default 2)
-    dangling_links: Optional[str] = None       # FUNSD links to missing entities: error | drop (default error)
+
+    @classmethod
+    def check(cls, d: DictConfig) -> None:
+        """Raise ConfigError (`invalid_value`) for a value of ``d`` (the merged ``data`` node) out of range."""
+        check_at_least(d, 1, "train_limit", "eval_limit")
+
+
+# The data section every run saved before the data schemas were per task: its keys and their defaults then (null
+# meant "the task's default", which is what the task schemas now state).
+_SHARED_DATA_KEYS_BEFORE = {
+    "name": None, "root": None, "download": False, "train_limit": None, "eval_limit": None, "augment": True,
+    "eval_split": "test", "seq_len": None, "vocab_size": None, "tokenizer": None, "tokenizer_files": None,
+    "languages": None, "cache": True, "tokenizer_kind": None, "k": None, "label_rank": None, "top_n": None,
+    "mask_prob": None, "manuals": None, "min_freq": None, "dangling_links": None}
 
 
 @dataclass
@@ -101,7 +125,7 @@ class OutputCfg:
 
 @dataclass
 class FinetuneCfg:
-    task: str = "image_classification"
+    task: str = MISSING                        # a registered task (`zoo.finetune.list_tasks`); it owns ``data``
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
@@ -109,22 +133,65 @@ class FinetuneCfg:
     output: OutputCfg = field(default_factory=OutputCfg)
 
 
-# ---- key checking -------------------------------------------------------------------------------------------
+# ---- the schema of a task -----------------------------------------------------------------------------------
 
-def _schema() -> DictConfig:
-    return OmegaConf.structured(FinetuneCfg)
+def data_schema(task: str, where: str = "config") -> type:
+    """The dataclass of ``data`` for ``task`` (its ``data_schema``; `DataCfg` when it declares none); an unknown task
+    is a ConfigError naming the closest registered task."""
+    from .tasks import get_task, list_tasks
+
+    if not isinstance(task, str):
+        raise ConfigError(f"config key 'task' in {where} must be a task name (a str), got {type(task).__name__} "
+                          f"{task!r}")
+    known = list_tasks()
+    if task not in known:
+        close = difflib.get_close_matches(task, known, n=1, cutoff=0.5)
+        raise ConfigError(f"unknown task {task!r} (config key 'task' in {where})"
+                          + (f"; did you mean {close[0]!r}? " if close else "; ")
+                          + f"available tasks: {', '.join(known)}")
+    cls = getattr(get_task(task), "data_schema", DataCfg)
+    if not (isinstance(cls, type) and is_dataclass(cls) and issubclass(cls, DataCfg)):
+        raise TypeError(f"task {task!r}: data_schema must be a dataclass extending zoo.finetune.DataCfg, got {cls!r}")
+    return cls
 
 
-def valid_keys(node: Optional[DictConfig] = None, prefix: str = "") -> List[str]:
-    """Every dotted key of the schema, sections included (``optim``, ``optim.lr``, ...)."""
-    node = _schema() if node is None else node
+def _schema(task: Optional[str] = None) -> DictConfig:
+    if task is None:
+        return OmegaConf.structured(FinetuneCfg)
+    return OmegaConf.structured(FinetuneCfg(task=task, data=data_schema(task)()))
+
+
+def _keys(node: DictConfig, prefix: str = "") -> List[str]:
     out = []
     for key in node.keys():
         full = f"{prefix}{key}"
         out.append(full)
         child = node._get_node(key)
         if isinstance(child, DictConfig) and full not in FREE_FORM_KEYS:
-            out += valid_keys(child, prefix=f"{full}.")
+            out += _keys(child, prefix=f"{full}.")
+    return out
+
+
+def valid_keys(task: Optional[str] = None) -> List[str]:
+    """Every dotted key of ``task``'s schema, sections included (``optim``, ``optim.lr``, ...); without a task,
+    the keys every task has (``data`` holding the `DataCfg` keys)."""
+    return _keys(_schema(task))
+
+
+def _tasks_using(data_key: str, but: str) -> List[str]:
+    """The registered tasks other than ``but`` whose data schema has ``data_key``."""
+    from .tasks import list_tasks
+
+    out = []
+    for task in list_tasks():
+        if task == but:
+            continue
+        try:
+            cls = data_schema(task)
+        except Exception:  # a plugin that does not import here: it cannot be the one meant
+            continue
+        if data_key in {f.name for f in fields(cls)}:
+            out.append(task)
     return out
 
 
@@ -142,23 +209,38 @@ def _suggest(full_key: str, keys: List[str]) -> Optional[str]:
     return section + close[0] if close else None
 
 
-def _check_keys(raw: Any, schema: DictConfig, where: str, prefix: str = "") -> None:
+def _unknown_key(full: str, root: DictConfig, where: str) -> ConfigError:
+    keys = _keys(root)
+    hint = _suggest(full, keys)
+    task = root.get("task") if not OmegaConf.is_missing(root, "task") else None
+    others = _tasks_using(full[5:], but=task) if full.startswith("data.") and full.count(".") == 1 else []
+    owner = ""
+    if others:
+        owner = (f" (task {task!r} has no data key {full[5:]!r}; it is a data key of task"
+                 f"{'s' if len(others) > 1 else ''} {', '.join(others)})")
+        if hint is not None and not difflib.get_close_matches(full[5:], [hint.rsplit(".", 1)[-1]], cutoff=0.75):
+            hint = None                         # the key is another task's, not a typo of one of this task's
+    return ConfigError(f"unknown config key {full!r} in {where}{owner}"
+                       + (f"; did you mean {hint!r}?" if hint else
+                          f"; valid keys: {', '.join(keys)}" if not others else ""))
+
+
+def _check_keys(raw: Any, schema: DictConfig, where: str, prefix: str = "",
+                root: Optional[DictConfig] = None) -> None:
     """Raise ConfigError for the first key of ``raw`` (a plain nested dict) the schema does not know."""
     if not isinstance(raw, Mapping):
         return
+    root = schema if root is None else root
     for key, value in raw.items():
         full = f"{prefix}{key}"
         if not isinstance(key, str) or key not in schema.keys():
-            keys = valid_keys()
-            hint = _suggest(str(full), keys)
-            raise ConfigError(f"unknown config key {full!r} in {where}"
-                              + (f"; did you mean {hint!r}?" if hint else f"; valid keys: {', '.join(keys)}"))
+            raise _unknown_key(str(full), root, where)
         child = schema._get_node(key)
         if isinstance(child, DictConfig) and full not in FREE_FORM_KEYS:
             if value is not None and not isinstance(value, Mapping):
                 raise ConfigError(f"config key {full!r} in {where} is a section ({', '.join(child.keys())}), "
                                   f"not a value: got {value!r}")
-            _check_keys(value, child, where, prefix=f"{full}.")
+            _check_keys(value, child, where, prefix=f"{full}.", root=root)
         elif full in FREE_FORM_KEYS and value is not None and not isinstance(value, Mapping):
             raise ConfigError(f"config key {full!r} in {where} must be a mapping of keyword arguments, "
                               f"got {value!r}")
@@ -201,7 +283,7 @@ def _parse_overrides(overrides: Iterable[str]) -> List[tuple]:
 
 # ---- semantic checks ----------------------------------------------------------------------------------------
 
-def _validate(cfg: DictConfig, where: str) -> None:
+def _validate(cfg: DictConfig, schema: type, where: str) -> None:
     for key in ("model.name", "data.name"):
         if OmegaConf.is_missing(cfg, key.split(".")[0]) or OmegaConf.is_missing(cfg[key.split(".")[0]],
                                                                                   key.split(".")[1]):
@@ -211,8 +293,7 @@ def _validate(cfg: DictConfig, where: str) -> None:
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot resolve config from {where}: {str(e).splitlines()[0]}") from None
 
-    def bad(key: str, value: Any, need: str) -> ConfigError:
-        return ConfigError(f"invalid value for config key {key!r}: {value!r} ({need})")
+    bad = invalid_value
 
     # every number must be finite: nan passes every comparison below, inf reaches the optimizer
     flat = OmegaConf.to_container(cfg, resolve=True)
@@ -226,11 +307,7 @@ def _validate(cfg: DictConfig, where: str) -> None:
     for key, value in (("train.steps", t.steps), ("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
                        ("train.accumulation", t.accumulation), ("train.eval_every", t.eval_every),
                        ("train.eval_batch_size", t.eval_batch_size), ("train.num_threads", t.num_threads),
-                       ("train.log_every", t.log_every), ("train.save_every", t.save_every),
-                       ("data.train_limit", cfg.data.train_limit), ("data.eval_limit", cfg.data.eval_limit),
-                       ("data.seq_len", cfg.data.seq_len), ("data.vocab_size", cfg.data.vocab_size),
-                       ("data.tokenizer_files", cfg.data.tokenizer_files), ("data.k", cfg.data.k),
-                       ("data.top_n", cfg.data.top_n), ("data.min_freq", cfg.data.min_freq)):
+                       ("train.log_every", t.log_every), ("train.save_every", t.save_every)):
         if value is not None and value < 1:
             raise bad(key, value, "must be >= 1")
     if t.seed < 0:
@@ -257,8 +334,7 @@ def _validate(cfg: DictConfig, where: str) -> None:
         raise bad("optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     if o.clip_grad is not None and o.clip_grad <= 0:
         raise bad("optim.clip_grad", o.clip_grad, "must be > 0, or null for no clipping")
-    if cfg.data.mask_prob is not None and not (0.0 < cfg.data.mask_prob < 1.0):
-        raise bad("data.mask_prob", cfg.data.mask_prob, "must be in (0, 1)")
+    schema.check(cfg.data)                  # the task's own data checks
 
 
 def _numbers(d: Any, key: str = ""):
@@ -275,20 +351,75 @@ def _numbers(d: Any, key: str = ""):
 
 # ---- entry points -------------------------------------------------------------------------------------------
 
+def _task_of(raw: Mapping, overrides: List[tuple], where: str) -> Tuple[str, str]:
+    """``(task name, where it was set)``: the last ``task=`` override, else the config's ``task``."""
+    for item, ov in reversed(overrides):
+        if "task" in ov:
+            return ov["task"], f"command-line override {item!r}"
+    task = raw.get("task")
+    if task is None or task == MISSING:
+        from .tasks import list_tasks
+
+        def unset(key: str) -> bool:
+            value = _lookup(raw, key)
+            return (value in ("<?>", None, MISSING)
+                    and all(OmegaConf.select(ov, key, default=None) is None for _, ov in overrides))
+
+        missing = [key for key in ("model.name", "task", "data.name") if key == "task" or unset(key)]
+        keys = " and ".join(", ".join(repr(k) for k in missing).rsplit(", ", 1))
+        raise ConfigError(f"config key{'s' if len(missing) > 1 else ''} {keys} "
+                          f"{'are' if len(missing) > 1 else 'is'} required: set "
+                          f"{'them' if len(missing) > 1 else 'it'} in {where} or pass "
+                          f"{' '.join(k + '=...' for k in missing)}; available tasks: {', '.join(list_tasks())}")
+    return task, where
+
+
+def _upgrade(raw: Dict[str, Any], schema: type) -> Dict[str, Any]:
+    """``raw`` with a data section in the form saved before the data schemas were per task (every task's keys,
+    `_SHARED_DATA_KEYS_BEFORE`) read as the task's: null keys and other tasks' keys at their old default dropped."""
+    data = raw.get("data")
+    if not isinstance(data, Mapping) or set(data) != set(_SHARED_DATA_KEYS_BEFORE):
+        return raw
+    own = {f.name for f in fields(schema)}
+    data = {k: v for k, v in data.items()
+            if v is not None and (k in own or v != _SHARED_DATA_KEYS_BEFORE[k])}
+    return {**raw, "data": data}
+
+
 def build_config(base: Union[None, Mapping, DictConfig, FinetuneCfg] = None, overrides: Iterable[str] = (),
                  where: str = "config") -> DictConfig:
-    """Schema + ``base`` (a dict, DictConfig or FinetuneCfg) + dotlist ``overrides``, checked."""
-    cfg = _schema()
-    if base is not None:
-        if is_dataclass(base):
-            base = OmegaConf.structured(base)
-        elif not isinstance(base, (Mapping, DictConfig)):
-            raise ConfigError(f"{where}: expected a mapping at the top level, got {type(base).__name__}")
-        cfg = _merge(cfg, base, where)
-    for item, ov in _parse_overrides(overrides):
+    """Schema of the config's task + ``base`` (a dict, DictConfig or FinetuneCfg) + dotlist ``overrides``,
+    checked."""
+    if base is None:
+        raw: Dict[str, Any] = {}
+    elif is_dataclass(base) and not isinstance(base, type):
+        raw = OmegaConf.to_container(OmegaConf.structured(base), resolve=False)
+    elif isinstance(base, DictConfig):
+        raw = OmegaConf.to_container(base, resolve=False)
+    elif isinstance(base, Mapping):
+        raw = dict(base)
+    else:
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(base).__name__}")
+    parsed = _parse_overrides(overrides)
+    task, task_where = _task_of(raw, parsed, where)
+    schema = data_schema(task, task_where)
+    cfg = _schema(task)
+    if raw:
+        cfg = _merge(cfg, _upgrade(raw, schema), where)
+    for item, ov in parsed:
         cfg = _merge(cfg, ov, f"command-line override {item!r}")
-    _validate(cfg, where)
+    _validate(cfg, schema, where)
     return cfg
+
+
+def saved_config(saved: Mapping) -> Dict[str, Any]:
+    """A config a run saved (``config.yaml``, a checkpoint's ``config``), resolved as today's schema reads it (a
+    config saved in the older form gets its task's defaults); one that no longer builds comes back as saved, so
+    that a comparison shows what differs."""
+    try:
+        return OmegaConf.to_container(build_config(saved, where="the saved config"), resolve=True)
+    except ConfigError:
+        return dict(saved)
 
 
 def load_config(path: Union[str, Path], overrides: Iterable[str] = ()) -> DictConfig:

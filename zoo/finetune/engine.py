@@ -45,7 +45,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, ZooError
 from ..io import atomic_write, atomic_write_text, remove_stale_temp_files
-from .config import build_config, load_config
+from .config import build_config, load_config, saved_config
 from .tasks import Task, get_task
 
 __all__ = ["finetune", "run_from_cli", "param_groups", "lr_lambda", "read_checkpoint", "save_checkpoint",
@@ -414,7 +414,7 @@ def finetune(cfg: Any, resume: bool = False, resume_command: Optional[str] = Non
             raise ConfigError(f"--resume: no checkpoint to resume in {out_dir} (expected {ckpt_path}); "
                               f"check output.dir, or start the run without --resume")
         ckpt = read_checkpoint(ckpt_path)
-        diff = _config_diff(ckpt["config"], resolved)
+        diff = _config_diff(saved_config(ckpt["config"]), resolved)
         if diff:
             raise ConfigError(f"cannot resume {ckpt_path}: the config differs from the checkpoint's:\n  "
                               + "\n  ".join(diff) + "\nUse the original values, or start a new run in another "

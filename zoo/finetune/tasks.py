@@ -1,7 +1,22 @@
 """Fine-tuning tasks: what the engine needs to know about a domain's data, loss and metrics.
 
 A task is registered under a name (``cfg.task``) by a module its plugin declares (`zoo.plugins`); that module is
-imported the first time the task is asked for, so ``import zoo`` never imports a plugin's tasks.
+imported the first time the task is asked for, so ``import zoo`` never imports a plugin's tasks. The task owns the
+schema of ``cfg.data``: ``data_schema``, a dataclass extending `zoo.finetune.config.DataCfg` with the task's keys,
+their defaults and a ``check`` of their values, declared beside the task::
+
+    @dataclass
+    class TextData(DataCfg):
+        seq_len: int = 128                     # tokens per window
+
+        @classmethod
+        def check(cls, d):
+            super().check(d)
+            check_at_least(d, 1, "seq_len")
+
+    @register_task("text_lm")
+    class TextLM(Task):
+        data_schema = TextData
 
 The engine drives a task like this::
 
@@ -26,12 +41,13 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .config import DataCfg
 
 __all__ = ["Task", "register_task", "get_task", "list_tasks", "task_module"]
 
@@ -44,6 +60,7 @@ class Task(ABC):
     name: str = "task"
     main_metric: str = "loss"        # the metric that defines "best"
     main_mode: str = "min"           # "min" or "max"
+    data_schema: ClassVar[type] = DataCfg    # the dataclass of cfg.data: its keys, defaults and value checks
     # set by the engine before build_data on --resume: the run folder whose artifacts (save_artifacts) to reuse
     resume_dir: Optional[Path] = None
 
