@@ -65,6 +65,7 @@ class CodeData(DataCfg):
     languages: Optional[List[str]] = None      # keep files of these languages only (null: all supported)
     augment: bool = True                       # a random window offset per epoch
     cache: bool = True                         # cache tokenized corpora under $ZOO_HOME
+    resume_mutable = DataCfg.resume_mutable | {"cache"}      # a resumed run may switch the cache
 
     @classmethod
     def check(cls, d) -> None:

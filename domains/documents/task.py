@@ -71,6 +71,7 @@ class DocumentData(DataCfg):
     min_freq: int = 2                          # words seen fewer times in the train split map to <unk>
     tokenizer: Optional[str] = None            # a saved word_vocab.json (or a run folder holding one) instead
     cache: bool = True                         # R-manual page cache under $ZOO_HOME/documents
+    resume_mutable = DataCfg.resume_mutable | {"cache"}      # a resumed run may switch the cache
 
     @classmethod
     def check(cls, d) -> None:

@@ -34,6 +34,7 @@ class ImageData(DataCfg):
 
     download: bool = False                     # fetch the dataset into data.root when it is not there
     augment: bool = True                       # random crop + flip in training (`augment_settings`)
+    resume_mutable = DataCfg.resume_mutable | {"download"}   # a resumed run may switch the download
 
 
 def augment_settings(dataset: str, img_size: int) -> Dict[str, Any]:

@@ -18,7 +18,7 @@ import difflib
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple, Union
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -71,6 +71,8 @@ class DataCfg:
     train_limit: Optional[int] = None          # first N training samples only
     eval_limit: Optional[int] = None
     eval_split: str = "test"
+    # keys a resumed run may change (they do not change the trajectory); a task adds its own (a cache switch)
+    resume_mutable: ClassVar[FrozenSet[str]] = frozenset({"root", "eval_limit", "eval_split"})
 
     @classmethod
     def check(cls, d: DictConfig) -> None:

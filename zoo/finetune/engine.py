@@ -45,7 +45,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, ZooError
 from ..io import atomic_write, atomic_write_text, remove_stale_temp_files
-from .config import build_config, load_config, saved_config
+from .config import build_config, data_schema, load_config, saved_config
 from .tasks import Task, get_task
 
 __all__ = ["finetune", "run_from_cli", "param_groups", "lr_lambda", "read_checkpoint", "save_checkpoint",
@@ -53,12 +53,11 @@ __all__ = ["finetune", "run_from_cli", "param_groups", "lr_lambda", "read_checkp
            "RUN_OUTPUTS"]
 
 CHECKPOINT_FORMAT = "zoo.finetune/1"
-# config keys that may differ between a checkpoint and the run resuming it (they do not change the trajectory)
+# config keys that may differ between a checkpoint and the run resuming it (they do not change the trajectory);
+# the data keys among them are the task's (``data_schema.resume_mutable``)
 RESUME_MUTABLE_KEYS = frozenset({
     "train.epochs", "train.steps", "train.eval_every", "train.eval_batch_size", "train.device", "train.amp",
-    "train.num_threads", "train.progress", "train.log_every", "train.save_every",
-    "data.root", "data.download", "data.eval_limit", "data.eval_split", "data.cache", "output.dir",
-    "output.overwrite",
+    "train.num_threads", "train.progress", "train.log_every", "train.save_every", "output.dir", "output.overwrite",
 })
 
 
@@ -259,11 +258,12 @@ def read_run(run_dir: Union[str, Path], task: str, extra_files: Sequence[Tuple[P
     return name, kwargs, weights
 
 
-def _config_diff(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+def _config_diff(saved: Dict[str, Any], now: Dict[str, Any], task: str) -> List[str]:
     a, b = _flatten(saved), _flatten(now)
+    mutable = RESUME_MUTABLE_KEYS | {f"data.{k}" for k in data_schema(task).resume_mutable}
     out = []
     for key in sorted(set(a) | set(b)):
-        if key in RESUME_MUTABLE_KEYS:
+        if key in mutable:
             continue
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             out.append(f"{key}: {a.get(key, '<unset>')!r} in the checkpoint, {b.get(key, '<unset>')!r} now")
@@ -414,7 +414,7 @@ def finetune(cfg: Any, resume: bool = False, resume_command: Optional[str] = Non
             raise ConfigError(f"--resume: no checkpoint to resume in {out_dir} (expected {ckpt_path}); "
                               f"check output.dir, or start the run without --resume")
         ckpt = read_checkpoint(ckpt_path)
-        diff = _config_diff(saved_config(ckpt["config"]), resolved)
+        diff = _config_diff(saved_config(ckpt["config"]), resolved, cfg.task)
         if diff:
             raise ConfigError(f"cannot resume {ckpt_path}: the config differs from the checkpoint's:\n  "
                               + "\n  ".join(diff) + "\nUse the original values, or start a new run in another "
