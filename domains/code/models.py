@@ -41,8 +41,9 @@ from typing import Dict, Iterable, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-from zoo.nn.transformer import (DecoderLM, preset_spec, check_positive_ints, segment_intra,
+from zoo.nn.transformer import (DecoderLM, any_spec, preset_spec, check_positive_ints, segment_intra, spec_label,
                                 segment_intra_positions)
+from zoo.nn.fit import register_family
 from zoo.positions import Positions
 from zoo.registry import register_model
 
@@ -200,7 +201,11 @@ class CodeLM(DecoderLM):
     Args:
         vocab_size: tokens of the vocabulary.
         dim, depth, num_heads, mlp_ratio: width ``c``, blocks, heads, MLP hidden ratio.
-        pe: ``"nope" | "rope" | "alibi" | "hirope" | "bipe" | "bipe_alibi"`` (`PE_KINDS`).
+        pe: a preset kind ``"nope" | "rope" | "alibi" | "hirope" | "bipe" | "bipe_alibi"`` (`PE_KINDS`, defaults
+            in `ENCODINGS`), or any 1D encoding of `zoo.pe`: a registered name (``"rope_yarn"``, ``"fire"``) or
+            ``{"name": ..., **kwargs}``, built for this model's geometry (``max_len = max_seq_len``: the original
+            length of context-extension variants).  Other positions kinds raise `zoo.nn.fit.PEFitError`; an
+            encoding that is not ``causal_ok`` builds with a warning and refuses KV-cache decoding.
         pe_kwargs: overrides for the attention encoding (RoPE/HiRoPE/BiPERoPE: ``base``, ``layout``; HiRoPE:
             ``levels``, ``split``, ``window``, ``within_parent``; ALiBi: ``num_alibi_heads``).  Defaults in
             `ENCODINGS`: RoPE base 10000, HiRoPE ``levels=(2, -1)`` (function, token), ``split=0.5``, ``window=0``.
@@ -223,21 +228,22 @@ class CodeLM(DecoderLM):
                  norm_eps: float = 1e-5, init_std: float = 0.02):
         check_positive_ints(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, max_seq_len=max_seq_len,
                             max_intra=max_intra)
-        if pe not in PE_KINDS:
-            raise ValueError(f"pe must be one of {tuple(PE_KINDS)}, got {pe!r}")
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        bipe = pe.startswith("bipe")
+        preset = isinstance(pe, str) and pe in PE_KINDS
+        bipe = preset and pe.startswith("bipe")
         super().__init__(
             vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            pe=preset_spec(ENCODINGS, pe, pe_kwargs),
+            pe=preset_spec(ENCODINGS, pe, pe_kwargs) if preset else any_spec(pe, pe_kwargs, tuple(PE_KINDS)),
             embed_pe={"name": "bipe_intra", "max_intra": max_intra, "init_std": init_std} if bipe else None,
-            embed_pe_name="intra_pe", embed_positions=segment_intra_positions if bipe else None,
-            max_seq_len=max_seq_len, allow_longer=allow_longer, needs=PE_KINDS[pe], pe_kind=pe, qkv_bias=qkv_bias,
-            drop=drop, attn_drop=attn_drop, drop_path=drop_path, norm_eps=norm_eps, init_std=init_std)
+            embed_pe_name="intra_pe" if bipe else "embed_pe",
+            embed_positions=segment_intra_positions if bipe else None, max_seq_len=max_seq_len,
+            allow_longer=allow_longer, needs=PE_KINDS[pe] if preset else None,
+            pe_kind=pe if preset else spec_label(pe), qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
+            drop_path=drop_path, norm_eps=norm_eps, init_std=init_std)
         self.max_intra = max_intra
         self.config = dict(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                           pe=pe, pe_kwargs=dict(pe_kwargs or {}), max_seq_len=max_seq_len, max_intra=max_intra)
+                           pe=pe if isinstance(pe, str) else spec_label(pe) and any_spec(pe), pe_kwargs=dict(pe_kwargs or {}), max_seq_len=max_seq_len, max_intra=max_intra)
         self.register_buffer("newline_counts", newline_table(newline_ids, vocab_size), persistent=False)  # [vocab]
 
     def default_positions(self, input_ids: Tensor, past: int = 0) -> Positions:
@@ -252,15 +258,19 @@ class CodeLM(DecoderLM):
         return extend_positions(pos, tokens, self.newline_counts)
 
 
+register_family("code LM", positions=CodeLM.pe_positions, causal=True, models="code_lm_*",
+                note="decoder: attention hooks in every block (one shared module), embed hooks on the tokens")
+
+
 # ---- entrypoints ------------------------------------------------------------------------------------------------
 
 _TINY = dict(dim=128, depth=4, num_heads=4)
 _SMALL = dict(dim=256, depth=6, num_heads=8)
 
 
-def _create(pe: str, variant: dict, **kwargs) -> CodeLM:
-    args = dict(vocab_size=8192, max_seq_len=1024, pe=pe, **variant)
-    args.update(kwargs)
+def _create(kind: str, variant: dict, **kwargs) -> CodeLM:
+    args = dict(vocab_size=8192, max_seq_len=1024, pe=kind, **variant)
+    args.update(kwargs)                                                  # pe= swaps the preset's encoding
     return CodeLM(**args)
 
 

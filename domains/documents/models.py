@@ -33,13 +33,16 @@ naming the argument.  BROS takes the same 0..1000 boxes and scales them by ``bbo
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from zoo.nn import Block, Mlp
 from zoo.nn.attention import Attention
+from zoo.nn.fit import check_fit, register_family
+from zoo.nn.transformer import spec_label
+from zoo.pe import build as build_pe
 from zoo.pe.bros import BrosRelativeBias
 from zoo.pe.layout import (LayoutLM2DEmbedding, LayoutLMv3SpatialBias, LayoutLMv3SpatialEmbedding, check_boxes,
                            roberta_position_ids)
@@ -181,7 +184,14 @@ class DocEncoder(nn.Module):
         bbox_scale: BROS (100).
         num_classes: add a per-token linear head (``head``) and return logits.
         link_dim: add an `EntityLinkingHead` of this width (``link_head``; the task calls it on the features).
+        pe: any box encoding of `zoo.pe` instead of the kind's layout encoding: a registered name or ``{"name":
+            ..., **kwargs}`` built for this geometry.  An embedding encoding (``layoutlm_2d``,
+            ``layoutlmv3_spatial``) becomes ``layout``, an attention one (``bros``, ``layoutlmv3_bias``) ``rel``,
+            shared by every block; the kind's 1D table and blocks stay.  Other positions kinds raise
+            `zoo.nn.fit.PEFitError` naming both kinds.
     """
+
+    pe_positions = ("boxes",)                   # the positions kinds this model gives its encodings
 
     def __init__(self, kind: str = "layoutlm", vocab_size: int = 30522, dim: int = 768, depth: int = 12,
                  num_heads: int = 12, mlp_hidden: Optional[int] = None, max_positions: Optional[int] = None,
@@ -190,7 +200,7 @@ class DocEncoder(nn.Module):
                  max_rel_pos: int = 128, rel_2d_pos_bins: int = 64, max_rel_2d_pos: int = 256,
                  bbox_scale: float = 100.0, norm_eps: Optional[float] = None, drop: float = 0.1,
                  attn_drop: float = 0.1, num_classes: Optional[int] = None, link_dim: Optional[int] = None,
-                 init_std: float = 0.02):
+                 init_std: float = 0.02, pe: Union[None, str, Mapping] = None):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -211,7 +221,14 @@ class DocEncoder(nn.Module):
         self.embeddings.token_type_embeddings = nn.Embedding(type_vocab_size, dim)
         self.embeddings.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.emb_drop = nn.Dropout(drop)
-        if kind == "layoutlm":
+        self.pe_kind = kind if pe is None else spec_label(pe)
+        if pe is not None:
+            check_fit(pe, model=type(self).__name__, positions=self.pe_positions, causal=False)
+            enc = build_pe(pe, dim=dim, head_dim=dim // num_heads, num_heads=num_heads, causal=False,
+                           max_len=max_positions, depth=depth)
+            attention = enc.has_rotate or enc.has_bias or enc.needs_weights
+            self.layout, self.rel = (None, enc) if attention else (enc, None)
+        elif kind == "layoutlm":
             self.layout = LayoutLM2DEmbedding(dim, max_2d_positions, init_std)
             self.rel = None
         elif v3:
@@ -289,6 +306,11 @@ class DocEncoder(nn.Module):
                 for blk in self.blocks:
                     x = blk(x, apos)
         return x if self.head is None else self.head(x)
+
+
+register_family("document encoder", positions=DocEncoder.pe_positions, causal=False,
+                models="doc_layoutlm_*, doc_layoutlmv3_*, doc_bros_*",
+                note="embed hooks replace the layout embedding, attention hooks the shared bias (every block)")
 
 
 # ---- HF key maps ------------------------------------------------------------------------------------------------

@@ -43,8 +43,9 @@ import torch
 from torch import Tensor
 
 from domains.genomics.tokenizers import SPECIAL_TOKENS
-from zoo.nn.transformer import (POOLS, TransformerEncoder, preset_spec, check_positive_ints, segment_intra,
-                                segment_intra_positions)
+from zoo.nn.fit import register_family
+from zoo.nn.transformer import (POOLS, TransformerEncoder, any_spec, preset_spec, check_positive_ints,
+                                segment_intra, segment_intra_positions, spec_label)
 from zoo.positions import Positions
 from zoo.registry import register_model
 
@@ -115,7 +116,10 @@ class DNATransformer(TransformerEncoder):
     Args:
         vocab_size: ids of the tokenizer (12 = nucleotide).
         dim, depth, num_heads, mlp_ratio: width, blocks, heads, MLP ratio.
-        pe: one of `PE_KINDS`.
+        pe: a preset kind of `PE_KINDS` (defaults in `ENCODINGS`), or any 1D encoding of `zoo.pe`: a registered
+            name or ``{"name": ..., **kwargs}`` built for this geometry (``causal`` decides ALiBi / T5 / FIRE
+            direction); other positions kinds raise `zoo.nn.fit.PEFitError`; in a decoder, an encoding that is
+            not ``causal_ok`` builds with a warning and refuses KV-cache decoding.
         causal: decoder (causal mask, KV cache, ``generate``) or encoder (bidirectional).
         num_classes: 0 = token logits (tied LM/MLM head); > 0 = sequence classification logits.
         pool: ``"cls"`` (first token, encoders' default), ``"mean"`` (over ``pos.mask``) or ``"last"`` (last real
@@ -142,19 +146,20 @@ class DNATransformer(TransformerEncoder):
                             segment_bases=segment_bases, max_intra=max_intra)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0 (0 = token logits), got {num_classes!r}")
-        if pe not in PE_KINDS:
-            raise ValueError(f"pe must be one of {tuple(PE_KINDS)}, got {pe!r}")
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        bipe = pe == "bipe"
+        preset = isinstance(pe, str) and pe in PE_KINDS
+        bipe = preset and pe == "bipe"
         super().__init__(
             vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            pe=preset_spec(ENCODINGS, pe, pe_kwargs),
+            pe=preset_spec(ENCODINGS, pe, pe_kwargs) if preset else any_spec(pe, pe_kwargs, tuple(PE_KINDS)),
             embed_pe={"name": "bipe_intra", "max_intra": max_intra, "init_std": init_std} if bipe else None,
-            embed_pe_name="intra_pe", embed_positions=segment_intra_positions if bipe else None,
+            embed_pe_name="intra_pe" if bipe else "embed_pe",
+            embed_positions=segment_intra_positions if bipe else None,
             causal=causal, num_classes=num_classes, pool=pool, max_seq_len=max_seq_len, allow_longer=allow_longer,
-            needs=PE_KINDS[pe], pe_kind=pe, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path,
-            head_drop=head_drop, norm_eps=norm_eps, init_std=init_std)
+            needs=PE_KINDS[pe] if preset else None, pe_kind=pe if preset else spec_label(pe), qkv_bias=qkv_bias,
+            drop=drop, attn_drop=attn_drop, drop_path=drop_path, head_drop=head_drop, norm_eps=norm_eps,
+            init_std=init_std)
         self.segment_bases, self.max_intra = segment_bases, max_intra
 
     def positions(self, input_ids: Tensor, spans: Optional[Tensor] = None, mask: Optional[Tensor] = None
@@ -172,6 +177,12 @@ class DNATransformer(TransformerEncoder):
     def next_positions(self, tokens: Tensor, pos: Positions) -> Positions:
         """`positions` of every token so far (token indices and nucleotide segments)."""
         return self.positions(tokens)
+
+
+register_family("DNA encoder", positions=DNATransformer.pe_positions, causal=False, models="dna_<pe>_*",
+                note="bidirectional: attention hooks in every block (one shared module), embed hooks on the tokens")
+register_family("DNA LM", positions=DNATransformer.pe_positions, causal=True, models="dna_lm_*",
+                note="decoder: as the DNA encoder, causal, with a KV cache")
 
 
 def checkpoint_filter_fn(state_dict: dict, model: DNATransformer) -> dict:

@@ -109,7 +109,8 @@ def _create_cpvt(variant_kwargs: dict, **kwargs) -> VisionTransformer:
     args.update(variant_kwargs)
     kernel_size = kwargs.pop("peg_kernel_size", 3)
     args.update(kwargs)
-    args.setdefault("pos_block_factory", PEGFactory(kernel_size))
+    if args.get("pe") is None:                                           # pe= swaps the PEG
+        args.setdefault("pos_block_factory", PEGFactory(kernel_size))
     return VisionTransformer(**args)
 
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from zoo.errors import CheckpointError
 from zoo.nn import Block
+from zoo.nn.fit import check_fit, register_family
+from zoo.nn.transformer import any_spec, spec_label
+from zoo.pe import build as build_pe
 from zoo.pe.irpe import IRPE
 from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
@@ -78,7 +81,16 @@ class VisionTransformer(nn.Module):
         ape: keep a learned absolute position table ``pos_embed [1, num_prefix + h*w, D]`` (DeiT-iRPE keeps it).
         pe_factory: ``callable(layer_index, head_dim, num_heads) -> PositionalEncoding | None`` for each block.
         dynamic_img_size: accept other image sizes (the position table is resampled per size).
+        pe: any 2D encoding of `zoo.pe` instead of ``pe_factory`` / ``pos_block_factory``: a registered name or
+            ``{"name": ..., **kwargs}``, built for this geometry (``dim``, ``head_dim``, ``num_heads``, ``depth``,
+            ``grid_size``, ``max_len`` = tokens).  Attention encodings: one per block (``blocks.i.attn.pe``), or,
+            when the encoding holds every layer (it has ``layer(i)``, e.g. RoPE-Mixed), one module ``pe`` whose
+            ``layer(i)`` goes to block ``i``; embedding-only encodings (sin-cos / learned 2D tables, PEG, MD-TPE)
+            are added to the tokens after ``pos_embed`` (``embed_pe``).  Other positions kinds raise
+            `zoo.nn.fit.PEFitError` naming both kinds.  The learned ``pos_embed`` stays unless ``ape=False``.
     """
+
+    pe_positions: Tuple[str, ...] = ("2d",)     # the positions kinds this model gives its encodings
 
     def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: Union[int, Tuple[int, int]] = 16,
                  in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 768, depth: int = 12,
@@ -88,7 +100,7 @@ class VisionTransformer(nn.Module):
                  pe_factory: Optional[Callable[[int, int, int], Optional[nn.Module]]] = None,
                  dynamic_img_size: bool = False,
                  pos_block_factory: Optional[Callable[[int], nn.Module]] = None,
-                 pos_block_after: Tuple[int, ...] = (0,)):
+                 pos_block_after: Tuple[int, ...] = (0,), pe: Union[None, str, Mapping[str, Any]] = None):
         super().__init__()
         self.config: Dict[str, Any] = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
@@ -99,7 +111,9 @@ class VisionTransformer(nn.Module):
             dynamic_img_size=dynamic_img_size,
             pos_block_factory=None if pos_block_factory is None else getattr(pos_block_factory, "config",
                                                                               repr(pos_block_factory)),
-            pos_block_after=tuple(pos_block_after))
+            pos_block_after=tuple(pos_block_after), pe=spec_label(pe) and any_spec(pe))
+        if pe is not None and (pe_factory is not None or pos_block_factory is not None):
+            raise ValueError("pe= replaces the model's encoding: give it without pe_factory / pos_block_factory")
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if global_pool == "token" and not class_token:
@@ -120,6 +134,9 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist() if depth else []
         head_dim = embed_dim // num_heads
+        self.embed_pe: Optional[nn.Module] = None
+        if pe is not None:
+            pe_factory = self._pe_factory(pe, num_tokens, depth, num_heads)
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
                   attn_drop=attn_drop_rate, drop_path=dpr[i], norm_eps=norm_eps,
@@ -141,6 +158,23 @@ class VisionTransformer(nn.Module):
         self._ape_cache: Dict[tuple, Tensor] = {}      # eval-time resampled pos_embed per (h, w, device, dtype)
         self._ape_version: Optional[tuple] = None      # the pos_embed (storage, version) those entries came from
         self.init_weights()
+
+    def _pe_factory(self, spec, num_tokens: int, depth: int, num_heads: int):
+        """Check ``spec`` against the model (2D positions) and return a ``pe_factory`` for the blocks; an
+        embedding-only encoding becomes ``embed_pe`` (the factory then gives None)."""
+        meta = check_fit(spec, model=type(self).__name__, positions=self.pe_positions, causal=False)
+        if "num_prefix" in meta.accepts:                                          # tables with prefix rows
+            spec = {"num_prefix": self.num_prefix_tokens, **any_spec(spec)}
+        geometry = dict(dim=self.embed_dim, head_dim=self.embed_dim // num_heads, num_heads=num_heads, causal=False,
+                        max_len=num_tokens, depth=depth, grid_size=self.grid_size)
+        first = build_pe(spec, **geometry)
+        if not (first.has_rotate or first.has_bias or first.needs_weights):
+            self.embed_pe = first                                                 # tokens only
+            return None
+        if hasattr(first, "layer"):                                               # one module, a view per layer
+            self.pe = first
+            return lambda i, head_dim, heads: first.layer(i)
+        return lambda i, head_dim, heads: first if i == 0 else build_pe(spec, **geometry)
 
     # ---- init (DeiT / timm 0.3.2: trunc-normal .02 on linears, cls and pos tables; iRPE tables stay zero) ----
     def init_weights(self) -> None:
@@ -208,8 +242,10 @@ class VisionTransformer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1+h*w, D]
         if self.pos_embed is not None:
             x = x + self._pos_embed_for(h, w)
-        x = self.pos_drop(x)
         pos = self.positions(h, w, x.device)
+        if self.embed_pe is not None:
+            x = self.embed_pe.embed(x, pos)
+        x = self.pos_drop(x)
         for i, blk in enumerate(self.blocks):
             x = blk(x, pos)
             if str(i) in self.pos_block:
@@ -226,6 +262,12 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+register_family("ViT", positions=VisionTransformer.pe_positions, causal=False,
+                models="vit_irpe_*, vit_ape_*, vit_rmt_*, cpvt_*",
+                note="attention hooks: one encoding per block (or one module with a view per layer); embed hooks "
+                     "on the tokens after the learned table")
 
 
 # ---- checkpoint conversion --------------------------------------------------------------------------------------
@@ -347,7 +389,7 @@ def _create_vit(variant_kwargs: dict, irpe: Optional[dict] = None, **kwargs) -> 
                 norm_eps=1e-6, ape=True)
     args.update(variant_kwargs)
     args.update(kwargs)
-    if irpe is not None:
+    if irpe is not None and args.get("pe") is None:                      # pe= swaps the preset's encoding
         cfg = dict(_IRPE_DEFAULTS)
         cfg.update(irpe)
         cfg.setdefault("skip", 1 if args.get("class_token", True) else 0)
@@ -358,6 +400,8 @@ def _create_vit(variant_kwargs: dict, irpe: Optional[dict] = None, **kwargs) -> 
 def _create_vit_irpe(variant_kwargs: dict, irpe_kwargs: Optional[dict] = None, **kwargs) -> VisionTransformer:
     """DeiT with iRPE. ``irpe_kwargs`` is the variant's encoding; the caller's
     ``irpe=dict(method=, mode=, ratio=, shared_head=, skip=, rpe_on=)`` overrides any of it."""
+    if kwargs.get("pe") is not None and kwargs.get("irpe"):
+        raise ValueError("irpe= configures the iRPE that pe= replaces: give one of them")
     irpe = dict(irpe_kwargs or {})
     irpe.update(kwargs.pop("irpe", None) or {})
     return _create_vit(variant_kwargs, irpe=irpe, **kwargs)

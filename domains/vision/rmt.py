@@ -48,7 +48,8 @@ def _create_vit_rmt(variant_kwargs: dict, **kwargs) -> VisionTransformer:
     args.update(variant_kwargs)
     decay = kwargs.pop("rmt", None) or {}
     args.update(kwargs)
-    args.setdefault("pe_factory", ManhattanDecayFactory(**decay))
+    if args.get("pe") is None:                                           # pe= swaps the decay
+        args.setdefault("pe_factory", ManhattanDecayFactory(**decay))
     return VisionTransformer(**args)
 
 

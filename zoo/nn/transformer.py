@@ -26,14 +26,16 @@ from typing import Callable, List, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..pe.bipe import segment_intra
 from ..positions import Positions
 from .attention import KVCache
 from .block import Block, shared_encodings
+from .fit import check_fit, needs_of, spec_name
 from .generation import check_generate_args, check_input_ids, check_positions, check_prompt, check_seq_len, decode
 from .layers import init_decoder_weights
 
-__all__ = ["TransformerEncoder", "DecoderLM", "POOLS", "segment_intra", "segment_intra_positions",
-           "check_positive_ints", "preset_spec"]
+__all__ = ["TransformerEncoder", "DecoderLM", "POOLS", "any_spec", "spec_label", "segment_intra",
+           "segment_intra_positions", "check_positive_ints", "preset_spec"]
 
 POOLS = ("cls", "mean", "last")
 #: an encoding: a built module, None, or a spec for `zoo.pe.build` (a registered name or {"name": ..., **kwargs})
@@ -61,26 +63,37 @@ def preset_spec(table: Mapping[str, Spec], kind: str, pe_kwargs: Optional[dict] 
     return {**({"name": spec} if isinstance(spec, str) else spec), **kw}
 
 
+def any_spec(spec: Spec, pe_kwargs: Optional[dict] = None, kinds: tuple = ()) -> Spec:
+    """A preset's ``pe=`` that is not one of its own ``kinds``: a registered name or ``{"name": ..., **kwargs}``
+    (made a mapping, ``pe_kwargs`` overriding its keywords), or a built module (then no ``pe_kwargs``).  An unknown
+    name raises `zoo.pe.PEConfigError` listing the preset kinds and the closest registered names."""
+    from ..pe import PEConfigError, info
+    kw = dict(pe_kwargs or {})
+    if isinstance(spec, nn.Module):
+        if kw:
+            raise ValueError(f"pe_kwargs {sorted(kw)} cannot change an already built encoding module")
+        return spec
+    name = spec_name(spec)
+    try:
+        info(name)
+    except PEConfigError as e:
+        raise PEConfigError(f"pe must be one of {tuple(kinds)} (this model's presets) or a registered encoding: "
+                            f"{e}") from None
+    base = {} if isinstance(spec, str) else dict(spec if isinstance(spec, Mapping) else _container(spec))
+    return {**base, "name": name, **kw}
+
+
+def spec_label(spec: Spec) -> Optional[str]:
+    """The encoding's name for messages and configs: the preset kind or registered name, None for a module."""
+    return None if spec is None or isinstance(spec, nn.Module) else spec_name(spec)
+
+
+def _container(node):
+    from omegaconf import OmegaConf                                             # only when given an omegaconf node
+    return OmegaConf.to_container(node, resolve=True)
+
+
 # ---- positions --------------------------------------------------------------------------------------------------
-
-def segment_intra(segments: Tensor, max_intra: Optional[int] = None) -> Tensor:
-    """Index of every token inside its run of equal segment ids: ``j - first(j)``, ``first(j)`` = the first token of
-    the run that holds ``j`` (BiPE's intra-segment position, He et al., ICML 2024); clipped at ``max_intra - 1``
-    (the official ``train_scale``).
-
-    ``segments`` ``[b, n]`` or ``[n]`` -> int64 of the same shape.  On segment ids from `zoo.pe.bipe.bipe_ids` this
-    gives back its intra positions."""
-    if not isinstance(segments, Tensor) or segments.ndim not in (1, 2):
-        raise ValueError(f"segments must be a [b, n] or [n] tensor, got "
-                         f"{tuple(segments.shape) if isinstance(segments, Tensor) else type(segments).__name__}")
-    n = segments.shape[-1]
-    idx = torch.arange(n, device=segments.device).expand(segments.shape)          # [b?, n]
-    start = torch.ones(segments.shape, dtype=torch.bool, device=segments.device)
-    start[..., 1:] = segments[..., 1:] != segments[..., :-1]                      # a segment starts here
-    first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=-1).values  # [b?, n] its first token
-    intra = idx - first
-    return intra if max_intra is None else intra.clamp(max=max_intra - 1)
-
 
 def segment_intra_positions(pos: Positions, embed_pe: nn.Module) -> Positions:
     """Positions for BiPE's intra table (``embed_pe.max_intra`` rows): ``ids`` = `segment_intra` of
@@ -88,10 +101,13 @@ def segment_intra_positions(pos: Positions, embed_pe: nn.Module) -> Positions:
     return Positions(ids=segment_intra(pos.segments, embed_pe.max_intra))
 
 
+segment_intra_positions.reads = ("segments",)                                     # what it reads of the input
+
+
 def _build(spec: Spec, geometry: dict) -> Optional[nn.Module]:
     if spec is None or isinstance(spec, nn.Module):
         return spec
-    from ..pe import build                                                        # zoo.pe imports zoo.nn
+    from ..pe import build
     return build(spec, **geometry)
 
 
@@ -106,7 +122,11 @@ class TransformerEncoder(nn.Module):
         dim, depth, num_heads, mlp_ratio: width ``c``, blocks, heads, MLP hidden ratio.
         pe: the attention encoding (rotate / bias hooks), one module shared by every block: a module, None, or a
             spec that `zoo.pe.build` builds for this geometry (``dim``, ``head_dim``, ``num_heads``, ``causal``,
-            ``max_len = max_seq_len``, ``depth``), e.g. ``"alibi"`` or ``{"name": "rope", "base": 5e5}``.
+            ``max_len = max_seq_len``, ``depth``), e.g. ``"alibi"`` or ``{"name": "rope", "base": 5e5}``.  A spec
+            must read 1D positions (`zoo.nn.fit.check_fit`: else `PEFitError` naming both kinds); one that is not
+            ``causal_ok`` builds into a causal model with a warning and turns KV-cache decoding off
+            (``kv_cache_ok``).  An encoding with only an ``embed`` hook (learned / sincos APE) is applied to the
+            token embeddings (as ``embed_pe``); one with ``embed`` and attention hooks is applied at both places.
         embed_pe: an embedding-level encoding (``embed`` hook): a module, None, a spec (built like ``pe``), or a
             callable returning a module.  Specs and callables are built after ``tok_emb``, so seeded initialisation
             follows the layer order.
@@ -119,8 +139,9 @@ class TransformerEncoder(nn.Module):
             token; decoders' default).
         max_seq_len, allow_longer: inputs over ``max_seq_len`` keys (cached + new) raise unless ``allow_longer``
             (an attribute too).
-        needs: the Positions fields the model reads (checked on every forward); default ``("ids",)`` with an
-            encoding, ``()`` without.
+        needs: the Positions fields the model reads (checked on every forward); default: what the encodings read
+            (`zoo.nn.fit.needs_of`: a class's ``reads``, else ``ids``; ``embed_positions.reads`` for ``embed_pe``),
+            ``()`` without an encoding.
         pe_kind: the encoding's name in error messages (default: its class name).
         init_std: normal init of linear and embedding weights; residual projections get ``init_std/sqrt(2*depth)``.
 
@@ -160,15 +181,27 @@ class TransformerEncoder(nn.Module):
             pe_kind = pe if isinstance(pe, str) else pe.get("name") if isinstance(pe, Mapping) else \
                 type(pe).__name__ if pe is not None else "none"
         self.pe_kind = pe_kind
-        self.needs = tuple(needs) if needs is not None else (("ids",) if pe is not None or embed_pe else ())
-        pe = _build(pe, geometry)                                                 # before tok_emb (seeded order)
+        self.kv_cache_ok = True                     # False with an encoding that is not causal_ok (see make_cache)
+        pe = self._build_encoding(pe, geometry)                                   # before tok_emb (seeded order)
 
         self.tok_emb = nn.Embedding(vocab_size, dim)
         embed_pe = embed_pe() if callable(embed_pe) and not isinstance(embed_pe, nn.Module) else \
-            _build(embed_pe, geometry)
+            self._build_encoding(embed_pe, geometry)
+        hooks = {h for h in ("has_embed", "has_rotate", "has_bias", "needs_weights") if getattr(pe, h, False)}
+        if hooks == {"has_embed"}:
+            if embed_pe is not None:                                              # an embedding-only encoding
+                raise ValueError(f"pe={pe_kind!r} is an embedding-level encoding and the model already has one "
+                                 f"({type(embed_pe).__name__})")
+            embed_pe, pe = pe, None
+        self._pe_embeds = "has_embed" in hooks and pe is not None                        # attention + embed hooks
         self._embed_pe_name, self._embed_positions = embed_pe_name, embed_positions
         if embed_pe is not None:
             setattr(self, embed_pe_name, embed_pe)
+        if needs is None:                                                         # what the encodings read
+            embed_needs = getattr(embed_positions, "reads", None) if embed_positions is not None else None
+            needs = tuple(dict.fromkeys(needs_of(pe) + (tuple(embed_needs) if embed_needs is not None
+                                                         else needs_of(embed_pe))))
+        self.needs = tuple(needs)
         self.drop = nn.Dropout(drop)
         dpr = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList([
@@ -187,6 +220,18 @@ class TransformerEncoder(nn.Module):
         """The embedding-level encoding (stored under ``embed_pe_name``), or None."""
         return self._modules.get(self._embed_pe_name)
 
+    #: the positions kinds (`zoo.pe.info(name).positions`) this body provides to its encodings
+    pe_positions: tuple = ("1d",)
+
+    def _build_encoding(self, spec, geometry: dict) -> Optional[nn.Module]:
+        """A module or None as given; a spec checked against the model (`zoo.nn.fit.check_fit`) and built for
+        its geometry.  An encoding that is not ``causal_ok`` turns ``kv_cache_ok`` off."""
+        if spec is None or isinstance(spec, nn.Module) or callable(spec):
+            return spec
+        meta = check_fit(spec, model=type(self).__name__, positions=self.pe_positions, causal=self.causal)
+        self.kv_cache_ok = self.kv_cache_ok and (meta.causal_ok or not self.causal)
+        return _build(spec, geometry)
+
     # ---- positions (a preset overrides these) -----------------------------------------------------------------
     def default_positions(self, input_ids: Tensor, past: int = 0) -> Positions:
         """Positions of ``past`` cached + the ``n`` tokens of ``input_ids`` when none are given: token indices."""
@@ -203,6 +248,11 @@ class TransformerEncoder(nn.Module):
         if not self.causal:
             raise ValueError(f"a KV cache needs a causal model{self.decoder_hint}; an encoder's earlier outputs "
                              f"change with every new token")
+        if not self.kv_cache_ok:
+            raise ValueError(f"{type(self).__name__}(pe={self.pe_kind!r}): the encoding is not causal_ok (zoo.pe.info"
+                             f"(name).causal_ok: its keys change as the sequence grows), so KV-cache decoding would "
+                             f"not give the full forward's outputs; use generate(use_cache=False) or forward on the "
+                             f"whole sequence")
         return [KVCache() for _ in self.blocks]
 
     init_cache = make_cache
@@ -238,6 +288,8 @@ class TransformerEncoder(nn.Module):
         if embed_pe is not None:
             epos = pos if self._embed_positions is None else self._embed_positions(pos, embed_pe)
             x = embed_pe.embed(x, epos.tail(n) if past else epos)                 # the new tokens' positions
+        if self._pe_embeds:
+            x = self.blocks[0].attn.pe.embed(x, pos.tail(n) if past else pos)
         x = self.drop(x)
         with shared_encodings(self.blocks, pos):                                # one bias per forward
             for i, blk in enumerate(self.blocks):

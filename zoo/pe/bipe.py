@@ -33,10 +33,29 @@ from .base import PositionalEncoding
 from .registry import register_pe
 from .rope import RoPE
 
-__all__ = ["LLAMA2_SEPARATORS", "bipe_ids", "bipe_positions", "BiPEIntraEmbedding", "BiPERoPE", "BiPEALiBi"]
+__all__ = ["LLAMA2_SEPARATORS", "segment_intra", "bipe_ids", "bipe_positions", "BiPEIntraEmbedding", "BiPERoPE",
+           "BiPEALiBi"]
 
 #: Llama-2 tokenizer ids the official code splits segments at: 869 ('▁.') and 13 ('<0x0A>').
 LLAMA2_SEPARATORS = (869, 13)
+
+
+def segment_intra(segments: Tensor, max_intra: Optional[int] = None) -> Tensor:
+    """Index of every token inside its run of equal segment ids: ``j - first(j)``, ``first(j)`` = the first token of
+    the run that holds ``j`` (BiPE's intra-segment position); clipped at ``max_intra - 1`` (the official
+    ``train_scale``).  The one implementation of the intra index: `bipe_ids` and the models' BiPE tables use it.
+
+    ``segments`` ``[b, n]`` or ``[n]`` -> int64 of the same shape."""
+    if not isinstance(segments, Tensor) or segments.ndim not in (1, 2):
+        raise ValueError(f"segments must be a [b, n] or [n] tensor, got "
+                         f"{tuple(segments.shape) if isinstance(segments, Tensor) else type(segments).__name__}")
+    n = segments.shape[-1]
+    idx = torch.arange(n, device=segments.device).expand(segments.shape)          # [b?, n]
+    start = torch.ones(segments.shape, dtype=torch.bool, device=segments.device)
+    start[..., 1:] = segments[..., 1:] != segments[..., :-1]                      # a segment starts here
+    first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=-1).values  # [b?, n] its first token
+    intra = idx - first
+    return intra if max_intra is None else intra.clamp(max=max_intra - 1)
 
 
 def bipe_ids(input_ids: Tensor, separator_ids: Union[Iterable[int], Tensor] = LLAMA2_SEPARATORS,
@@ -62,16 +81,9 @@ def bipe_ids(input_ids: Tensor, separator_ids: Union[Iterable[int], Tensor] = LL
                            dtype=torch.long, device=input_ids.device).flatten()
     if seps.numel() == 0:
         raise ValueError("separator_ids must name at least one token id")
-    is_sep = torch.isin(input_ids.long(), seps)                                  # [..., n]
-    sep = is_sep.long()
+    sep = torch.isin(input_ids.long(), seps).long()                            # [..., n]
     inter = sep.cumsum(-1) - sep                                                 # exclusive cumsum
-    n = input_ids.shape[-1]
-    idx = torch.arange(n, device=input_ids.device).expand_as(sep)                # [..., n]
-    start = torch.zeros_like(is_sep)
-    start[..., 1:] = is_sep[..., :-1]                                            # a segment starts after a separator
-    first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=-1).values  # [..., n] segment's first token
-    intra = (idx - first).clamp(max=max_intra - 1)
-    return intra, inter
+    return segment_intra(inter, max_intra), inter
 
 
 def bipe_positions(input_ids: Tensor, separator_ids: Union[Iterable[int], Tensor] = LLAMA2_SEPARATORS,
@@ -163,6 +175,8 @@ class BiPERoPE(RoPE):
     ``pos.ids``; with a KV cache the queries are the last ``nq`` keys.  (The official model has no KV cache.)
     """
 
+    reads = ("segments",)                                                        # the Positions field it reads
+
     def rotate(self, q: Tensor, k: Tensor, pos: Optional[Positions]) -> Tuple[Tensor, Tensor]:
         seg = _segments(pos, k.shape[-2], "BiPERoPE")
         return super().rotate(q, k, Positions(ids=seg))
@@ -185,6 +199,7 @@ class BiPEALiBi(PositionalEncoding):
     """
 
     bias_from_positions_only = True
+    reads = ("segments",)                                                        # the Positions field it reads
 
     def __init__(self, num_heads: int, causal: bool = False, slope_multiplier: float = 96.0):
         super().__init__()
