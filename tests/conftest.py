@@ -32,3 +32,33 @@ class LargestTensor(TorchDispatchMode):
 def largest_tensor():
     """The `LargestTensor` probe class: ``with largest_tensor() as probe: ...; probe.numel``."""
     return LargestTensor
+
+
+# ---- the debian_data marker is checked: a test that opens a Debian data file must say so --------------------------
+from debian_data import install as _install_debian_watcher  # noqa: E402
+
+_DEBIAN = _install_debian_watcher()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    if _DEBIAN is not None:
+        _DEBIAN.seen.clear()
+        _DEBIAN.active = True
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if _DEBIAN is None or call.when != "call":
+        return
+    _DEBIAN.active = False
+    report = outcome.get_result()
+    declared = {a for m in item.iter_markers("debian_data") for a in m.args}
+    undeclared = sorted(_DEBIAN.seen - declared)
+    if undeclared and report.passed:
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} reads files of the Debian package(s) {', '.join(undeclared)} but is not "
+                           f"marked: add @pytest.mark.debian_data({', '.join(repr(p) for p in undeclared)}) (or a "
+                           f"module-level pytestmark)")

@@ -34,6 +34,8 @@ from zoo.positions import Positions
 
 from .matrix import Case, check_case, params
 
+pytestmark = pytest.mark.debian_data("r-doc-pdf")
+
 MANUALS = Path("/usr/share/doc/r-doc-pdf/manual")
 R_FAQ = MANUALS / "R-FAQ.pdf"
 V, N = 60, 6                                                       # vocabulary and words of the model inputs

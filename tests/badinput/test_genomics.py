@@ -28,6 +28,8 @@ from zoo.errors import DatasetNotFoundError
 
 from .matrix import Case, check_case, params
 
+pytestmark = pytest.mark.debian_data("microbiomeutil-data", "python-biopython-doc", "r-cran-kernlab", "r-cran-mlbench")
+
 GB = Path("/usr/share/doc/python-biopython-doc/Tests/GenBank")
 COMPRESS = {"gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
 assert set(COMPRESS) | {"zstd"} == set(gio._MAGIC.values()), "a compression io detects has no cases here"

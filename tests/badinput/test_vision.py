@@ -27,6 +27,8 @@ from zoo.errors import ConfigError, DatasetNotFoundError
 
 from .matrix import Case, check_case, params
 
+pytestmark = pytest.mark.debian_data("dataset-fashion-mnist", "labelme-examples")
+
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 IMG, LBL = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 N_REAL = 16                                                       # images of the real test split used here

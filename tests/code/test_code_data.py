@@ -19,6 +19,8 @@ from domains.code.tokenizer import train_bpe  # noqa: E402
 from zoo.errors import DatasetNotFoundError  # noqa: E402
 from zoo.positions import Positions  # noqa: E402
 
+pytestmark = pytest.mark.debian_data("golang-src")
+
 ROOT = Path(__file__).resolve().parents[2]
 PY_FILES = ("textwrap.py", "colorsys.py", "bisect.py", "fnmatch.py", "shlex.py", "queue.py", "heapq.py", "keyword.py")
 GO_FILES = ("sort/sort.go", "container/list/list.go", "errors/wrap.go", "strings/builder.go", "unicode/utf8/utf8.go")

@@ -16,6 +16,8 @@ from domains.code.data import find_cpython_stdlib, find_go_src  # noqa: E402
 from domains.code.hierarchy import (LEVELS, SUPPORTED_LANGUAGES, hierarchical_positions,  # noqa: E402
                                     language_for_path)
 
+pytestmark = pytest.mark.debian_data("golang-src")
+
 CLASS, FUNC, STMT = 1, 2, 3
 _TOKEN = re.compile(rb"\s+|\w+|[^\w\s]")  # whitespace runs are tokens of their own: exercises the anchor rule
 

@@ -17,6 +17,8 @@ from zoo.errors import ConfigError
 from zoo.finetune.config import build_config
 from zoo.finetune.engine import finetune
 
+pytestmark = pytest.mark.debian_data("r-doc-pdf")
+
 MANUALS = Path("/usr/share/doc/r-doc-pdf/manual")
 R_INTRO, R_LANG, R_DATA, REFMAN = (MANUALS / f"{m}.pdf" for m in ("R-intro", "R-lang", "R-data", "refman"))
 TINY = {"dim": 32, "depth": 1, "num_heads": 2, "mlp_hidden": 64, "drop": 0.0, "attn_drop": 0.0, "link_dim": 32}

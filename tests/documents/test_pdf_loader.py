@@ -13,6 +13,8 @@ from domains.documents.pdf import (INSTALL_HINT, PdfEncryptedError, PdfError, Pd
                                    image_tensor, is_bold, is_math_font, is_monospace, iter_pdf, parse_pages,
                                    read_pdf, render_page)
 
+pytestmark = pytest.mark.debian_data("r-doc-pdf")
+
 MANUALS = Path("/usr/share/doc/r-doc-pdf/manual")
 R_INTRO = MANUALS / "R-intro.pdf"
 REFMAN = MANUALS / "refman.pdf"

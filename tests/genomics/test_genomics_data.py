@@ -14,6 +14,8 @@ from domains.genomics.data import (classification_tensors, find_dataset, lm_wind
 from domains.genomics.tokenizers import codon_tokenizer, kmer_tokenizer, nucleotide_tokenizer
 from zoo.errors import DatasetNotFoundError
 
+pytestmark = pytest.mark.debian_data("microbiomeutil-data", "r-cran-kernlab", "r-cran-mlbench")
+
 needs = {name: require(path)
          for name, path in [("16s", gdata.RRNA16S_PATH), ("splice", gdata.SPLICE_PATH),
                             ("prom", gdata.PROMOTER_PATH)]}

@@ -18,6 +18,8 @@ from domains.genomics.io import (CsvLabels, HeaderLabels, SequenceFormatError, S
                                  count_records, detect_compression, detect_format, read_sequences,
                                  reverse_complement)
 
+pytestmark = pytest.mark.debian_data("microbiomeutil-data", "python-biopython-doc")
+
 RRNA = Path("/usr/share/microbiomeutil-data/RESOURCES/rRNA16S.gold.fasta")
 GB = Path("/usr/share/doc/python-biopython-doc/Tests/GenBank")
 needs_16s = require(RRNA, "microbiomeutil-data")

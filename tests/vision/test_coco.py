@@ -14,6 +14,8 @@ from PIL import Image
 from domains.vision import coco as C
 from zoo.errors import DatasetNotFoundError
 
+pytestmark = pytest.mark.debian_data("labelme-examples")
+
 CARD = Path(__file__).resolve().parents[2] / "datasets" / "labelme_coco.md"
 
 

@@ -19,6 +19,8 @@ import torch
 from domains.vision import data as D
 from zoo.errors import ChecksumError, DatasetNotFoundError
 
+pytestmark = pytest.mark.debian_data("dataset-fashion-mnist")
+
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]

@@ -21,6 +21,8 @@ from domains.vision.coco import CocoDetection, collate, labelme_examples_root
 from zoo.errors import CheckpointError, ConfigError
 from zoo.pe.irpe import irpe_bucket_ids
 
+pytestmark = pytest.mark.debian_data("labelme-examples")
+
 
 @pytest.fixture
 def one_thread():
