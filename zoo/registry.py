@@ -323,8 +323,25 @@ def load_checkpoint(model: nn.Module, state_dict: dict, source: str = "checkpoin
     if shape:
         problems.append(f"shape mismatch ({len(shape)}): {'; '.join(shape[:8])}")
     if problems:
-        raise CheckpointError(f"cannot load {source} into {type(model).__name__}: " + " | ".join(problems))
+        raise CheckpointError(f"cannot load {source} into {type(model).__name__}: " + " | ".join(problems)
+                              + _encoding_hint(model, missing if strict else []))
     model.load_state_dict(state_dict, strict=strict)
+
+
+def _encoding_hint(model: nn.Module, missing: List[str]) -> str:
+    """When every missing key belongs to a positional encoding (one swapped in with ``pe=`` that has parameters),
+    say so: only parameter-free encodings (RoPE scaling variants, ALiBi interpolation) extend a trained model."""
+    from .pe.base import PositionalEncoding
+    prefixes = {name + "." for name, m in model.named_modules(remove_duplicate=False)
+                if isinstance(m, PositionalEncoding) and name}
+    if not missing or not all(any(k.startswith(p) for p in prefixes) for k in missing):
+        return ""
+    kinds = sorted({type(m).__name__ for name, m in model.named_modules(remove_duplicate=False)
+                    if name + "." in prefixes and any(k.startswith(name + ".") for k in missing)})
+    return (f" | the missing keys are parameters of the model's positional encoding ({', '.join(kinds)}) that the "
+            f"checkpoint was trained without: an encoding swapped in with pe= at inference must have no parameters "
+            f"(RoPE scaling variants, ALiBi interpolation); train this one (fine-tune with model.pe) or call "
+            f"zoo.load_checkpoint(model, state_dict, strict=False) to keep its fresh initialisation")
 
 
 def list_models(pattern: str = "*", pretrained: bool = False, domain: Optional[str] = None) -> List[str]:
