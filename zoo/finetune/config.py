@@ -40,6 +40,7 @@ class ModelCfg:
     pretrained: bool = False                   # load the tag's released weights
     pretrained_file: Optional[str] = None      # or weights from a local file / url / hf-hub id
     kwargs: Dict[str, Any] = field(default_factory=dict)   # builder kwargs; dataset defaults fill the rest
+    pe: Optional[Any] = None                   # swap the encoding: a zoo.pe name or {name: ..., **kwargs}
 
 
 def invalid_value(key: str, value: Any, need: str) -> ConfigError:
@@ -285,6 +286,10 @@ def _parse_overrides(overrides: Iterable[str]) -> List[tuple]:
 
 # ---- semantic checks ----------------------------------------------------------------------------------------
 
+def _plain_value(v: Any) -> Any:
+    return OmegaConf.to_container(v) if isinstance(v, (DictConfig, ListConfig)) else v
+
+
 def _validate(cfg: DictConfig, schema: type, where: str) -> None:
     for key in ("model.name", "data.name"):
         if OmegaConf.is_missing(cfg, key.split(".")[0]) or OmegaConf.is_missing(cfg[key.split(".")[0]],
@@ -302,6 +307,12 @@ def _validate(cfg: DictConfig, schema: type, where: str) -> None:
     for key, value in _numbers(flat):
         if not any(key.startswith(free + ".") for free in FREE_FORM_KEYS) and not math.isfinite(value):
             raise bad(key, value, "must be a finite number")
+
+    pe = cfg.model.get("pe")
+    if pe is not None and not isinstance(pe, (str, DictConfig)):
+        raise bad("model.pe", _plain_value(pe), "a zoo.pe name or a mapping {name: ..., **kwargs}")
+    if isinstance(pe, DictConfig) and not isinstance(pe.get("name"), str):
+        raise bad("model.pe", OmegaConf.to_container(pe), "a mapping needs name: <a zoo.pe name>")
 
     t, o = cfg.train, cfg.optim
     if t.steps is None and t.epochs is None:

@@ -459,6 +459,10 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                               "start a new run in another output.dir (model.pretrained_file= can start it from the "
                               "weights).")
     model_kwargs = task.model_kwargs(cfg)
+    if cfg.model.get("pe") is not None:   # model.pe: the encoding swapped into the model (any zoo.pe spec that fits)
+        if "pe" in model_kwargs:
+            raise ConfigError("model.pe and model.kwargs.pe both set the encoding: keep one")
+        model_kwargs["pe"] = _plain(cfg.model.pe)
     import zoo
     fresh = ckpt is None                  # on resume the checkpoint has the weights: skip the pretrained ones
     try:
