@@ -229,3 +229,13 @@ def test_encodings_doc_is_generated():
     for name in P.list_pe():
         assert f"| `{name}` |" in have
     assert "| `rope_yarn` | 1d |" in have and "code LM" in have.split("| `rope_yarn` |")[1].split("\n")[0]
+
+
+def test_a_swapped_hirope_asks_the_model_for_levels():
+    # HiRoPE rotates by the hierarchy (Positions.levels), not by token ids: a model given it by spec must ask for
+    # levels, and the error for a missing field names them
+    lm = zoo.create("code_lm_nope_tiny", vocab_size=64, pe={"name": "hirope"})
+    assert lm.needs == ("levels",)
+    ids = torch.randint(0, 64, (1, 8))
+    with pytest.raises(ValueError, match="levels"):
+        lm(ids, zoo.Positions(ids=torch.arange(8)))

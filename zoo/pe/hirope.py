@@ -176,6 +176,8 @@ class HiRoPE(PositionalEncoding):
     last ``nq`` keys.  Angles are float32 under any autocast.
     """
 
+    reads = ("levels",)                                                          # the Positions field it reads
+
     def __init__(self, head_dim: int, base: float = 10000.0, levels: Sequence[int] = (-2, -1),
                  split: Union[float, Sequence[int]] = 0.5, window: int = 0, layout: str = "half",
                  within_parent: bool = False):
