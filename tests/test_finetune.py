@@ -18,6 +18,7 @@ from zoo.finetune import engine
 from zoo.finetune.engine import lr_lambda, param_groups
 
 from domains.vision.task import ImageClassificationTask
+from support.engine import on_loss_call
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -177,16 +178,7 @@ def test_resume_refuses_a_different_config_and_a_missing_checkpoint(tmp_path):
 # ---- (c) Ctrl-C -----------------------------------------------------------------------------------------------
 
 def _interrupt_on_call(monkeypatch, call, action):
-    calls = {"n": 0}
-    original = ImageClassificationTask.loss
-
-    def loss(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == call:
-            action()
-        return original(self, model, batch)
-
-    monkeypatch.setattr(ImageClassificationTask, "loss", loss)
+    on_loss_call(monkeypatch, call, lambda model: action())
 
 
 def _raise_keyboard_interrupt():

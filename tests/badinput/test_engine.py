@@ -33,6 +33,8 @@ from zoo.finetune.config import FREE_FORM_KEYS, data_schema
 from zoo.finetune.engine import RunOutputError
 from zoo.finetune.tasks import task_module
 
+from support.engine import on_loss_call
+
 from .matrix import Case, check_case, params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,19 +79,8 @@ def finished_run(tmp_path: Path, **train) -> Path:
 @contextmanager
 def on_step(call: int, action):
     """A monkeypatch context that runs ``action()`` before the ``call``-th training micro-batch (1-based)."""
-    from domains.vision.task import ImageClassificationTask
-
-    calls = {"n": 0}
-    original = ImageClassificationTask.loss
-
-    def loss(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == call:
-            action()
-        return original(self, model, batch)
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ImageClassificationTask, "loss", loss)
+        on_loss_call(mp, call, lambda model: action())
         yield mp
 
 

@@ -20,7 +20,7 @@ from zoo.finetune import build_config, finetune
 from zoo.finetune import engine
 from zoo.finetune.engine import TrainingDivergedError
 
-from domains.vision.task import ImageClassificationTask
+from support.engine import on_loss_call
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DIGITS_MODEL = {"name": "vit_irpe_tiny", "kwargs": {"patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2}}
@@ -43,22 +43,6 @@ def temp_files(d):
 
 def metric_rows(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
-def on_loss_call(monkeypatch, call, action):
-    """Run ``action(model)`` before the ``call``-th micro-batch loss (1-based)."""
-    calls = {"n": 0}
-    original = ImageClassificationTask.loss
-
-    def loss(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == call:
-            out = action(model)
-            if out is not None:
-                return out(original(self, model, batch))
-        return original(self, model, batch)
-
-    monkeypatch.setattr(ImageClassificationTask, "loss", loss)
 
 
 def nan_loss(model):
