@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from zoo.nn import Block, Mlp
 from zoo.nn.attention import Attention
 from zoo.nn.fit import check_fit, register_family
+from zoo.nn.generation import check_input_ids
 from zoo.nn.transformer import spec_label
 from zoo.pe import build as build_pe
 from zoo.pe.bros import BrosRelativeBias
@@ -59,21 +60,6 @@ KINDS = ("layoutlm", "layoutlmv3", "bros")
 PAPERS = {"layoutlm": "https://arxiv.org/abs/1912.13318", "layoutlmv3": "https://arxiv.org/abs/2204.08387",
           "bros": "https://arxiv.org/abs/2108.04539", "graph_rope": "https://arxiv.org/abs/2106.10786",
           "v2pe": "https://arxiv.org/abs/2412.09616"}
-
-
-def _check_ids(input_ids, vocab_size: int) -> None:
-    """``input_ids`` must be a non-empty int ``[b, n]`` tensor of ids in ``0..vocab_size - 1``."""
-    if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point() \
-            or input_ids.dtype == torch.bool or input_ids.is_complex():
-        raise ValueError(f"input_ids must be an int [b, n] tensor, got "
-                         f"{tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__}")
-    if input_ids.numel() == 0:
-        raise ValueError(f"input_ids has no tokens (shape {tuple(input_ids.shape)}): a document needs at least one "
-                         f"word")
-    lo, hi = int(input_ids.min()), int(input_ids.max())
-    if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"input_ids holds token id {lo if lo < 0 else hi}, outside the vocabulary "
-                         f"0..{vocab_size - 1} (vocab_size={vocab_size})")
 
 
 def _check_index(t, name: str, b: int, n: int) -> None:
@@ -266,7 +252,7 @@ class DocEncoder(nn.Module):
 
         ``pos`` may carry ``boxes`` / ``mask`` instead.  ``position_ids`` overrides the 1D embedding positions
         (default ``0..n-1``; LayoutLMv3: RoBERTa positions from ``input_ids``)."""
-        _check_ids(input_ids, self.embeddings.word_embeddings.num_embeddings)
+        check_input_ids(input_ids, self.embeddings.word_embeddings.num_embeddings)
         b, n = input_ids.shape
         if pos is not None:
             boxes = pos.boxes if boxes is None else boxes
@@ -450,7 +436,7 @@ class DocGraphRopeEncoder(nn.Module):
                 order: Optional[Tensor] = None, pos: Optional[Positions] = None) -> Tensor:
         """``input_ids [b, n]``, ``boxes [b, n, 4]``, ``mask [b, n]``, ``order [b, n]`` (reading order; ``pos.ids``
         when ``pos`` is given) -> ``[b, n, c]``."""
-        _check_ids(input_ids, self.tok_emb.num_embeddings)
+        check_input_ids(input_ids, self.tok_emb.num_embeddings)
         b, n = input_ids.shape
         if pos is not None:
             boxes = pos.boxes if boxes is None else boxes
@@ -505,7 +491,7 @@ class DocV2PEEncoder(nn.Module):
                 patches: Optional[Tensor] = None, pos: Optional[Positions] = None) -> Tensor:
         """``input_ids [b, n]``, ``boxes [b, n, 4]``, ``mask [b, n]``, ``patches [b, P, patch_dim]`` -> word
         features ``[b, n, c]``."""
-        _check_ids(input_ids, self.tok_emb.num_embeddings)
+        check_input_ids(input_ids, self.tok_emb.num_embeddings)
         b, n = input_ids.shape
         if pos is not None:
             boxes = pos.boxes if boxes is None else boxes

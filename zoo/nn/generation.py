@@ -18,7 +18,7 @@ __all__ = ["check_input_ids", "check_prompt", "check_seq_len", "check_positions"
 
 
 def check_input_ids(input_ids, vocab_size: Optional[int] = None) -> None:
-    """Raise ``ValueError`` unless ``input_ids`` is an integer ``[b, n]`` tensor with at least one token (``n >= 1``)
+    """Raise ``ValueError`` unless ``input_ids`` is an integer ``[b, n]`` tensor with at least one token (``b, n >= 1``)
     and, when ``vocab_size`` is given, every id in ``0 .. vocab_size - 1`` (the message names the first offending
     id).  The range check reads one flag back from the device."""
     if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point() \
@@ -26,9 +26,9 @@ def check_input_ids(input_ids, vocab_size: Optional[int] = None) -> None:
         got = (f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor)
                else type(input_ids).__name__)
         raise ValueError(f"input_ids must be an int [b, n] tensor, got {got}")
-    if input_ids.shape[1] == 0:
+    if input_ids.numel() == 0:
         raise ValueError(f"input_ids has no tokens (shape {tuple(input_ids.shape)}): a model needs at least one "
-                         f"token per sequence")
+                         f"sequence of at least one token")
     if vocab_size is not None:
         bad = (input_ids < 0) | (input_ids >= vocab_size)                        # [b, n]
         if bool(bad.any()):
