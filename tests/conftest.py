@@ -1,4 +1,5 @@
 import os
+import socket
 
 import pytest
 import torch
@@ -11,6 +12,19 @@ def _isolated_zoo_home(tmp_path_factory, monkeypatch):
     # no test writes into the user's cache or reaches the network by accident
     if "ZOO_HOME" not in os.environ or not os.environ["ZOO_HOME"].startswith(str(tmp_path_factory.getbasetemp())):
         monkeypatch.setenv("ZOO_HOME", str(tmp_path_factory.mktemp("zoo_home")))
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch):
+    # no socket of a test may leave the machine: servers in tests listen on 127.0.0.1 / ::1
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            raise AssertionError(f"a test tried to reach the network: {address!r}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
 
 
 class LargestTensor(TorchDispatchMode):

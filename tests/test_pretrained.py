@@ -41,18 +41,6 @@ def _load_test_module(rel: str):
     return mod
 
 
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch):
-    real_connect = socket.socket.connect
-
-    def guarded_connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
-            raise AssertionError(f"test tried to reach the network: {address!r}")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-
-
 def _images(seed=3):
     return torch.randn(1, 3, IMG, IMG, generator=torch.Generator().manual_seed(seed))
 
