@@ -41,8 +41,7 @@ from typing import Dict, Iterable, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-from zoo.nn.transformer import (DecoderLM, any_spec, preset_spec, check_positive_ints, segment_intra, spec_label,
-                                segment_intra_positions)
+from zoo.nn.transformer import DecoderLM, any_spec, check_positive_ints, preset_encodings, segment_intra, spec_label
 from zoo.nn.fit import register_family
 from zoo.positions import Positions
 from zoo.registry import register_model
@@ -230,20 +229,16 @@ class CodeLM(DecoderLM):
                             max_intra=max_intra)
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        preset = isinstance(pe, str) and pe in PE_KINDS
-        bipe = preset and pe.startswith("bipe")
         super().__init__(
             vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            pe=preset_spec(ENCODINGS, pe, pe_kwargs) if preset else any_spec(pe, pe_kwargs, tuple(PE_KINDS)),
-            embed_pe={"name": "bipe_intra", "max_intra": max_intra, "init_std": init_std} if bipe else None,
-            embed_pe_name="intra_pe" if bipe else "embed_pe",
-            embed_positions=segment_intra_positions if bipe else None, max_seq_len=max_seq_len,
-            allow_longer=allow_longer, needs=PE_KINDS[pe] if preset else None,
-            pe_kind=pe if preset else spec_label(pe), qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
-            drop_path=drop_path, norm_eps=norm_eps, init_std=init_std)
+            **preset_encodings(pe, pe_kwargs, PE_KINDS, ENCODINGS, max_intra, init_std), max_seq_len=max_seq_len,
+            allow_longer=allow_longer, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path,
+            norm_eps=norm_eps, init_std=init_std)
         self.max_intra = max_intra
+        spec = pe if isinstance(pe, str) else (any_spec(pe) if spec_label(pe) is not None else None)  # module: None
         self.config = dict(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                           pe=pe if isinstance(pe, str) else spec_label(pe) and any_spec(pe), pe_kwargs=dict(pe_kwargs or {}), max_seq_len=max_seq_len, max_intra=max_intra)
+                           pe=spec, pe_kwargs=dict(pe_kwargs or {}),
+                           max_seq_len=max_seq_len, max_intra=max_intra)
         self.register_buffer("newline_counts", newline_table(newline_ids, vocab_size), persistent=False)  # [vocab]
 
     def default_positions(self, input_ids: Tensor, past: int = 0) -> Positions:

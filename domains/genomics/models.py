@@ -44,8 +44,7 @@ from torch import Tensor
 
 from domains.genomics.tokenizers import SPECIAL_TOKENS
 from zoo.nn.fit import register_family
-from zoo.nn.transformer import (POOLS, TransformerEncoder, any_spec, preset_spec, check_positive_ints,
-                                segment_intra, segment_intra_positions, spec_label)
+from zoo.nn.transformer import POOLS, TransformerEncoder, check_positive_ints, preset_encodings, segment_intra
 from zoo.positions import Positions
 from zoo.registry import register_model
 
@@ -148,18 +147,12 @@ class DNATransformer(TransformerEncoder):
             raise ValueError(f"num_classes must be an int >= 0 (0 = token logits), got {num_classes!r}")
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        preset = isinstance(pe, str) and pe in PE_KINDS
-        bipe = preset and pe == "bipe"
         super().__init__(
             vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            pe=preset_spec(ENCODINGS, pe, pe_kwargs) if preset else any_spec(pe, pe_kwargs, tuple(PE_KINDS)),
-            embed_pe={"name": "bipe_intra", "max_intra": max_intra, "init_std": init_std} if bipe else None,
-            embed_pe_name="intra_pe" if bipe else "embed_pe",
-            embed_positions=segment_intra_positions if bipe else None,
+            **preset_encodings(pe, pe_kwargs, PE_KINDS, ENCODINGS, max_intra, init_std),
             causal=causal, num_classes=num_classes, pool=pool, max_seq_len=max_seq_len, allow_longer=allow_longer,
-            needs=PE_KINDS[pe] if preset else None, pe_kind=pe if preset else spec_label(pe), qkv_bias=qkv_bias,
-            drop=drop, attn_drop=attn_drop, drop_path=drop_path, head_drop=head_drop, norm_eps=norm_eps,
-            init_std=init_std)
+            qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path, head_drop=head_drop,
+            norm_eps=norm_eps, init_std=init_std)
         self.segment_bases, self.max_intra = segment_bases, max_intra
 
     def positions(self, input_ids: Tensor, spans: Optional[Tensor] = None, mask: Optional[Tensor] = None

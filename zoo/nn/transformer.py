@@ -35,7 +35,7 @@ from .generation import check_generate_args, check_input_ids, check_positions, c
 from .layers import init_decoder_weights
 
 __all__ = ["TransformerEncoder", "DecoderLM", "POOLS", "any_spec", "spec_label", "segment_intra",
-           "segment_intra_positions", "check_positive_ints", "preset_spec"]
+           "segment_intra_positions", "check_positive_ints", "preset_spec", "preset_encodings"]
 
 POOLS = ("cls", "mean", "last")
 #: an encoding: a built module, None, or a spec for `zoo.pe.build` (a registered name or {"name": ..., **kwargs})
@@ -61,6 +61,21 @@ def preset_spec(table: Mapping[str, Spec], kind: str, pe_kwargs: Optional[dict] 
             raise ValueError(f"pe={kind!r} takes no pe_kwargs, got {sorted(kw)}")
         return None
     return {**({"name": spec} if isinstance(spec, str) else spec), **kw}
+
+
+def preset_encodings(pe: Spec, pe_kwargs: Optional[dict], kinds: Mapping[str, tuple], table: Mapping[str, Spec],
+                     max_intra: int, init_std: float) -> dict:
+    """The body's encoding keywords for a preset model's ``pe=``: one of its own ``kinds`` (kind -> the `Positions`
+    fields it reads; its defaults in ``table``) or any registered encoding (`any_spec`).  A kind that reads
+    ``segments`` is BiPE: it also gets the learned intra-segment table (``intra_pe``, ``max_intra`` rows) on the
+    embeddings, as in the paper."""
+    preset = isinstance(pe, str) and pe in kinds
+    intra = preset and "segments" in kinds[pe]
+    return dict(pe=preset_spec(table, pe, pe_kwargs) if preset else any_spec(pe, pe_kwargs, tuple(kinds)),
+                embed_pe={"name": "bipe_intra", "max_intra": max_intra, "init_std": init_std} if intra else None,
+                embed_pe_name="intra_pe" if intra else "embed_pe",
+                embed_positions=segment_intra_positions if intra else None,
+                needs=kinds[pe] if preset else None, pe_kind=pe if preset else spec_label(pe))
 
 
 def any_spec(spec: Spec, pe_kwargs: Optional[dict] = None, kinds: tuple = ()) -> Spec:
