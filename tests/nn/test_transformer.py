@@ -122,3 +122,26 @@ def test_body_errors_name_the_argument():
         enc.generate(torch.zeros(1, 2, dtype=torch.long), 1)
     with pytest.raises(ValueError, match="needs Positions.segments"):
         _lm(**ENCODINGS["bipe"]())(torch.zeros(1, 3, dtype=torch.long), Positions(ids=torch.arange(3)))
+
+
+def test_generate_checks_the_vocabulary_of_the_prompt_only(monkeypatch):
+    # the range check reads a flag back from the device: generate runs it on the prompt, not on every sampled token
+    import zoo.nn.transformer as T
+    seen = []
+    real = T.check_input_ids
+
+    def spy(ids, vocab_size=None):
+        seen.append(vocab_size)
+        return real(ids, vocab_size)
+
+    monkeypatch.setattr(T, "check_input_ids", spy)
+    lm = T.DecoderLM(50, dim=16, depth=1, num_heads=2, pe="rope").eval()
+    prompt = torch.randint(0, 50, (2, 5))
+    for use_cache in (True, False):
+        seen.clear()
+        out = lm.generate(prompt, max_new_tokens=4, temperature=0, use_cache=use_cache)
+        assert out.shape == (2, 9) and seen == [None] * 4          # 4 forwards, none re-checking the range
+    seen.clear()
+    with pytest.raises(ValueError, match="token id 50"):
+        lm(torch.full((1, 3), 50))
+    assert seen == [50]                                             # a direct call is still checked

@@ -281,11 +281,12 @@ class TransformerEncoder(nn.Module):
                              f"{type(cache).__name__} of length {len(cache) if hasattr(cache, '__len__') else '?'}")
 
     def forward_features(self, input_ids: Tensor, pos: Optional[Positions] = None,
-                         cache: Optional[List[KVCache]] = None) -> Tensor:
+                         cache: Optional[List[KVCache]] = None, *, check_ids: bool = True) -> Tensor:
         """Normed hidden states ``[b, n, c]``.  With ``cache`` (causal models), ``input_ids`` are the new tokens
         only, ``pos`` describes all tokens (cached + new) and every layer's cache is extended.  ``input_ids`` must
-        hold at least one token, each in ``0 .. vocab_size - 1``."""
-        check_input_ids(input_ids, self.vocab_size)
+        hold at least one token, each in ``0 .. vocab_size - 1``: checked unless ``check_ids=False`` (the range
+        check reads a flag back from the device; `generate` skips it for the tokens it sampled itself)."""
+        check_input_ids(input_ids, self.vocab_size if check_ids else None)
         if cache is not None:
             self._check_cache(cache)
         b, n = input_ids.shape
@@ -336,9 +337,9 @@ class TransformerEncoder(nn.Module):
         return self.classifier(self.head_drop(self.pool_features(x, pos)))
 
     def forward(self, input_ids: Tensor, pos: Optional[Positions] = None,
-                cache: Optional[List[KVCache]] = None) -> Tensor:
+                cache: Optional[List[KVCache]] = None, *, check_ids: bool = True) -> Tensor:
         """Token logits ``[b, n, vocab]`` (``num_classes == 0``) or class logits ``[b, num_classes]``."""
-        x = self.forward_features(input_ids, pos, cache)
+        x = self.forward_features(input_ids, pos, cache, check_ids=check_ids)
         return self.token_logits(x) if self.classifier is None else self.forward_head(x, pos)
 
     # ---- generation (causal models) ---------------------------------------------------------------------------
@@ -367,7 +368,11 @@ class TransformerEncoder(nn.Module):
         check_prompt(input_ids, self.vocab_size)
         if pos is None:
             pos = self.default_positions(input_ids)
-        return decode(self, input_ids, pos, pos_fn or self.next_positions, max_new_tokens, temperature, top_k,
+        def step(ids: Tensor, p: Positions, cache: Optional[List[KVCache]]) -> Tensor:
+            # the prompt was checked above; every later id is sampled from this model's own vocabulary
+            return self(ids, p, cache, check_ids=False)
+
+        return decode(step, input_ids, pos, pos_fn or self.next_positions, max_new_tokens, temperature, top_k,
                       self.make_cache() if use_cache else None, generator)
 
 
