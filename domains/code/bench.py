@@ -63,7 +63,7 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
                   device: str = "auto", seed: int = 0, progress: bool = True,
                   runs: Optional[Sequence[str]] = None, retrain: bool = False) -> Dict[str, Any]:
     """Train every model of ``models`` at ``train_len`` tokens and score it at every length of ``lengths``; writes
-    and returns the results (see the module docstring). ``amp="auto"`` is bf16 autocast on CUDA and on CPUs.
+    and returns the results (see the module docstring). ``amp="auto"`` is bf16 autocast where the device computes bf16 natively (`zoo.bench.bf16_native`).
 
     ``runs``: finished ``causal_lm`` run folders (e.g. the ``configs/code`` recipes' outputs) to score instead of
     training: each model is scored with its own tokenizer on the test split of ``dataset``; ``models``, ``steps``
@@ -90,8 +90,8 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
                           f"positive")
     out_dir = Path(out).expanduser()
     dev = _resolve_device(device)
-    amp_mode = "bf16" if amp == "auto" else amp
-    autocast, _ = _autocast(amp_mode, dev)
+    autocast, used = _autocast(amp, dev)
+    amp_mode = used or "off"
     tree = open_source_tree(dataset, root)
     if runs:
         return _extrapolation_of_runs(runs, lengths, out_dir, eval_tokens, tree, dev, amp_mode, autocast, progress)

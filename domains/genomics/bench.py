@@ -157,10 +157,10 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
                   seed: int = 0, train_limit: Optional[int] = None, val_windows: int = 64,
                   progress: bool = True, retrain: bool = False) -> Dict[str, Any]:
     """Train every model of ``models`` at ``train_len`` bases and score it at every length of ``lengths``; writes
-    and returns the results (module docstring).  ``amp="auto"``: bf16 autocast on CUDA, float32 on CPU (the
-    engine's rule); ``train_limit`` keeps that many training windows; ``val_windows`` validation windows are scored
-    at the end of training (``train[model].val_loss_at_train_len``).  A model already trained in ``out`` with the
-    same config is reused (scored again, not retrained) unless ``retrain``."""
+    and returns the results (module docstring).  ``amp="auto"``: bf16 autocast where the device has native bf16,
+    else float32 (the engine's rule); ``train_limit`` keeps that many training windows; ``val_windows``
+    validation windows are scored at the end of training (``train[model].val_loss_at_train_len``).  A model
+    already trained in ``out`` with the same config is reused (scored again, not retrained) unless ``retrain``."""
     from tqdm import tqdm
 
     from zoo.errors import ConfigError

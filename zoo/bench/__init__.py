@@ -25,11 +25,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
 from ..finetune.engine import _autocast as autocast
+from ..finetune.engine import bf16_native
 from ..finetune.engine import _resolve_device as resolve_device
 from .speed import interleaved, parse_list, run_worker
 
 __all__ = ["Bench", "register_bench", "list_benches", "get_bench", "run_bench", "add_bench_arguments",
-           "resolve_device", "autocast", "interleaved", "run_worker", "parse_list"]
+           "resolve_device", "autocast", "bf16_native", "interleaved", "run_worker", "parse_list"]
 
 Option = Tuple[Tuple[str, ...], Dict[str, Any]]
 

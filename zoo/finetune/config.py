@@ -112,7 +112,8 @@ class TrainCfg:
     eval_batch_size: int = 512
     seed: int = 0
     device: str = "auto"                       # auto = cuda if available else cpu
-    amp: str = "auto"                          # auto = bf16 autocast on CUDA, off on CPU; "off" | "bf16"
+    amp: str = "auto"                          # auto = bf16 autocast where the device has native bf16 (CUDA,
+                                               # AVX512-BF16 / AMX CPUs), else off; "off" | "bf16"
     label_smoothing: float = 0.0
     num_threads: Optional[int] = None          # torch.set_num_threads
     progress: bool = True                      # tqdm progress bar
