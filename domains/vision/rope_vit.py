@@ -23,13 +23,16 @@ final ``norm`` and no ``fc_norm``, no ``pos_embed`` (``use_abs_pos_emb=False``).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from zoo.errors import CheckpointError
 from zoo.nn import Attention, DropPath, Mlp
+from zoo.nn.fit import check_fit, register_family
+from zoo.nn.transformer import any_spec, spec_label
+from zoo.pe import build as build_pe
 from zoo.pe.rope2d import AxialRoPE2d, MixedRoPE2d
 from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
@@ -86,8 +89,17 @@ class RoPEVisionTransformer(nn.Module):
 
     Args:
         img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: as timm.
-        rope: ``"axial"`` (fixed frequencies, `AxialRoPE2d`) or ``"mixed"`` (learnable, `MixedRoPE2d` at ``rope``).
+        rope: ``"axial"`` (fixed frequencies, `AxialRoPE2d`) or ``"mixed"`` (learnable, `MixedRoPE2d` at ``rope``);
+            None with ``pe=``.
         rope_theta: frequency base; default 100 for axial, 10 for mixed (the paper's and timm's values).
+        pe: any 2D encoding of `zoo.pe` in place of the 2D RoPE (then ``rope=None``, no ``rope_theta``): a registered
+            name or ``{"name": ..., **kwargs}``, built with this model's geometry (``dim``, ``head_dim``,
+            ``num_heads``, ``depth``, ``grid_size``, ``max_len`` = tokens).  Attention encodings sit at
+            ``blocks.i.attn.pe`` (one per block) or, when the encoding holds every layer (it has ``layer(i)``, e.g.
+            ``rope2d_mixed``), at ``pe`` with a view per block; embedding-only encodings (``embed`` hook) are added
+            to the tokens after the class token (``embed_pe``).  Other positions kinds raise
+            `zoo.nn.fit.PEFitError` naming both kinds.  The model then has no ``rope`` module, so checkpoints of
+            the RoPE-Axial presets (no position parameters) load into parameter-free encodings as they are.
         init_values: layer-scale initial value (1e-5); None for no layer scale.
         class_token, global_pool: ``"token"`` (cls token, final ``norm``) or ``"avg"`` (mean of the patch tokens,
             then ``fc_norm``, no final ``norm``: timm Eva's placement).
@@ -99,14 +111,19 @@ class RoPEVisionTransformer(nn.Module):
 
     def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: Union[int, Tuple[int, int]] = 16,
                  in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 768, depth: int = 12,
-                 num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True, rope: str = "axial",
+                 num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True, rope: Optional[str] = "axial",
                  rope_theta: Optional[float] = None, init_values: Optional[float] = 1e-5, class_token: bool = True,
                  global_pool: str = "token", drop_rate: float = 0.0, pos_drop_rate: float = 0.0,
                  proj_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 norm_eps: float = 1e-6, dynamic_img_size: bool = False, head_init_scale: float = 0.001):
+                 norm_eps: float = 1e-6, dynamic_img_size: bool = False, head_init_scale: float = 0.001,
+                 pe: Union[None, str, Mapping[str, Any]] = None):
         super().__init__()
-        if rope not in ROPE_KINDS:
-            raise ValueError(f"rope must be one of {ROPE_KINDS}, got {rope!r}")
+        if pe is not None:
+            if rope is not None or rope_theta is not None:
+                raise ValueError(f"pe= replaces the model's 2D RoPE: give it with rope=None and without rope_theta "
+                                 f"(got rope={rope!r}, rope_theta={rope_theta!r})")
+        elif rope not in ROPE_KINDS:
+            raise ValueError(f"rope must be one of {ROPE_KINDS} (or None with pe=...), got {rope!r}")
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if global_pool == "token" and not class_token:
@@ -115,17 +132,21 @@ class RoPEVisionTransformer(nn.Module):
             raise ValueError(f"in_chans, embed_dim, num_heads must be > 0, depth and num_classes >= 0; got "
                              f"in_chans={in_chans}, embed_dim={embed_dim}, num_heads={num_heads}, depth={depth}, "
                              f"num_classes={num_classes}")
-        if embed_dim % num_heads or (embed_dim // num_heads) % 4:
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        if pe is None and (embed_dim // num_heads) % 4:
             raise ValueError(f"embed_dim {embed_dim} / num_heads {num_heads} must give a head dim divisible by 4 "
                              f"(2D RoPE rotates pairs along two axes)")
-        theta = float(rope_theta) if rope_theta is not None else (100.0 if rope == "axial" else 10.0)
+        theta = None if pe is not None else (
+            float(rope_theta) if rope_theta is not None else (100.0 if rope == "axial" else 10.0))
         self.config: Dict[str, Any] = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             rope=rope, rope_theta=theta, init_values=init_values, class_token=class_token, global_pool=global_pool,
             drop_rate=drop_rate, pos_drop_rate=pos_drop_rate, proj_drop_rate=proj_drop_rate,
             attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, norm_eps=norm_eps,
-            dynamic_img_size=dynamic_img_size, head_init_scale=head_init_scale)
+            dynamic_img_size=dynamic_img_size, head_init_scale=head_init_scale,
+            pe=spec_label(pe) and any_spec(pe))
         self.img_size, self.patch_size, self.grid_size = patch_geometry(img_size, patch_size)
         self.in_chans, self.num_classes, self.global_pool = in_chans, num_classes, global_pool
         self.embed_dim = self.num_features = embed_dim
@@ -139,7 +160,11 @@ class RoPEVisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim)
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        if rope == "axial":
+        self.embed_pe: Optional[nn.Module] = None
+        if pe is not None:
+            self.rope = None
+            pes = self._encodings(pe, depth, num_heads)
+        elif rope == "axial":
             self.rope = AxialRoPE2d(head_dim, theta=theta)        # stateless: one instance serves every block
             pes = [self.rope] * depth
         else:
@@ -160,6 +185,24 @@ class RoPEVisionTransformer(nn.Module):
         self._pos_cache: Dict[tuple, Positions] = {}
         self.init_weights()
 
+    def _encodings(self, spec, depth: int, num_heads: int) -> list:
+        """Check ``spec`` against the model (2D positions) and build the blocks' encodings (None each for an
+        embedding-only encoding, which becomes ``embed_pe``)."""
+        meta = check_fit(spec, model=type(self).__name__, positions=("2d",), causal=False)
+        if "num_prefix" in meta.accepts:                                          # tables with prefix rows
+            spec = {"num_prefix": self.num_prefix_tokens, **any_spec(spec)}
+        h, w = self.grid_size
+        geometry = dict(dim=self.embed_dim, head_dim=self.embed_dim // num_heads, num_heads=num_heads, causal=False,
+                        max_len=self.num_prefix_tokens + h * w, depth=max(depth, 1), grid_size=self.grid_size)
+        first = build_pe(spec, **geometry)
+        if not (first.has_rotate or first.has_bias or first.needs_weights):
+            self.embed_pe = first                                                 # tokens only
+            return [None] * depth
+        if hasattr(first, "layer"):                                               # one module, a view per layer
+            self.pe = first
+            return [first.layer(i) for i in range(depth)]
+        return [first if i == 0 else build_pe(spec, **geometry) for i in range(depth)]
+
     # ---- init (timm Eva / BEiT: trunc-normal .02 linears, depth-rescaled output projections, small head) -------
     def init_weights(self) -> None:
         if self.cls_token is not None:
@@ -179,6 +222,8 @@ class RoPEVisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
+        if isinstance(getattr(self, "pe", None), MixedRoPE2d):
+            return {"cls_token", "pe.freqs"}
         return {"cls_token", "rope.freqs"} if self.rope_kind == "mixed" else {"cls_token"}
 
     def get_classifier(self) -> nn.Module:
@@ -207,8 +252,10 @@ class RoPEVisionTransformer(nn.Module):
         x = self.patch_embed(x)                                                   # [B, h*w, D]
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1+h*w, D]
-        x = self.pos_drop(x)
         pos = self.positions(h, w, x.device)
+        if self.embed_pe is not None:
+            x = self.embed_pe.embed(x, pos)
+        x = self.pos_drop(x)
         for blk in self.blocks:
             x = blk(x, pos)
         return self.norm(x)
@@ -220,6 +267,11 @@ class RoPEVisionTransformer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+register_family("RoPE-ViT", positions=("2d",), causal=False, models="vit_rope_*",
+                note="in place of the 2D RoPE: attention hooks one per block (or one module with a view per layer); "
+                     "embed hooks on the tokens after the class token; layer scale and timm Eva keys kept")
 
 
 # ---- checkpoint conversion --------------------------------------------------------------------------------------
@@ -260,6 +312,10 @@ def checkpoint_filter_fn(state_dict: dict, model: RoPEVisionTransformer) -> dict
         raise CheckpointError("the checkpoint has an absolute position table (pos_embed: a RoPE + APE variant); "
                               "this RoPE-ViT family has none, so its outputs would differ")
     has_freqs = "rope.freqs" in out
+    if model.rope_kind is None and has_freqs:
+        raise CheckpointError(f"the checkpoint is RoPE-Mixed (it has learnable rope.freqs) but the model was built "
+                              f"with pe={model.config['pe']!r} in place of the 2D RoPE, which has no place for them; "
+                              f"build a vit_rope_mixed_* model")
     if model.rope_kind == "axial" and has_freqs:
         raise CheckpointError("the checkpoint is RoPE-Mixed (it has learnable rope.freqs) but the model is "
                               "RoPE-Axial; build a vit_rope_mixed_* model")
@@ -281,6 +337,8 @@ _BASE = dict(embed_dim=768, depth=12, num_heads=12)
 
 
 def _create(variant: dict, rope: str, **kwargs) -> RoPEVisionTransformer:
+    # pe= replaces the preset's RoPE kind (the preset stays the rest of the architecture)
+    rope = None if kwargs.get("pe") is not None else rope
     args = dict(img_size=224, patch_size=16, mlp_ratio=4.0, qkv_bias=True, init_values=1e-5, rope=rope)
     args.update(variant)
     args.update(kwargs)
