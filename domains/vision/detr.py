@@ -41,6 +41,10 @@ Official checkpoint layout (``{'model': sd, ...}``, verified in the official cod
 
 Ours: ``backbone.body.*``, ``...self_attn.qkv.*`` / ``.proj.*``, ``...self_attn.pe.rpe_k.lookup_table_weight``, and
 ``cross_attn`` for ``multihead_attn``; the rest is unchanged.
+
+``pe=`` puts any 2D encoding of `zoo.pe` in the encoder instead of the iRPE (``enc_rpe2d=None``): attention
+encodings in every encoder self-attention, embedding-only ones on the projected features before the encoder; the
+sine embedding stays, as in DETR-with-iRPE.  The decoder's attention has no grid positions and keeps none.
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ import math
 import re
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +61,9 @@ from torch import Tensor, nn
 
 from zoo.errors import CheckpointError, ConfigError
 from zoo.nn import Attention
+from zoo.nn.fit import check_fit, register_family
+from zoo.nn.transformer import any_spec, spec_label
+from zoo.pe import build as build_pe
 from zoo.pe.irpe import IRPE
 from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
@@ -260,35 +267,63 @@ class _Stack(nn.Module):
 
 
 class DETRTransformer(nn.Module):
-    """Encoder (iRPE in self-attention when ``rpe`` is given) + decoder returning every layer's normed output.
+    """Encoder (iRPE in self-attention when ``rpe`` is given, or any 2D encoding ``pe``) + decoder returning every
+    layer's normed output.
 
     Args:
         rpe: `IRPE` keyword arguments (``method, mode, ratio, shared_head, rpe_on``; ``skip`` is 0) or None.
+        pe: a 2D encoding spec (registered name or ``{"name": ..., **kwargs}``) instead of ``rpe``; built for
+            ``grid_size`` (encodings with a table resample it to other grids).  It keeps its own initialisation.
     """
 
     def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 rpe: Optional[Dict[str, Any]] = None):
+                 rpe: Optional[Dict[str, Any]] = None, pe: Union[None, str, Mapping[str, Any]] = None,
+                 grid_size: Tuple[int, int] = (25, 42)):
         super().__init__()
         if d_model % nhead:
             raise ConfigError(f"hidden_dim {d_model} is not divisible by nheads {nhead}")
+        if rpe is not None and pe is not None:
+            raise ConfigError("give the encoder either an iRPE (enc_rpe2d) or pe=, not both")
         head_dim = d_model // nhead
+        self.embed_pe: Optional[nn.Module] = None
+        if pe is not None:
+            pes = self._encodings(pe, d_model, nhead, num_encoder_layers, tuple(grid_size))
+        else:
+            pes = [None if rpe is None else IRPE(head_dim, nhead, skip=0, **rpe) for _ in range(num_encoder_layers)]
 
-        def pe():
-            return None if rpe is None else IRPE(head_dim, nhead, skip=0, **rpe)
-
-        self.encoder = _Stack([EncoderLayer(d_model, nhead, dim_feedforward, dropout, pe())
-                               for _ in range(num_encoder_layers)])
+        self.encoder = _Stack([EncoderLayer(d_model, nhead, dim_feedforward, dropout, pes[i])
+                               for i in range(num_encoder_layers)])
         self.decoder = _Stack([DecoderLayer(d_model, nhead, dim_feedforward, dropout)
                                for _ in range(num_decoder_layers)], nn.LayerNorm(d_model))
         self.d_model, self.nhead = d_model, nhead
-        self._reset_parameters()
+        self._reset_parameters(keep=pes if pe is not None else ())
 
-    def _reset_parameters(self) -> None:
+    def _encodings(self, spec, d_model: int, nhead: int, depth: int, grid_size: Tuple[int, int]) -> list:
+        """Check ``spec`` against the encoder (2D positions, no prefix token) and build one encoding per encoder
+        layer (None each for an embedding-only encoding, which becomes ``embed_pe``)."""
+        meta = check_fit(spec, model="DETR encoder", positions=("2d",), causal=False)
+        if "num_prefix" in meta.accepts:
+            spec = {"num_prefix": 0, **any_spec(spec)}
+        geometry = dict(dim=d_model, head_dim=d_model // nhead, num_heads=nhead, causal=False,
+                        max_len=grid_size[0] * grid_size[1], depth=max(depth, 1), grid_size=grid_size)
+        first = build_pe(spec, **geometry)
+        if not (first.has_rotate or first.has_bias or first.needs_weights):
+            self.embed_pe = first
+            return [None] * depth
+        if hasattr(first, "layer"):                                               # one module, a view per layer
+            self.pe = first
+            return [first.layer(i) for i in range(depth)]
+        return [first if i == 0 else build_pe(spec, **geometry) for i in range(depth)]
+
+    def _reset_parameters(self, keep: Sequence[Optional[nn.Module]] = ()) -> None:
         # as the official Transformer._reset_parameters: xavier on every matrix -- including the iRPE tables,
-        # which DETR-with-iRPE builds before this runs (so they do not start at zero there, unlike DeiT-iRPE)
+        # which DETR-with-iRPE builds before this runs (so they do not start at zero there, unlike DeiT-iRPE).
+        # An encoding given by pe= keeps the initialisation its own paper gives it.
+        own = [m for m in (*keep, self.embed_pe, getattr(self, "pe", None)) if m is not None]
+        skip = {id(p) for m in own for p in m.parameters()}
         for p in self.parameters():
-            if p.dim() > 1:
+            if p.dim() > 1 and id(p) not in skip:
                 nn.init.xavier_uniform_(p)
         for m in self.modules():          # nn.MultiheadAttention zero-initialises its projection biases
             if isinstance(m, Attention):
@@ -304,6 +339,8 @@ class DETRTransformer(nn.Module):
         pos = Positions.grid_2d(h, w, device=src.device)                          # explicit (h, w), skip = 0
         if not bool(token_mask.all()):
             pos = replace(pos, mask=token_mask)
+        if self.embed_pe is not None:
+            src = self.embed_pe.embed(src, pos)
         memory = src
         for layer in self.encoder.layers:
             memory = layer(memory, pos_embed, pos)
@@ -366,6 +403,8 @@ class DETR(nn.Module):
         num_queries: object queries ``Q``.
         hidden_dim, nheads, enc_layers, dec_layers, dim_feedforward, dropout: transformer geometry.
         enc_rpe2d: the official iRPE string for the encoder (``""``/None: plain DETR).
+        pe: any 2D encoding of `zoo.pe` for the encoder instead (a registered name or ``{"name": ..., **kwargs}``;
+            needs ``enc_rpe2d=None``), built for the feature grid of an 800 x 1333 image at the backbone's stride.
         aux_loss: also return every earlier decoder layer's predictions (``aux_outputs``).
         backbone_kwargs: passed to the backbone class when ``backbone`` is a name.
     """
@@ -374,8 +413,12 @@ class DETR(nn.Module):
                  hidden_dim: int = 256, nheads: int = 8, enc_layers: int = 6, dec_layers: int = 6,
                  dim_feedforward: int = 2048, dropout: float = 0.1,
                  enc_rpe2d: Optional[str] = "rpe-1.9-product-ctx-1-k",
-                 aux_loss: bool = True, backbone_kwargs: Optional[Dict[str, Any]] = None):
+                 aux_loss: bool = True, backbone_kwargs: Optional[Dict[str, Any]] = None,
+                 pe: Union[None, str, Mapping[str, Any]] = None):
         super().__init__()
+        if pe is not None and enc_rpe2d:
+            raise ConfigError(f"pe= replaces the encoder's iRPE: give it with enc_rpe2d=None (got enc_rpe2d="
+                              f"{enc_rpe2d!r})")
         if hidden_dim % 4:
             raise ConfigError(f"hidden_dim must be a multiple of 4 (the sine embedding gives each axis hidden_dim/2 "
                               f"channels of sin/cos pairs), got {hidden_dim}")
@@ -386,7 +429,7 @@ class DETR(nn.Module):
             backbone=backbone if isinstance(backbone, str) else type(backbone).__name__, num_classes=num_classes,
             num_queries=num_queries, hidden_dim=hidden_dim, nheads=nheads, enc_layers=enc_layers,
             dec_layers=dec_layers, dim_feedforward=dim_feedforward, dropout=dropout, enc_rpe2d=enc_rpe2d or "",
-            aux_loss=aux_loss, backbone_kwargs=dict(backbone_kwargs or {}))
+            aux_loss=aux_loss, backbone_kwargs=dict(backbone_kwargs or {}), pe=spec_label(pe) and any_spec(pe))
         if isinstance(backbone, str):
             kw = dict(backbone_kwargs or {})
             backbone = TinyConvBackbone(**kw) if backbone == "tiny" else ResNetBackbone(backbone, **kw)
@@ -394,8 +437,10 @@ class DETR(nn.Module):
         self.backbone = backbone
         self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        stride = getattr(backbone, "stride", 32)
         self.transformer = DETRTransformer(hidden_dim, nheads, enc_layers, dec_layers, dim_feedforward, dropout,
-                                           rpe=parse_rpe_string(enc_rpe2d))
+                                           rpe=parse_rpe_string(enc_rpe2d), pe=pe,
+                                           grid_size=(math.ceil(800 / stride), math.ceil(1333 / stride)))
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
 
@@ -590,6 +635,11 @@ def checkpoint_filter_fn(state_dict: dict, model: DETR) -> dict:
     return out
 
 
+register_family("DETR encoder", positions=("2d",), causal=False, models="detr_*",
+                note="in place of the encoder's iRPE: attention hooks in every encoder self-attention, embed hooks on "
+                     "the projected features; the sine embedding and the decoder stay")
+
+
 # ---- builders ---------------------------------------------------------------------------------------------------
 
 def _detr_irpe_cfg() -> Dict[str, PretrainedCfg]:
@@ -604,6 +654,8 @@ def _detr_irpe_cfg() -> Dict[str, PretrainedCfg]:
 
 def _create_detr(defaults: Dict[str, Any], **kwargs) -> DETR:
     args = dict(defaults)
+    if kwargs.get("pe") is not None:
+        args["enc_rpe2d"] = None                               # pe= replaces the preset's iRPE
     args.update(kwargs)
     return DETR(**args)
 
