@@ -30,7 +30,7 @@ def visible(cfg: dict, i: int, j: int, di=None, dj=None) -> bool:
     blk = cfg.get("block")
     if blk is not None and not (j // blk <= i // blk):
         return False
-    if cfg.get("documents") and di != dj:
+    if cfg.get("per_document") and di != dj:
         return False
     return True
 
@@ -51,13 +51,13 @@ def reference(cfg: dict, q_idx, k_idx, docs=None) -> torch.Tensor:
 
 def all_configs():
     out = []
-    for causal, window, sinks, block, documents in itertools.product(
+    for causal, window, sinks, block, per_document in itertools.product(
             (False, True), (None, 1, 3), (0, 2), (None, 1, 4), (False, True)):
         if sinks and window is None:
             continue
         if block is not None and causal:
             continue
-        out.append(dict(causal=causal, window=window, sinks=sinks, block=block, documents=documents))
+        out.append(dict(causal=causal, window=window, sinks=sinks, block=block, per_document=per_document))
     return out
 
 
@@ -71,7 +71,7 @@ def cfg_id(cfg):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[cfg_id(c) for c in CONFIGS])
 def test_full_mask_matches_loop_definition_and_every_row_sees_a_key(cfg):
     mask = AttentionMask(**cfg)
-    docs = DOCS if cfg["documents"] else None
+    docs = DOCS if cfg["per_document"] else None
     idx = torch.arange(N)
     got = mask.allowed(idx, idx, docs, docs)
     want = reference(cfg, list(range(N)), list(range(N)), docs)
@@ -86,7 +86,7 @@ def test_full_mask_matches_loop_definition_and_every_row_sees_a_key(cfg):
 def test_configs_cover_every_option():
     # the parametrisation above must really exercise each rule and their combinations
     assert any(c["causal"] and c["window"] and c["sinks"] for c in CONFIGS)          # Lambda shape
-    assert any(c["block"] and c["window"] and c["documents"] for c in CONFIGS)
+    assert any(c["block"] and c["window"] and c["per_document"] for c in CONFIGS)
     assert len(CONFIGS) == 40
 
 
@@ -116,7 +116,7 @@ def test_bidirectional_window_is_a_band_and_sinks_are_seen_from_everywhere():
 @pytest.mark.parametrize("cfg", [CONFIGS[i] for i in range(0, len(CONFIGS), 5)])
 def test_chunk_rows_and_cache_form_equal_rows_of_the_full_mask(cfg):
     mask = AttentionMask(**cfg)
-    docs = DOCS if cfg["documents"] else None
+    docs = DOCS if cfg["per_document"] else None
     full = mask.rows(0, N, N, docs=docs)
     for start in range(N):
         for c in (1, 2, 4):
@@ -130,7 +130,7 @@ def test_chunk_rows_and_cache_form_equal_rows_of_the_full_mask(cfg):
 
 
 def test_allowed_on_arbitrary_absolute_indices_matches_loop():
-    cfg = dict(causal=True, window=3, sinks=2, documents=True)
+    cfg = dict(causal=True, window=3, sinks=2, per_document=True)
     docs = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]])                 # ids per absolute index
     q_idx, k_idx = [10, 12, 13], [0, 1, 3, 5, 9, 10, 11, 12, 13]
     got = AttentionMask(**cfg).allowed(torch.tensor(q_idx), torch.tensor(k_idx), docs[:, q_idx], docs[:, k_idx])
@@ -138,7 +138,7 @@ def test_allowed_on_arbitrary_absolute_indices_matches_loop():
 
 
 def test_documents_differ_per_batch_element():
-    mask = AttentionMask(documents=True)
+    mask = AttentionMask(per_document=True)
     got = mask.rows(0, N, N, docs=DOCS)
     assert got.shape == (2, 1, N, N)
     assert not torch.equal(got[0], got[1])
@@ -166,14 +166,14 @@ def naive_masked_attention(q, k, v, keep, scale):
     return logits.softmax(dim=-1) @ v
 
 
-@pytest.mark.parametrize("cfg", [dict(causal=True, window=3, sinks=1, documents=True),
-                                 dict(block=4, window=5, documents=True),
+@pytest.mark.parametrize("cfg", [dict(causal=True, window=3, sinks=1, per_document=True),
+                                 dict(block=4, window=5, per_document=True),
                                  dict(window=2)])
 def test_sdpa_with_additive_mask_equals_naive_masked_softmax(cfg):
     torch.manual_seed(0)
     b, h, d = 2, 3, 8
     mask = AttentionMask(**cfg)
-    docs = DOCS if cfg.get("documents") else None
+    docs = DOCS if cfg.get("per_document") else None
     q, k, v = (torch.randn(b, h, N, d, dtype=torch.float64) for _ in range(3))
     add = mask.rows(0, N, N, docs=docs, additive=torch.float64)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=add)
@@ -182,7 +182,7 @@ def test_sdpa_with_additive_mask_equals_naive_masked_softmax(cfg):
     torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
     # and the masked keys really do not matter: changing them leaves the output alone
     v2 = v.clone()
-    if cfg.get("documents"):
+    if cfg.get("per_document"):
         v2[1, :, 8] += 100.0                                    # batch 1: token 8 is alone in document 4
         out2 = F.scaled_dot_product_attention(q, k, v2, attn_mask=add)
         torch.testing.assert_close(out2[1, :, :8], out[1, :, :8], rtol=1e-10, atol=1e-10)
@@ -192,7 +192,7 @@ def test_sdpa_with_additive_mask_equals_naive_masked_softmax(cfg):
 def test_cache_decoding_with_additive_mask_equals_rows_of_the_full_attention():
     torch.manual_seed(1)
     b, h, d, nq = 2, 2, 4, 3
-    mask = AttentionMask(causal=True, window=4, sinks=1, documents=True)
+    mask = AttentionMask(causal=True, window=4, sinks=1, per_document=True)
     q, k, v = (torch.randn(b, h, N, d, dtype=torch.float64) for _ in range(3))
     full = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.rows(0, N, N, docs=DOCS, additive=torch.float64))
     step = F.scaled_dot_product_attention(q[:, :, -nq:], k, v,
@@ -200,14 +200,14 @@ def test_cache_decoding_with_additive_mask_equals_rows_of_the_full_attention():
     torch.testing.assert_close(step, full[:, :, -nq:], rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("cfg", [dict(causal=True, window=3, sinks=2, documents=True),
-                                 dict(block=2, window=3, sinks=1, documents=True),
+@pytest.mark.parametrize("cfg", [dict(causal=True, window=3, sinks=2, per_document=True),
+                                 dict(block=2, window=3, sinks=1, per_document=True),
                                  dict(window=2, sinks=1),
                                  dict(causal=True)])
 def test_mask_mod_through_flex_create_mask_equals_allowed(cfg):
     """``create_mask`` (vmap over the index grids, no compile) works on this torch on the CPU."""
     mask = AttentionMask(**cfg)
-    docs = DOCS if cfg.get("documents") else None
+    docs = DOCS if cfg.get("per_document") else None
     b = 1 if docs is None else docs.shape[0]
     full = create_mask(mask.mask_mod(docs), b, 1, N, N, device="cpu")
     assert torch.equal(full, reference(cfg, list(range(N)), list(range(N)), docs))
@@ -229,7 +229,7 @@ def test_check_rows_finds_a_query_that_sees_nothing():
     with pytest.raises(ValueError, match="query row 1 .* sees no key"):
         check_rows(got)
     # a query whose document has no key among the keys given
-    dm = AttentionMask(documents=True)
+    dm = AttentionMask(per_document=True)
     got = dm.allowed(torch.tensor([0]), torch.tensor([1, 2]), torch.tensor([[5]]), torch.tensor([[6, 6]]))
     with pytest.raises(ValueError, match="sees no key"):
         check_rows(got)
@@ -246,7 +246,7 @@ def test_check_rows_finds_a_query_that_sees_nothing():
     (dict(sinks=4), r"sinks=4 needs a window"),
     (dict(block=4, causal=True), r"block=4 cannot be combined with causal=True"),
     (dict(causal=1), r"causal must be a bool, got 1"),
-    (dict(documents="yes"), r"documents must be a bool, got 'yes'"),
+    (dict(per_document="yes"), r"per_document must be a bool, got 'yes'"),
 ])
 def test_bad_config_raises_config_error_naming_the_field(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -254,11 +254,11 @@ def test_bad_config_raises_config_error_naming_the_field(kwargs, message):
 
 
 def test_document_ids_missing_or_misshaped():
-    mask = AttentionMask(causal=True, documents=True)
+    mask = AttentionMask(causal=True, per_document=True)
     idx = torch.arange(4)
-    with pytest.raises(ValueError, match=r"documents=True\) needs document ids"):
+    with pytest.raises(ValueError, match=r"per_document=True\) needs document ids"):
         mask.allowed(idx, idx)
-    with pytest.raises(ValueError, match=r"documents=True\) needs document ids"):
+    with pytest.raises(ValueError, match=r"per_document=True\) needs document ids"):
         mask.rows(0, 4, 4)
     with pytest.raises(ValueError, match=r"k_doc must be an integer tensor \[b, 4\]"):
         mask.allowed(idx, idx, torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
@@ -270,7 +270,7 @@ def test_document_ids_missing_or_misshaped():
         mask.rows(0, 4, 4, docs=torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="mask_mod needs docs"):
         mask.mask_mod()
-    with pytest.raises(ValueError, match="documents=False"):
+    with pytest.raises(ValueError, match="per_document=False"):
         AttentionMask(causal=True).allowed(idx, idx, DOCS[:, :4], DOCS[:, :4])
 
 

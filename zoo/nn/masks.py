@@ -1,15 +1,15 @@
-"""Attention masks as rules over absolute sequence indices: causal, sliding window, sinks, block-causal, documents.
+"""Attention masks as rules over absolute sequence indices: causal, sliding window, sinks, block-causal, per document.
 
 An `AttentionMask` says which key a query may see from the two tokens' absolute indices ``i`` (query) and ``j``
-(key) and, for ``documents``, their document ids.  Every enabled rule must hold (they are ANDed); ``sinks`` only
+(key) and, for ``per_document``, their document ids.  Every enabled rule must hold (they are ANDed); ``sinks`` only
 relaxes the window::
 
     causal     j <= i
     window     causal: 0 <= i - j < window        bidirectional: |i - j| < window      (Mistral, Longformer)
-    sinks      j < sinks  is visible beyond the window (causality and documents still apply)
+    sinks      j < sinks  is visible beyond the window (causality and the document rule still apply)
                                                    (StreamingLLM, arXiv 2309.17453; LM-Infinite, arXiv 2308.16137)
     block      j // block <= i // block   (bidirectional inside a block, causal across blocks)
-    documents  doc[i] == doc[j]           (block-diagonal per document, ids ``[b, n]``)
+    per_document  doc[i] == doc[j]        (block-diagonal per document, ids ``[b, n]``)
 
     causal + window 4 + sinks 2, 8 tokens (LM-Infinite's Lambda shape)     block 3, 8 tokens
         j: 0 1 2 3 4 5 6 7                                                     j: 0 1 2 3 4 5 6 7
@@ -69,10 +69,10 @@ class AttentionMask:
         window: sliding window ``>= 1``: ``0 <= i - j < window`` when causal, ``|i - j| < window`` otherwise
             (``window=1`` leaves each token only itself).
         sinks: keys ``j < sinks`` stay visible beyond the window (attention sinks / LM-Infinite's global tokens);
-            needs ``window``.  Causality and documents still apply to them.
+            needs ``window``.  Causality and the document rule still apply to them.
         block: block-causal with blocks of ``block`` tokens: ``j // block <= i // block``.  Not with
             ``causal=True`` (block-causal already orders the blocks; ``block=1`` is plain causal).
-        documents: block-diagonal per document; the render methods then need document ids ``[b, n]`` (ints).
+        per_document: block-diagonal per document; the render methods then need document ids ``[b, n]`` (ints).
 
     ``AttentionMask()`` masks nothing (`additive` returns None).
     """
@@ -81,10 +81,10 @@ class AttentionMask:
     window: Optional[int] = None
     sinks: int = 0
     block: Optional[int] = None
-    documents: bool = False
+    per_document: bool = False
 
     def __post_init__(self):
-        for name in ("causal", "documents"):
+        for name in ("causal", "per_document"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"AttentionMask: {name} must be a bool, got {getattr(self, name)!r}")
         _check_size("window", self.window, 1, optional=True)
@@ -101,7 +101,7 @@ class AttentionMask:
     @property
     def active(self) -> bool:
         """Whether any rule is enabled (otherwise nothing is ever masked)."""
-        return self.causal or self.window is not None or self.block is not None or self.documents
+        return self.causal or self.window is not None or self.block is not None or self.per_document
 
     # -- the rule, on broadcastable index tensors (shared by `allowed` and `mask_mod`) -------------------------------
 
@@ -126,13 +126,13 @@ class AttentionMask:
         return ok
 
     def _docs(self, q_doc: Optional[Tensor], k_doc: Optional[Tensor], nq: int, nk: int) -> Optional[Tensor]:
-        """``[b, 1, nq, nk]`` same-document booleans, or None without ``documents``."""
-        if not self.documents:
+        """``[b, 1, nq, nk]`` same-document booleans, or None without ``per_document``."""
+        if not self.per_document:
             if q_doc is not None or k_doc is not None:
-                raise ValueError("document ids were given but this AttentionMask has documents=False")
+                raise ValueError("document ids were given but this AttentionMask has per_document=False")
             return None
         if q_doc is None or k_doc is None:
-            raise ValueError("AttentionMask(documents=True) needs document ids for the queries and the keys "
+            raise ValueError("AttentionMask(per_document=True) needs document ids for the queries and the keys "
                              "(q_doc [b, nq], k_doc [b, nk]; rows/for_cache take docs [b, nk]), got "
                              f"q_doc={'None' if q_doc is None else 'a tensor'}, "
                              f"k_doc={'None' if k_doc is None else 'a tensor'}")
@@ -152,7 +152,7 @@ class AttentionMask:
         """Booleans ``[b|1, 1, nq, nk]``, True where query ``q_idx[r]`` may see key ``k_idx[c]``.
 
         ``q_idx`` ``[nq]``, ``k_idx`` ``[nk]``: absolute token indices (integer tensors).  ``q_doc`` ``[b, nq]``,
-        ``k_doc`` ``[b, nk]``: document ids (only with ``documents=True``); the batch dim is 1 without them."""
+        ``k_doc`` ``[b, nk]``: document ids (only with ``per_document=True``); the batch dim is 1 without them."""
         _check_index("q_idx", q_idx)
         _check_index("k_idx", k_idx)
         nq, nk = q_idx.shape[0], k_idx.shape[0]
@@ -218,14 +218,14 @@ class AttentionMask:
         ``q + query_start`` (a chunk of rows, or ``nk - nq`` for KV-cache decoding).  ``docs`` ``[b, KV_LEN]``:
         document ids of all keys (queries read theirs at ``q + query_start``)."""
         _check_size("query_start", query_start, 0, optional=False)
-        if self.documents:
+        if self.per_document:
             if docs is None or not isinstance(docs, Tensor) or docs.ndim != 2 or docs.dtype.is_floating_point:
                 got = "None" if docs is None else (f"{docs.dtype} {tuple(docs.shape)}" if isinstance(docs, Tensor)
                                                    else type(docs).__name__)
-                raise ValueError(f"AttentionMask(documents=True).mask_mod needs docs, an integer tensor [b, nk] of "
+                raise ValueError(f"AttentionMask(per_document=True).mask_mod needs docs, an integer tensor [b, nk] of "
                                  f"document ids, got {got}")
         elif docs is not None:
-            raise ValueError("docs were given but this AttentionMask has documents=False")
+            raise ValueError("docs were given but this AttentionMask has per_document=False")
         rule, start = self._rule, query_start
 
         def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
