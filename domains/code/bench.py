@@ -254,6 +254,7 @@ def _speed_worker(spec: str, batch: int, seq_len: int, iters: int, warmup: int, 
 
     import zoo
     from domains.code.models import code_positions
+    from zoo.bench import autocast
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -268,10 +269,10 @@ def _speed_worker(spec: str, batch: int, seq_len: int, iters: int, warmup: int, 
     x = torch.randint(4, vocab, (batch, seq_len + 1), device=device)
     inp, labels = x[:, :-1], x[:, 1:]
     pos = positions(inp)
-    amp = torch.autocast(device, dtype=torch.bfloat16)
+    amp, amp_used = autocast("auto", torch.device(device))       # bf16 only where the device has it natively
 
     def step():
-        with amp:
+        with amp():
             logits = model(inp, pos)
         torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten()).backward()
         model.zero_grad(set_to_none=True)
@@ -299,7 +300,7 @@ def _speed_worker(spec: str, batch: int, seq_len: int, iters: int, warmup: int, 
         for i in range(gen_iters + 1):                  # the first call warms up
             sync()
             t = time.perf_counter()
-            with amp:
+            with amp():
                 model.generate(p, new_tokens, temperature=0.0, use_cache=use_cache, pos=positions(p))
             sync()
             if i:
@@ -308,7 +309,8 @@ def _speed_worker(spec: str, batch: int, seq_len: int, iters: int, warmup: int, 
     # the cache must not change what is generated: greedy decoding in float32 (bf16 could flip near-ties)
     same = bool(torch.equal(model.generate(p, new_tokens, temperature=0.0, use_cache=True, pos=positions(p)),
                             model.generate(p, new_tokens, temperature=0.0, use_cache=False, pos=positions(p))))
-    return {"model": spec, "device": device, "params": sum(q.numel() for q in model.parameters()),
+    return {"model": spec, "device": device, "amp": amp_used or "off",
+            "params": sum(q.numel() for q in model.parameters()),
             "train_times": times, "train_tokens": batch * seq_len,
             "gen_cache_s": gen[True], "gen_nocache_s": gen[False], "new_tokens": new_tokens,
             "greedy_same": same}
@@ -342,7 +344,7 @@ def speed(models: Optional[Sequence[str]] = None, baseline: str = SPEED_BASELINE
         return {"model": spec, "train_tokens_per_s": rs[0]["train_tokens"] / t,
                 "gen_cache_tokens_per_s": n / gc, "gen_nocache_tokens_per_s": n / gn, "cache_speedup": gn / gc,
                 "greedy_same_with_and_without_cache": all(r["greedy_same"] for r in rs),
-                "params": rs[0]["params"], "device": rs[0]["device"]}
+                "params": rs[0]["params"], "device": rs[0]["device"], "amp": rs[0]["amp"]}
 
     rows = [summarise(s) for s in specs]
     base = rows[0]
@@ -350,7 +352,7 @@ def speed(models: Optional[Sequence[str]] = None, baseline: str = SPEED_BASELINE
         r["train_speed_vs_baseline"] = r["train_tokens_per_s"] / base["train_tokens_per_s"]
         r["gen_speed_vs_baseline"] = r["gen_cache_tokens_per_s"] / base["gen_cache_tokens_per_s"]
     print(f"\nzoo bench code: forward+backward at batch {batch} x {seq_len} tokens, greedy generate() of "
-          f"{new_tokens} tokens after a {prompt}-token prompt (batch 1), {rows[0]['device']}, bf16 autocast, "
+          f"{new_tokens} tokens after a {prompt}-token prompt (batch 1), {rows[0]['device']}, amp {rows[0]['amp']}, "
           f"median of {rounds} rounds; baseline {baseline}")
     print(f"{'model':22s} {'train tok/s':>12s} {'train x':>8s} {'gen tok/s':>10s} {'gen x':>6s} "
           f"{'no-cache tok/s':>15s} {'cache x':>8s} {'params':>8s}")

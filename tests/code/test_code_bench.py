@@ -4,10 +4,12 @@ import math
 import shutil
 
 import pytest
+import torch
 
 import tree_sitter  # noqa: F401
 import tokenizers  # noqa: F401
 
+from zoo.bench import bf16_native  # noqa: E402
 from zoo.cli import main  # noqa: E402
 from zoo.errors import ConfigError  # noqa: E402
 
@@ -134,4 +136,6 @@ def test_code_speed_bench_structure(tmp_path, monkeypatch, capsys):
                     "train_speed_vs_baseline"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["model"], key)
         assert r["greedy_same_with_and_without_cache"] is True, "the KV cache must not change greedy decoding"
+        # bf16 autocast only where the CPU computes bf16 natively (emulated bf16 would time the emulation)
+        assert r["amp"] == ("bf16" if bf16_native(torch.device("cpu")) else "off")
     assert "code_lm_hirope_tiny" in capsys.readouterr().out
