@@ -243,3 +243,9 @@ def test_bad_call_arguments():
         LogLengthScale(4).multiplier(torch.arange(3), 2, layer=-1)
     with pytest.raises(ValueError, match="absolute indices >= 0"):
         LogLengthScale(4).multiplier(torch.tensor([-1, 0]), 2)
+
+
+def test_the_base_class_is_abstract():
+    from zoo.nn.temperature import Temperature
+    with pytest.raises(TypeError, match="abstract"):
+        Temperature()

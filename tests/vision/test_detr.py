@@ -24,15 +24,6 @@ from zoo.pe.irpe import irpe_bucket_ids
 pytestmark = pytest.mark.debian_data("labelme-examples")
 
 
-@pytest.fixture
-def one_thread():
-    # the machines running these tests are shared: one intra-op thread is ~50x faster than two contended ones
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---- boxes ------------------------------------------------------------------------------------------------------
 
 def test_box_conversions_round_trip_and_pinned():

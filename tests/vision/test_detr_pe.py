@@ -16,14 +16,6 @@ IRPE_OFFICIAL = {"name": "irpe", "ratio": 1.9, "method": "product", "mode": "ctx
                  "rpe_on": "k", "skip": 0}
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _spec(name):
     return {"name": name, **P.example_kwargs(name, dim=64, head_dim=16, num_heads=4, max_len=64, depth=2,
                                              grid_size=(8, 8))}

@@ -19,6 +19,7 @@ every submodule.)
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import Optional
 
@@ -75,13 +76,13 @@ def yarn_attention_factor(factor: float, mscale: Optional[float] = None, mscale_
     return get_mscale(factor)
 
 
-class Temperature(nn.Module):
-    """Base of the query multipliers: subclasses implement `multiplier`."""
+class Temperature(nn.Module, abc.ABC):
+    """Base of the query multipliers: subclasses implement `multiplier` (abstract: the base cannot be built)."""
 
+    @abc.abstractmethod
     def multiplier(self, q_idx: Tensor, num_heads: int, layer: int = 0) -> Tensor:
         """float32 multiplier broadcastable to ``[b, h, nq, d]`` for queries at absolute indices ``q_idx`` ``[nq]``
         of attention layer ``layer`` (0-based) with ``num_heads`` heads."""
-        raise NotImplementedError
 
     def scale_queries(self, q: Tensor, q_idx: Tensor, layer: int = 0) -> Tensor:
         """``q * m`` for q ``[b, h, nq, d]`` (any float dtype, kept), ``q_idx`` ``[nq]`` the queries' absolute
