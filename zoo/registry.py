@@ -310,7 +310,8 @@ def load_checkpoint(model: nn.Module, state_dict: dict, source: str = "checkpoin
         raise CheckpointError(f"{source}: expected a state dict (str -> tensor), got {type(state_dict).__name__}")
     _check_entries(state_dict, source, type(model).__name__)
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
+    added = _added_by_attention_options(model)
+    missing = [k for k in own if k not in state_dict and not any(k.startswith(p) for p in added)]
     unexpected = [k for k in state_dict if k not in own]
     shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
@@ -325,7 +326,15 @@ def load_checkpoint(model: nn.Module, state_dict: dict, source: str = "checkpoin
     if problems:
         raise CheckpointError(f"cannot load {source} into {type(model).__name__}: " + " | ".join(problems)
                               + _encoding_hint(model, missing if strict else []))
-    model.load_state_dict(state_dict, strict=strict)
+    keep = {k: v for k, v in own.items() if k not in state_dict and any(k.startswith(p) for p in added)}
+    model.load_state_dict({**state_dict, **keep} if keep else state_dict, strict=strict)
+
+
+def _added_by_attention_options(model: nn.Module) -> List[str]:
+    """Prefixes of the parameters an attention option adds to a trained model (a learned temperature, e.g. the
+    per-head scale trained on top of a frozen model): a checkpoint without them loads, they keep their init."""
+    from .nn.temperature import Temperature
+    return [name + "." for name, m in model.named_modules() if isinstance(m, Temperature) and name]
 
 
 def _encoding_hint(model: nn.Module, missing: List[str]) -> str:

@@ -28,11 +28,13 @@ from torch import Tensor, nn
 
 from ..pe.bipe import segment_intra
 from ..positions import Positions
+from ..errors import ConfigError
 from .attention import KVCache
 from .block import Block, shared_encodings
 from .fit import check_fit, needs_of, spec_name
 from .generation import check_generate_args, check_input_ids, check_positions, check_prompt, check_seq_len, decode
 from .layers import init_decoder_weights
+from .options import AttentionOptions, attention_options
 
 __all__ = ["TransformerEncoder", "DecoderLM", "POOLS", "any_spec", "spec_label", "segment_intra",
            "segment_intra_positions", "check_positive_ints", "preset_spec", "preset_encodings"]
@@ -158,6 +160,11 @@ class TransformerEncoder(nn.Module):
             (`zoo.nn.fit.needs_of`: a class's ``reads``, else ``ids``; ``embed_positions.reads`` for ``embed_pe``),
             ``()`` without an encoding.
         pe_kind: the encoding's name in error messages (default: its class name).
+        attention: attention options (`zoo.nn.options`): ``window``, ``sinks``, ``block``, ``per_document`` (a mask
+            on every layer), ``temperature`` and ``extension`` (built once per layer), e.g. ``{"window": 256,
+            "sinks": 4}`` or ``{"extension": {"name": "self_extend", "group": 4, "window": 128}}``; None = plain.
+            `set_attention` changes them on a built or loaded model.  Packed inputs (``Positions.doc_ids``) get the
+            per-document mask without an option.
         init_std: normal init of linear and embedding weights; residual projections get ``init_std/sqrt(2*depth)``.
 
     Class attributes a preset sets: ``positions_hint`` (appended to a missing-positions error: how to build them),
@@ -173,7 +180,7 @@ class TransformerEncoder(nn.Module):
                  embed_positions: Optional[Callable[[Positions, nn.Module], Positions]] = None,
                  causal: bool = False, num_classes: int = 0, pool: Optional[str] = None, max_seq_len: int = 1024,
                  allow_longer: bool = False, needs: Optional[tuple] = None, pe_kind: Optional[str] = None,
-                 qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 attention: Optional[Mapping] = None, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  head_drop: float = 0.0, norm_eps: float = 1e-5, init_std: float = 0.02):
         super().__init__()
         check_positive_ints(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, max_seq_len=max_seq_len)
@@ -217,11 +224,13 @@ class TransformerEncoder(nn.Module):
             needs = tuple(dict.fromkeys(needs_of(pe) + (tuple(embed_needs) if embed_needs is not None
                                                          else needs_of(embed_pe))))
         self.needs = tuple(needs)
+        options = attention_options(attention)
         self.drop = nn.Dropout(drop)
         dpr = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList([
             Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
-                  drop_path=dpr[i], pe=pe, causal=self.causal, norm_eps=norm_eps) for i in range(depth)])
+                  drop_path=dpr[i], pe=pe, causal=self.causal, norm_eps=norm_eps, layer_idx=i)
+            for i in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight                                    # tied
@@ -229,6 +238,30 @@ class TransformerEncoder(nn.Module):
         self.classifier = nn.Linear(dim, num_classes) if num_classes > 0 else None
         init_decoder_weights(self, depth, init_std, skip=".pe.")                  # encodings keep their own init
         nn.init.normal_(self.tok_emb.weight, std=init_std)
+        self.attention = AttentionOptions()
+        self.set_attention(options)                                               # after init: no weights to touch
+
+    def set_attention(self, attention: Optional[Mapping] = None) -> "TransformerEncoder":
+        """Replace the attention options of every layer (see ``attention`` in the class docstring); None = plain
+        attention.  Returns the model.  A learned temperature (``head``) starts from its ``init`` in every layer;
+        everything else is parameter-free, so a trained model's weights stay valid."""
+        options = attention_options(attention)
+        if options.extension is not None and not self.kv_cache_ok:
+            raise ConfigError(f"attention extension {options.extension['name']!r}: the encoding {self.pe_kind!r} "
+                              f"is not causal_ok")
+        for blk in self.blocks:
+            attn = blk.attn
+            attn.set_extension(None)
+            attn.mask = options.mask
+            attn.temperature = options.temperature_for(self.num_heads)
+            attn.set_extension(options.extension_for())
+        self.attention = options
+        config = getattr(self, "config", None)                                   # a preset's rebuild keywords
+        if isinstance(config, dict):
+            config.pop("attention", None)
+            if not options.empty:
+                config["attention"] = options.to_dict()
+        return self
 
     @property
     def embed_pe(self) -> Optional[nn.Module]:
