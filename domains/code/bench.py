@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["extrapolation", "speed", "EXTRAPOLATION_MODELS", "SPEED_BASELINE", "SPEED_MODELS",
            "DEFAULT_LENGTHS", "run_extrapolation", "run_speed"]
@@ -61,14 +61,19 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
                   root: Optional[str] = None, vocab_size: int = 8192, tokenizer_files: Optional[int] = 400,
                   lr: float = 2e-3, model_kwargs: Optional[Dict[str, Any]] = None, amp: str = "auto",
                   device: str = "auto", seed: int = 0, progress: bool = True,
-                  runs: Optional[Sequence[str]] = None, retrain: bool = False) -> Dict[str, Any]:
+                  runs: Optional[Sequence[str]] = None, retrain: bool = False, extend: str = "none",
+                  longrope_factors: Optional[str] = None) -> Dict[str, Any]:
     """Train every model of ``models`` at ``train_len`` tokens and score it at every length of ``lengths``; writes
     and returns the results (see the module docstring). ``amp="auto"`` is bf16 autocast where the device computes bf16 natively (`zoo.bench.bf16_native`).
 
     ``runs``: finished ``causal_lm`` run folders (e.g. the ``configs/code`` recipes' outputs) to score instead of
     training: each model is scored with its own tokenizer on the test split of ``dataset``; ``models``, ``steps``
     and ``train_len`` then come from the runs.  A model already trained in ``out`` with the same config and
-    tokenizer is reused (scored again, not retrained) unless ``retrain``."""
+    tokenizer is reused (scored again, not retrained) unless ``retrain``.
+
+    ``extend``: training-free context extensions (`zoo.extend`) each model is also scored with: ``"none"``, ``"all"``
+    (every method that fits a model's encoding; LongRoPE when ``longrope_factors`` names a search result) or
+    comma-separated names; a method that does not fit a model is skipped for it (``skipped`` in the result)."""
     from types import SimpleNamespace
 
     from zoo.errors import ConfigError
@@ -94,7 +99,8 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
     amp_mode = used or "off"
     tree = open_source_tree(dataset, root)
     if runs:
-        return _extrapolation_of_runs(runs, lengths, out_dir, eval_tokens, tree, dev, amp_mode, autocast, progress)
+        return _extrapolation_of_runs(runs, lengths, out_dir, eval_tokens, tree, dev, amp_mode, autocast, progress,
+                                      extend, longrope_factors)
 
     # one tokenizer and one test stream for every model
     d = SimpleNamespace(tokenizer=None, vocab_size=vocab_size, tokenizer_files=tokenizer_files)
@@ -106,7 +112,9 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
     stream = {k: v.to(dev) for k, v in stream_tensors(test).items()}
     tok_path = tokenizer.save(out_dir)
 
-    rows, train = [], {}
+    from zoo.extend import resolve_methods
+
+    rows, train, labels, skipped = [], {}, [], {}
     for name in models:
         run_dir = out_dir / "runs" / name
         cfg = {"task": "causal_lm",
@@ -127,35 +135,86 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
         train[name] = {"eval_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
                        "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir)}
         model, _ = load_run(run_dir, device=dev, allow_longer=True)
-        rows += _score(model, name, stream, lengths, eval_tokens, train_len, tokenizer.pad_id, autocast, progress)
+        new, scored, skip = _score_methods(run_dir, model, name, resolve_methods(extend, model, longrope_factors),
+                                           stream, lengths, eval_tokens, train_len, tokenizer.pad_id, autocast, dev,
+                                           progress)
+        rows += new
+        labels += scored
+        if skip:
+            skipped[name] = skip
         del model
 
     result = {"benchmark": "extrapolation", "domain": "code", "dataset": tree.name, "fingerprint": tree.fingerprint,
               "train_len": train_len, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
               "lengths": lengths, "eval_tokens": eval_tokens, "vocab_size": tokenizer.vocab_size,
-              "device": str(dev), "amp": amp_mode, "models": models, "train": train, "rows": rows}
+              "device": str(dev), "amp": amp_mode, "models": labels, "train": train, "rows": rows,
+              "extend": extend, "skipped": skipped}
     result = _write_result(result, out_dir)
     result["files"]["tokenizer"] = str(tok_path)
     return result
 
 
 def _score(model, name: str, stream, lengths: Sequence[int], eval_tokens: int, train_len: int, pad_id: int,
-           autocast, progress: bool = False) -> List[Dict[str, Any]]:
-    """One row per length: loss / perplexity / token accuracy on the first ``eval_tokens`` tokens of ``stream``."""
+           autocast, progress: bool = False, build=None, extra: Optional[Dict[str, Any]] = None
+           ) -> List[Dict[str, Any]]:
+    """One row per length: loss / perplexity / token accuracy on the first ``eval_tokens`` tokens of ``stream``,
+    tokens/s and the peak memory the scoring added (`zoo.bench.memory.PeakMemory`).  ``build(length)``: the model to
+    score at that length (a context extension is set per length) instead of ``model``; ``extra``: keys added to
+    every row."""
     from tqdm import tqdm
+
+    from zoo.bench.memory import PeakMemory
 
     from domains.code.task import lm_metrics
 
     rows = []
     for length in tqdm(lengths, desc=f"score {name}", unit="length", disable=not progress, dynamic_ncols=True):
+        m_ = model if build is None else build(length)
         windows = max(1, eval_tokens // length)
         bs = max(1, min(windows, 16384 // length))
-        t0 = time.perf_counter()
-        m = lm_metrics(model, stream, length, windows, bs, pad_id, autocast)
+        device = next(m_.parameters()).device
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            m = lm_metrics(m_, stream, length, windows, bs, pad_id, autocast)
+            dt = time.perf_counter() - t0
         rows.append({"model": name, "length": length, "trained_at": train_len, "loss": m["loss"],
                      "ppl": m["perplexity"], "token_accuracy": m["token_accuracy"], "tokens": int(m["tokens"]),
-                     "eval_s": round(time.perf_counter() - t0, 3)})
+                     "eval_s": round(dt, 3), "tokens_per_s": round(int(m["tokens"]) / max(dt, 1e-9), 1),
+                     "peak_mib": round(mem.peak_mib, 1), "growth_mib": round(mem.growth_mib, 1), **(extra or {})})
+        if build is not None:
+            del m_
     return rows
+
+
+def _score_methods(run_dir: Path, model, name: str, methods, stream, lengths: Sequence[int], eval_tokens: int,
+                   train_len: int, pad_id: int, autocast, dev, progress: bool) -> Tuple[List[Dict[str, Any]],
+                                                                                       List[str], List[str]]:
+    """Score ``model`` (the run in ``run_dir``) under each training-free extension of ``methods`` (`zoo.extend`):
+    ``(rows, labels scored, methods skipped because they do not fit)``.  Each (method, length) cell rebuilds the
+    model from the run with the method's ``pe=`` / ``attention=`` and the trained weights."""
+    from domains.code.task import load_run
+
+    rows, labels, skipped = [], [], []
+    for method in methods:
+        if not method.fits(model):
+            skipped.append(method.name)
+            continue
+        label = name if method.name == "none" else f"{name} +{method.name}"
+        extra = {"base_model": name, "method": method.name}
+        if method.name == "none":
+            rows += _score(model, label, stream, lengths, eval_tokens, train_len, pad_id, autocast, progress,
+                           extra=extra)
+        else:
+            def build(length, method=method):
+                return load_run(run_dir, device=dev, allow_longer=True,
+                                overrides=method.overrides(model, train_len, length))[0]
+            new = _score(model, label, stream, lengths, eval_tokens, train_len, pad_id, autocast, progress,
+                         build=build, extra=extra)
+            for r in new:
+                r["overrides"] = method.overrides(model, train_len, r["length"])
+            rows += new
+        labels.append(label)
+    return rows, labels, skipped
 
 
 def _write_result(result: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
@@ -165,7 +224,8 @@ def _write_result(result: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
 
 
 def _extrapolation_of_runs(runs: Sequence[str], lengths: List[int], out_dir: Path, eval_tokens: int, tree, dev,
-                           amp_mode: str, autocast, progress: bool) -> Dict[str, Any]:
+                           amp_mode: str, autocast, progress: bool, extend: str = "none",
+                           longrope_factors: Optional[str] = None) -> Dict[str, Any]:
     """`extrapolation` on finished run folders (arguments already checked): no training, each model with the
     tokenizer saved in its run, on the test split of ``tree``."""
     import hashlib
@@ -178,7 +238,9 @@ def _extrapolation_of_runs(runs: Sequence[str], lengths: List[int], out_dir: Pat
 
     test_files = tree.split("test")
     streams: Dict[str, Any] = {}                                  # tokenizer digest -> test stream
-    rows, train, models, train_lens, steps = [], {}, [], set(), set()
+    from zoo.extend import resolve_methods
+
+    rows, train, models, train_lens, steps, skipped = [], {}, [], set(), set(), {}
     for run in runs:
         run_dir = Path(run).expanduser()
         summary_path = run_dir / "summary.json"
@@ -201,14 +263,19 @@ def _extrapolation_of_runs(runs: Sequence[str], lengths: List[int], out_dir: Pat
         if train_lens and train_len not in train_lens:
             raise ConfigError(f"--runs: {run_dir} was trained at {train_len} tokens, the others at "
                               f"{train_lens.pop()}: compare runs of one training length")
-        models.append(name)
         train_lens.add(train_len)
         steps.add(int(summary.get("steps") or 0))
         train[name] = {"eval_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
                        "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir), "steps": summary.get("steps"),
                        "train_len": train_len, "tokenizer_sha256": digest}
-        rows += _score(model, name, streams[digest], lengths, eval_tokens, train_len, tokenizer.pad_id, autocast,
-                       progress)
+        methods = resolve_methods(extend, model, longrope_factors)
+        new, labels, skip = _score_methods(run_dir, model, name, methods, streams[digest], lengths, eval_tokens,
+                                           train_len, tokenizer.pad_id, autocast, dev, progress)
+        rows += new
+        models += labels
+        if skip:
+            skipped[name] = skip
+            print(f"{name}: {', '.join(skip)} do(es) not fit its encoding; skipped", file=sys.stderr)
         del model
     if len(streams) > 1:
         print(f"note: the runs use {len(streams)} different tokenizers: perplexities per token are not comparable "
@@ -218,7 +285,8 @@ def _extrapolation_of_runs(runs: Sequence[str], lengths: List[int], out_dir: Pat
               "steps": steps.pop() if len(steps) == 1 else sorted(steps), "batch_size": None, "lr": None,
               "seed": None, "lengths": lengths, "eval_tokens": eval_tokens, "vocab_size": None,
               "device": str(dev), "amp": amp_mode, "models": models, "train": train, "rows": rows,
-              "from_runs": [str(r) for r in runs], "tokenizers": len(streams)}
+              "from_runs": [str(r) for r in runs], "tokenizers": len(streams), "extend": extend,
+              "skipped": skipped}
     return _write_result(result, out_dir)
 
 
@@ -370,6 +438,14 @@ def speed(models: Optional[Sequence[str]] = None, baseline: str = SPEED_BASELINE
 
 _RUNS_OPTION = [(("--runs",), dict(default=None, help="comma-separated finished causal_lm run folders to score "
                                                       "instead of training (e.g. the configs/code recipes' outputs)"))]
+_RUNS_OPTION += [
+    (("--extend",), dict(default=None, help="training-free context extensions to score each model with (zoo.extend): "
+                                            "'all' (every method that fits), or comma-separated names among none, "
+                                            "pi, ntk, dynamic, yarn, llama3, longrope, self_extend, string, "
+                                            "lm_infinite, log_scale, alibi_interp; default none")),
+    (("--longrope-factors",), dict(default=None, help="a LongRoPE factors file (zoo longrope-search) for the "
+                                                      "'longrope' method")),
+]
 SPEED_OPTIONS = [
     (("--seq-len",), dict(type=int, default=512, help="tokens per training sequence")),
     (("--prompt",), dict(type=int, default=128, help="prompt tokens for generate()")),
@@ -389,7 +465,9 @@ def run_extrapolation(args) -> int:
                            batch_size=args.batch_size or 16, eval_tokens=args.eval_tokens,
                            out=args.out or "runs/bench/extrapolation_code", root=args.data_root,
                            dataset="source_tree" if args.data_root else "cpython_stdlib",
-                           device=args.device, progress=not args.quiet)
+                           device=args.device, progress=not args.quiet,
+                           extend=getattr(args, "extend", None) or "none",
+                           longrope_factors=getattr(args, "longrope_factors", None))
     if getattr(args, "json", None):
         from zoo.io import atomic_write_text
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")

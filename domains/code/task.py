@@ -320,9 +320,12 @@ class CausalLMTask(Task):
 
 # ---- a trained run back as model + tokenizer --------------------------------------------------------------------
 
-def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu", allow_longer: bool = False):
+def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu", allow_longer: bool = False,
+             overrides: Optional[dict] = None):
     """``(model, tokenizer)`` of a finished ``causal_lm`` run folder (``summary.json``, ``model.safetensors``,
-    ``tokenizer.json``); the model is in eval mode and knows its tokenizer's newline tokens (for ``generate``)."""
+    ``tokenizer.json``); the model is in eval mode and knows its tokenizer's newline tokens (for ``generate``).
+    ``overrides``: builder keywords replacing the run's (e.g. ``pe=`` / ``attention=`` of a training-free context
+    extension, `zoo.extend`); the trained weights must still load."""
     import zoo
     from domains.code.tokenizer import TOKENIZER_FILE, CodeTokenizer
 
@@ -333,6 +336,8 @@ def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu"
     if kwargs.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
         raise CheckpointError(f"{run_dir}: {TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the model only "
                               f"{kwargs['vocab_size']}: the tokenizer does not belong to these weights")
+    if overrides:
+        kwargs = {**kwargs, **overrides}
     model = zoo.create(name, pretrained_file=str(weights), **kwargs)
     if allow_longer and hasattr(model, "allow_longer"):
         model.allow_longer = True

@@ -139,3 +139,44 @@ def test_code_speed_bench_structure(tmp_path, monkeypatch, capsys):
         # bf16 autocast only where the CPU computes bf16 natively (emulated bf16 would time the emulation)
         assert r["amp"] == ("bf16" if bf16_native(torch.device("cpu")) else "off")
     assert "code_lm_hirope_tiny" in capsys.readouterr().out
+
+
+def test_extrapolation_with_training_free_extensions(src, tmp_path, capsys):
+    trained = tmp_path / "trained"
+    bench.extrapolation(models=["code_lm_rope_tiny", "code_lm_alibi_tiny"], steps=3, lengths=[64], train_len=64,
+                        batch_size=4, out=str(trained), eval_tokens=256, dataset="source_tree", root=str(src),
+                        vocab_size=300, tokenizer_files=None, device="cpu",
+                        model_kwargs={"dim": 32, "depth": 1, "num_heads": 2}, progress=False)
+    runs = [str(trained / "runs" / m) for m in ("code_lm_rope_tiny", "code_lm_alibi_tiny")]
+    out = tmp_path / "ext"
+    assert main(["bench", "extrapolation", "--domain", "code", "--runs", ",".join(runs), "--lengths", "64,128",
+                 "--eval-tokens", "256", "--data-root", str(src), "--device", "cpu", "--out", str(out),
+                 "--extend", "all", "--quiet"]) == 0
+    data = json.loads((out / "extrapolation.json").read_text())
+    from zoo.extend import METHODS
+    rope = [m for m in METHODS if METHODS[m].fits_fn(__import__("zoo").pe.build("rope", head_dim=16))]
+    want = ["code_lm_rope_tiny"] + [f"code_lm_rope_tiny +{m}" for m in rope if m != "none"] + \
+        ["code_lm_alibi_tiny", "code_lm_alibi_tiny +log_scale", "code_lm_alibi_tiny +alibi_interp"]
+    assert data["models"] == want
+    assert data["skipped"] == {}, "'all' takes the methods that fit each model"
+    named = bench.extrapolation(runs=runs[1:], lengths=[64], out=str(tmp_path / "named"), dataset="source_tree",
+                                root=str(src), device="cpu", progress=False, extend="none,pi")
+    assert named["models"] == ["code_lm_alibi_tiny"] and named["skipped"] == {"code_lm_alibi_tiny": ["pi"]}
+    ppl = {(r["model"], r["length"]): r for r in data["rows"]}
+    for label in want:
+        for L in (64, 128):
+            r = ppl[(label, L)]
+            assert math.isfinite(r["ppl"]) and r["tokens"] == 256 and r["tokens_per_s"] > 0 and r["peak_mib"] > 0
+    # at the training length a method leaves the model as it is (except STRING's local window, by design at
+    # any length, and the log scale which is 1 there): the same perplexity as the plain model
+    for label in want:
+        base = ppl[(label.split(" +")[0], 64)]["ppl"]
+        assert ppl[(label, 64)]["ppl"] == pytest.approx(base, rel=1e-5), label
+    # beyond it each method changes the model, and says how
+    for label in want[1:]:
+        if "+" in label and "alibi_tiny" not in label:
+            assert ppl[(label, 128)]["ppl"] != ppl[("code_lm_rope_tiny", 128)]["ppl"], label
+            assert ppl[(label, 128)]["overrides"], label
+    with pytest.raises(ConfigError, match="closest: yarn"):
+        bench.extrapolation(runs=runs[:1], lengths=[64], out=str(tmp_path / "z"), dataset="source_tree",
+                            root=str(src), device="cpu", progress=False, extend="yarm")

@@ -133,8 +133,14 @@ def test_extension_reads_positions_and_refuses_what_it_cannot_take(one_thread):
         want = out_proj(attn, self_extend_attention(q, k, v, attn.pe, 2, 4, q_idx=torch.arange(5, 5 + N),
                                                     k_idx=torch.arange(5, 5 + N)))
         torch.testing.assert_close(attn(x, shifted), want, atol=2e-6, rtol=1e-5)
-    with pytest.raises(ValueError, match="padding mask or doc_ids"):
-        attn(x, Positions(ids=torch.arange(N)[None], mask=torch.ones(1, N, dtype=torch.bool)))
+    right = torch.ones(1, N, dtype=torch.bool)
+    right[0, -5:] = False                                                       # right padding: real rows unchanged
+    torch.testing.assert_close(attn(x, Positions(ids=torch.arange(N)[None], mask=right))[:, :-5],
+                               attn(x[:, :-5]), atol=2e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="right padding only"):
+        attn(x, Positions(ids=torch.arange(N)[None], mask=right.flip(-1)))
+    with pytest.raises(ValueError, match="doc_ids"):
+        attn(x, Positions.packed(torch.zeros(1, N, dtype=torch.long)))
     with pytest.raises(ValueError, match="same positions for every sequence"):
         attn(torch.randn(2, 4, C), Positions(ids=torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])))
     with pytest.raises(ConfigError, match="must be a RoPE"):

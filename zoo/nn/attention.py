@@ -325,9 +325,15 @@ class Attention(nn.Module):
         nq = q.shape[-2]
         past = 0 if cache is None else cache.length
         nk = past + nq
-        if pos is not None and (pos.mask is not None or pos.doc_ids is not None):
-            raise ValueError(f"the {type(self.extension).__name__} extension takes no padding mask or doc_ids: run "
-                             f"unpadded sequences of one document")
+        if pos is not None and pos.doc_ids is not None:
+            raise ValueError(f"the {type(self.extension).__name__} extension takes no doc_ids: run sequences of one "
+                             f"document")
+        if pos is not None and pos.mask is not None:
+            # causal: padding after the last real token is never seen by a real one; any other padding would be
+            m = pos.mask.to(torch.bool)
+            if m.ndim != 2 or bool((m[:, 1:] & ~m[:, :-1]).any()):
+                raise ValueError(f"the {type(self.extension).__name__} extension takes right padding only (padding "
+                                 f"after the last real token of each sequence)")
         ids = None if pos is None else pos.ids
         if ids is None:
             ids = torch.arange(nk, device=q.device)
