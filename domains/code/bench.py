@@ -484,6 +484,19 @@ def run_speed(args) -> int:
     return 0
 
 
+def run_streaming(args) -> int:
+    """``zoo bench streaming --domain code``: `zoo.bench.streaming` over code LMs (default ``code_lm_rope_tiny``)."""
+    from zoo.bench import parse_list, resolve_device
+    from zoo.bench.streaming import streaming_bench
+
+    models = _check_models(parse_list(getattr(args, "models", None)) or ["code_lm_rope_tiny"])
+    streaming_bench(models, tokens=parse_list(args.stream_tokens, int) or (2000, 20000), window=args.window or 1024,
+                    sinks=4 if args.sinks is None else args.sinks, full_cache=bool(args.full_cache),
+                    device=str(resolve_device(args.device)), progress=not args.quiet,
+                    json_path=getattr(args, "json", None))
+    return 0
+
+
 def _register() -> None:
     from zoo.bench import register_bench
     from zoo.extrapolation import OPTIONS as EXTRAPOLATION_OPTIONS
@@ -493,6 +506,9 @@ def _register() -> None:
                    defaults={"steps": 300, "lengths": ",".join(map(str, DEFAULT_LENGTHS)), "train_len": 512,
                              "eval_tokens": 32768},
                    help="code LMs trained at --train-len, perplexity at every length")
+    from zoo.bench.streaming import OPTIONS as STREAMING_OPTIONS
+    register_bench("streaming", run_streaming, variant="code", default=True, options=STREAMING_OPTIONS,
+                   help="generate() over many tokens with a bounded (streaming) and the full KV cache")
     register_bench("code", run_speed, options=SPEED_OPTIONS,
                    help="code LMs: training throughput vs NoPE, generate() with and without the KV cache")
 

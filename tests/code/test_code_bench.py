@@ -180,3 +180,17 @@ def test_extrapolation_with_training_free_extensions(src, tmp_path, capsys):
     with pytest.raises(ConfigError, match="closest: yarn"):
         bench.extrapolation(runs=runs[:1], lengths=[64], out=str(tmp_path / "z"), dataset="source_tree",
                             root=str(src), device="cpu", progress=False, extend="yarm")
+
+
+def test_streaming_bench_runs_each_cell_in_its_own_process(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert main(["bench", "streaming", "--domain", "code", "--stream-tokens", "12,40", "--window", "8", "--sinks",
+                 "2", "--full-cache", "--device", "cpu", "--json", str(out), "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    cells = [(r["cache"], r["tokens"], r["generated"], r["window"]) for r in data["rows"]]
+    assert cells == [("streaming", 12, 12, 8), ("streaming", 40, 40, 8), ("full", 12, 12, None),
+                     ("full", 40, 40, None)]
+    for r in data["rows"]:
+        assert r["peak_mib"] >= r["rss_before_mib"] > 0 and r["tokens_per_s"] > 0
+    assert [(q["cache"], q["tokens"]) for q in data["ratios"]] == [("streaming", [12, 40]), ("full", [12, 40])]
+    assert "peak x" in capsys.readouterr().out

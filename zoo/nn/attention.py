@@ -49,7 +49,7 @@ from .chunked import DEFAULT_MAX_BIAS_BYTES, biased_gemm_attention, plan_chunk_r
 from .masks import AttentionMask
 from .temperature import Temperature
 
-__all__ = ["Attention", "KVCache", "build_attn_mask", "split_heads", "merge_heads"]
+__all__ = ["Attention", "KVCache", "StreamingKVCache", "build_attn_mask", "split_heads", "merge_heads"]
 
 
 def split_heads(qkv: Tensor, num_heads: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -127,9 +127,75 @@ class KVCache:
     def reset(self) -> None:
         self.k = self.v = None
 
+    @property
+    def size(self) -> int:
+        """Number of keys held (== `length`; a `StreamingKVCache` holds fewer than it has seen)."""
+        return self.length
+
     def __repr__(self) -> str:
         shape = None if self.k is None else tuple(self.k.shape)
         return f"KVCache(length={self.length}, k={shape})"
+
+
+class StreamingKVCache(KVCache):
+    """A bounded KV cache for endless decoding (StreamingLLM, Xiao et al., "Efficient Streaming Language Models with
+    Attention Sinks", ICLR 2024, arXiv 2309.17453): after every step only the first ``sinks`` tokens and the last
+    ``window`` tokens stay, so memory stays flat however long the generation runs.
+
+    ``length`` counts every token seen (what positions describe); ``size`` the keys held; ``kept`` their absolute
+    token indices ``[size]``.  Keys are held *un-rotated*: a rotary encoding turns them at their index in the cache
+    (``0 .. size - 1``, the new queries last), as the official code does, so distances never exceed the cache; a
+    position-only bias (ALiBi, T5, KERPLE, FIRE) sees the kept tokens at their own positions.  While nothing has been
+    evicted (``length <= sinks + window``) this is exactly the full cache.
+    """
+
+    def __init__(self, window: int, sinks: int = 4):
+        super().__init__()
+        for name, v, low in (("window", window, 1), ("sinks", sinks, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"StreamingKVCache: {name} must be an int >= {low}, got {v!r}")
+        self.window, self.sinks = window, sinks
+        self.seen = 0
+        self.kept: Optional[Tensor] = None                                       # [size] absolute indices
+
+    @property
+    def length(self) -> int:
+        return self.seen
+
+    @property
+    def size(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def add(self, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Hold the new un-rotated ``k``, ``v`` ``[b, h, n_new, d]``; returns the held keys and values plus the new
+        ones and their absolute indices (``[size + n_new]``).  Call `evict` after the attention."""
+        n = k.shape[-2]
+        idx = torch.arange(self.seen, self.seen + n, device=k.device)
+        if self.k is not None:
+            if self.k.shape[:2] != k.shape[:2] or self.k.shape[-1] != k.shape[-1]:
+                raise ValueError(f"the cache holds keys {tuple(self.k.shape)} [b, h, n, d] but the new keys are "
+                                 f"{tuple(k.shape)}: batch, heads and head dim must match")
+            k, v = torch.cat([self.k, k.to(self.k.dtype)], dim=-2), torch.cat([self.v, v.to(self.v.dtype)], dim=-2)
+            idx = torch.cat([self.kept.to(idx.device), idx])
+        self.k, self.v, self.kept = k, v, idx
+        self.seen += n
+        return k, v, idx
+
+    def evict(self) -> None:
+        """Keep the first ``sinks`` and the last ``window`` held tokens."""
+        size = self.size
+        if size <= self.sinks + self.window:
+            return
+        keep = torch.cat([torch.arange(self.sinks), torch.arange(size - self.window, size)]).to(self.k.device)
+        self.k, self.v = self.k.index_select(-2, keep), self.v.index_select(-2, keep)
+        self.kept = self.kept.index_select(0, keep.to(self.kept.device))
+
+    def reset(self) -> None:
+        super().reset()
+        self.seen, self.kept = 0, None
+
+    def __repr__(self) -> str:
+        return f"StreamingKVCache(sinks={self.sinks}, window={self.window}, seen={self.seen}, size={self.size})"
 
 
 class Attention(nn.Module):
@@ -301,6 +367,8 @@ class Attention(nn.Module):
         ``pos`` describes all ``nk = cache.length + nq`` keys (None: token indices ``0..nk-1``); the rotation sees
         ``pos.tail(nq)``, the bias hook and the masks see ``pos``.  The rotated new keys and the values are added to
         ``cache``."""
+        if isinstance(cache, StreamingKVCache):
+            return self.attend_streaming(q, k, v, pos, cache)
         nq, past = q.shape[-2], cache.length
         nk = past + nq
         if pos is not None:
@@ -316,6 +384,50 @@ class Attention(nn.Module):
             q, k = self.pe.rotate(q, k, new_pos)
         k, v = cache.append(k, v)                                                # [b, h, nk, d]
         return self._attend_rotated(q, k, v, pos)
+
+    def attend_streaming(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions],
+                         cache: StreamingKVCache) -> Tensor:
+        """Attention of the new ``q, k, v`` ``[b, h, nq, d]`` over a `StreamingKVCache` (held keys + new ones), then
+        eviction.  ``pos`` describes every token seen (``cache.length + nq``); supported encodings: none, a rotary
+        one over ``Positions.ids`` (re-positioned at cache indices) and a position-only bias over ``ids`` (kept
+        positions)."""
+        from .fit import needs_of
+        pe = self.pe
+        nq = q.shape[-2]
+        seen = cache.length + nq
+        if pos is not None and pos.num_tokens is not None and pos.num_tokens != seen:
+            raise ValueError(f"pos describes {pos.num_tokens} tokens but the streaming cache has seen {seen} "
+                             f"({cache.length} before + {nq} new): pos must describe every token seen")
+        if self.mask is not None or self.extension is not None or \
+                (pos is not None and (pos.doc_ids is not None or pos.mask is not None)):
+            raise ValueError("a streaming KV cache takes no attention mask, extension, padding mask or doc_ids")
+        rotary = pe is not None and pe.has_rotate
+        bias = pe is not None and pe.has_bias
+        hooked = pe is not None and (rotary or bias or pe.needs_weights or pe.has_embed)
+        if hooked and (pe.needs_weights or (rotary and bias) or needs_of(pe) != ("ids",)
+                               or (bias and not pe.bias_from_positions_only) or pe.has_embed):
+            raise ConfigError(f"a streaming KV cache re-positions rotary keys or keeps the positions of a "
+                              f"position-only bias; {type(pe).__name__} is neither")
+        k, v, kept = cache.add(k, v)                                             # [b, h, size + nq, d]
+        n = k.shape[-2]
+        if rotary:
+            q, k = pe.rotate(q, k, Positions(ids=torch.arange(n, device=q.device)))   # cache indices
+            out = self._attend_rotated(self._scaled_at(q, kept[n - nq:]), k, v, None, pre_scaled=True)
+        else:
+            kpos = None
+            if bias:
+                ids = pos.ids if pos is not None and pos.ids is not None else \
+                    torch.arange(seen, device=q.device)
+                kpos = Positions(ids=ids.index_select(-1, kept.to(ids.device)))
+            out = self._attend_rotated(self._scaled_at(q, kept[n - nq:]), k, v, kpos, pre_scaled=True)
+        cache.evict()
+        return out
+
+    def _scaled_at(self, q: Tensor, idx: Tensor) -> Tensor:
+        """``q`` times the temperature at absolute query indices ``idx`` ``[nq]``."""
+        if self.temperature is None:
+            return q
+        return self.temperature.scale_queries(q, idx.to(q.device), self.layer_idx)
 
     def attend_extended(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions],
                         cache: Optional[KVCache]) -> Tensor:
@@ -392,7 +504,7 @@ class Attention(nn.Module):
         return self.temperature.scale_queries(q, idx, self.layer_idx)
 
     def _attend_rotated(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions],
-                        cross: bool = False) -> Tensor:
+                        cross: bool = False, pre_scaled: bool = False) -> Tensor:
         """Bias hook, masks, temperature and the softmax on already-rotated q ``[b, h, nq, d]``, k/v ``[b, h, nk, d]``;
         the queries are the last ``nq`` of the ``nk`` keys (``cross``: queries from another sequence)."""
         pe = self.pe
@@ -408,14 +520,15 @@ class Attention(nn.Module):
         has_bias = pe is not None and pe.has_bias
         chunk = self._query_chunk(q, k) if (has_bias or rule is not None) and not needs_weights else None
         if chunk is not None and (not has_bias or pe.has_bias_rows):
-            return self._attend_chunked(q, k, v, pos, causal, chunk, None, rule)  # never builds the whole bias
+            return self._attend_chunked(q, k, v, pos, causal, chunk, None, rule, pre_scaled)   # no whole bias
         bias = None
         if pe is not None:
             bias = pe.shared_bias(q, k, pos, self.scale)                         # once per forward in pe.shared()
         if chunk is not None and bias is not None:
-            return self._attend_chunked(q, k, v, pos, causal, chunk, bias, rule)  # one full bias, sliced per chunk
+            return self._attend_chunked(q, k, v, pos, causal, chunk, bias, rule, pre_scaled)   # bias sliced
         has_pad = pos is not None and pos.mask is not None
-        q = self._scaled(q, 0 if cross else nk - nq)                             # after the bias hook read q
+        if not pre_scaled:
+            q = self._scaled(q, 0 if cross else nk - nq)                         # after the bias hook read q
         extra = None if rule is None else rule.for_cache(nq, nk, docs=pos.doc_ids, device=q.device,
                                                          additive=q.dtype)      # [b|1, 1, nq, nk]
 
@@ -461,7 +574,8 @@ class Attention(nn.Module):
         return plan_chunk_rows(b, h, nq, nk, getattr(self.pe, "bias_floats_per_pair", None), self.max_bias_bytes)
 
     def _attend_chunked(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions], causal: bool, chunk: int,
-                        bias: Optional[Tensor], rule: Optional[AttentionMask] = None) -> Tensor:
+                        bias: Optional[Tensor], rule: Optional[AttentionMask] = None,
+                        pre_scaled: bool = False) -> Tensor:
         """The bias / mask path one block of ``chunk`` queries at a time; ``bias`` None: rows from ``pe.bias_rows``
         (when the encoding has a bias), else the full ``[b|1, h|1, nq, nk]`` bias sliced per block; ``rule``: the
         mask's rows of each block."""
@@ -480,7 +594,8 @@ class Attention(nn.Module):
                 bc = bias if bias.shape[-2] == 1 else bias[..., s:e, :]
             else:
                 bc = None
-            qc = self._scaled(qc, offset + s)
+            if not pre_scaled:
+                qc = self._scaled(qc, offset + s)
             mask = build_attn_mask(bc, pos, e - s, nk, causal, qc.dtype, qc.device, query_start=offset + s)
             if rule is not None:
                 mask = _with_rule(mask, rule.rows(offset + s, e - s, nk, docs=docs, device=qc.device,

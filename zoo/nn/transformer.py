@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..pe.bipe import segment_intra
 from ..positions import Positions
 from ..errors import ConfigError
-from .attention import KVCache
+from .attention import KVCache, StreamingKVCache
 from .block import Block, shared_encodings
 from .fit import check_fit, needs_of, spec_name
 from .generation import check_generate_args, check_input_ids, check_positions, check_prompt, check_seq_len, decode
@@ -291,8 +291,9 @@ class TransformerEncoder(nn.Module):
         return self.default_positions(tokens)
 
     # ---- forward ----------------------------------------------------------------------------------------------
-    def make_cache(self) -> List[KVCache]:
-        """An empty KV cache (causal models): one `KVCache` per block."""
+    def make_cache(self, window: Optional[int] = None, sinks: int = 4) -> List[KVCache]:
+        """An empty KV cache (causal models): one `KVCache` per block; with ``window``, a bounded
+        `StreamingKVCache` per block (the first ``sinks`` tokens and the last ``window`` stay)."""
         if not self.causal:
             raise ValueError(f"a KV cache needs a causal model{self.decoder_hint}; an encoder's earlier outputs "
                              f"change with every new token")
@@ -301,6 +302,8 @@ class TransformerEncoder(nn.Module):
                              f"(name).causal_ok: its keys change as the sequence grows), so KV-cache decoding would "
                              f"not give the full forward's outputs; use generate(use_cache=False) or forward on the "
                              f"whole sequence")
+        if window is not None:
+            return [StreamingKVCache(window, sinks) for _ in self.blocks]
         return [KVCache() for _ in self.blocks]
 
     init_cache = make_cache
@@ -327,7 +330,8 @@ class TransformerEncoder(nn.Module):
         nk = past + n
         note = " (BiPE's intra-segment positions clip at max_intra - 1)" \
             if self._embed_positions is segment_intra_positions else ""
-        check_seq_len(n, past, self.max_seq_len, self.allow_longer, note)
+        held = cache[0].size if cache is not None else 0                          # a streaming cache holds fewer
+        check_seq_len(n, held, self.max_seq_len, self.allow_longer, note)
         if pos is None:
             pos = self.default_positions(input_ids, past)
         check_positions(pos, self.needs, b, nk, past, f"{type(self).__name__}(pe={self.pe_kind!r})",
@@ -380,13 +384,16 @@ class TransformerEncoder(nn.Module):
     def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
                  use_cache: bool = True, generator: Optional[torch.Generator] = None,
                  pos_fn: Optional[Callable[[Tensor, Positions], Positions]] = None,
-                 pos: Optional[Positions] = None) -> Tensor:
+                 pos: Optional[Positions] = None, window: Optional[int] = None, sinks: int = 4) -> Tensor:
         """Append ``max_new_tokens`` sampled tokens to ``input_ids`` ``[b, n]``; returns ``[b, n + max_new_tokens]``.
 
         Args:
             temperature: 0 = greedy (argmax); else sample from ``softmax(logits / temperature)``.
             top_k: sample among the ``top_k`` most likely tokens only.
             use_cache: decode one token at a time with a KV cache (else re-run the whole sequence each step).
+            window, sinks: streaming generation (StreamingLLM): the KV cache keeps the first ``sinks`` tokens and the
+                last ``window`` ones (`StreamingKVCache`), so memory stays flat over any number of new tokens; the
+                same tokens as the full cache while ``prompt + new <= sinks + window``.  Needs ``use_cache``.
             generator: a ``torch.Generator`` for reproducible sampling.
             pos_fn: ``pos_fn(tokens [b, m + k], pos of the first m) -> Positions of all m + k``; default
                 `next_positions`.
@@ -405,8 +412,10 @@ class TransformerEncoder(nn.Module):
             # the prompt was checked above; every later id is sampled from this model's own vocabulary
             return self(ids, p, cache, check_ids=False)
 
+        if window is not None and not use_cache:
+            raise ValueError("window= (streaming generation) needs use_cache=True")
         return decode(step, input_ids, pos, pos_fn or self.next_positions, max_new_tokens, temperature, top_k,
-                      self.make_cache() if use_cache else None, generator)
+                      self.make_cache(window, sinks) if use_cache else None, generator)
 
 
 class DecoderLM(TransformerEncoder):
