@@ -484,6 +484,85 @@ def run_speed(args) -> int:
     return 0
 
 
+def longrope_search(run: str, target_len: int, out: str, eval_tokens: int = 8192, population: int = 16,
+                    generations: int = 6, parents: int = 8, mutations: int = 4, crossovers: int = 4,
+                    dataset: str = "cpython_stdlib", root: Optional[str] = None, split: str = "val",
+                    device: str = "auto", seed: int = 0, progress: bool = True) -> Dict[str, Any]:
+    """LongRoPE's factor search (`zoo.longrope_search.evolution_search`, the paper's seeds and operators, a small
+    budget) for the finished ``causal_lm`` run ``run`` (a plain-RoPE model): the objective is the perplexity at
+    ``target_len`` tokens on the first ``eval_tokens`` tokens of the held-out ``split`` (val: the extrapolation bench
+    scores test), the model rebuilt with ``pe=rope_longrope`` and the trained weights.  Writes the factors to
+    ``out`` (`SearchResult.save`; ``--extend longrope --longrope-factors out`` reads them) and returns a summary."""
+    from zoo.errors import ConfigError
+    from zoo.extend import encoding_of, _plain_rope, _rope_kwargs
+    from zoo.longrope_search import evolution_search
+    from zoo.bench import autocast as _autocast, resolve_device as _resolve_device
+
+    from domains.code.data import tokenize_files
+    from domains.code.task import lm_metrics, load_run, open_source_tree, stream_tensors
+
+    run_dir = Path(run).expanduser()
+    dev = _resolve_device(device)
+    autocast, _ = _autocast("auto", dev)
+    model, tokenizer = load_run(run_dir, device=dev, allow_longer=True)
+    rope = encoding_of(model)
+    if not _plain_rope(rope):
+        raise ConfigError(f"{run_dir}: LongRoPE searches the factors of a plain RoPE; this model's encoding is "
+                          f"{type(rope).__name__}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    train_len = int((summary.get("data") or {}).get("seq_len") or 0)
+    if not train_len or target_len <= train_len:
+        raise ConfigError(f"--target-len ({target_len}) must exceed the run's training length ({train_len})")
+    tree = open_source_tree(dataset, root)
+    held = tokenize_files(tree.split(split), tokenizer, progress=progress, cache_dir=True)
+    if len(held) < target_len + 1:
+        raise ConfigError(f"the {split} split of {tree.name} has {len(held)} tokens, fewer than --target-len + 1")
+    stream = {k: v.to(dev) for k, v in stream_tensors(held).items()}
+    windows = max(1, eval_tokens // target_len)
+    scale = target_len / train_len
+    half = rope.rot_dim // 2
+
+    def objective(factors):
+        spec = {"name": "rope_longrope", "long_factor": list(factors), "short_factor": [1.0] * half,
+                "original_max_position_embeddings": train_len, "factor": scale, **_rope_kwargs(rope)}
+        m, _ = load_run(run_dir, device=dev, allow_longer=True, overrides={"pe": spec})
+        return lm_metrics(m, stream, target_len, windows, 1, tokenizer.pad_id, autocast)["perplexity"]
+
+    t0 = time.perf_counter()
+    result = evolution_search(objective, rope.rot_dim, scale, original_max_position_embeddings=train_len,
+                              population=population, generations=generations, parents=parents, mutations=mutations,
+                              crossovers=crossovers, base=rope.base, seed=seed, progress=progress)
+    path = result.save(out)
+    info = {"run": str(run_dir), "target_len": target_len, "train_len": train_len, "split": split,
+            "eval_tokens": windows * target_len, "perplexity": result.value, "evaluations": result.evaluations,
+            "seconds": round(time.perf_counter() - t0, 1), "factors_file": str(path),
+            "history": result.history}
+    print(f"LongRoPE search on {run_dir.name}: perplexity {result.value:.3f} at {target_len} tokens ({split} "
+          f"split, {info['eval_tokens']} tokens) after {result.evaluations} evaluations; factors in {path}")
+    return info
+
+
+def run_longrope(args) -> int:
+    """``zoo bench longrope --domain code --runs RUN --target-len L --longrope-factors OUT``."""
+    from zoo.bench import parse_list
+    from zoo.errors import ConfigError
+
+    runs = parse_list(getattr(args, "runs", None)) or []
+    if len(runs) != 1 or not args.longrope_factors or not args.target_len:
+        raise ConfigError("zoo bench longrope needs --runs with one finished run, --target-len and "
+                          "--longrope-factors (the output file)")
+    info = longrope_search(runs[0], args.target_len, args.longrope_factors, eval_tokens=args.eval_tokens or 8192,
+                           population=args.population, generations=args.generations,
+                           parents=max(1, args.population // 2), mutations=max(1, args.population // 4),
+                           crossovers=max(1, args.population // 4),
+                           root=args.data_root, dataset="source_tree" if args.data_root else "cpython_stdlib",
+                           device=args.device, progress=not args.quiet)
+    if getattr(args, "json", None):
+        from zoo.io import atomic_write_text
+        atomic_write_text(args.json, json.dumps(info, indent=2) + "\n")
+    return 0
+
+
 def run_streaming(args) -> int:
     """``zoo bench streaming --domain code``: `zoo.bench.streaming` over code LMs (default ``code_lm_rope_tiny``)."""
     from zoo.bench import parse_list, resolve_device
@@ -509,6 +588,13 @@ def _register() -> None:
     from zoo.bench.streaming import OPTIONS as STREAMING_OPTIONS
     register_bench("streaming", run_streaming, variant="code", default=True, options=STREAMING_OPTIONS,
                    help="generate() over many tokens with a bounded (streaming) and the full KV cache")
+    register_bench("longrope", run_longrope, variant="code", default=True, options=_RUNS_OPTION + [
+        (("--target-len",), dict(type=int, default=None, help="the length the factors are searched for")),
+        (("--eval-tokens",), dict(type=int, default=None, help="held-out tokens scored per candidate")),
+        (("--data-root",), dict(default=None, help="a source tree instead of the CPython stdlib")),
+        (("--population",), dict(type=int, default=16, help="LongRoPE population P (official 64)")),
+        (("--generations",), dict(type=int, default=6, help="LongRoPE generations T (official 40)"))],
+        help="LongRoPE's factor search for a finished RoPE run, written to --longrope-factors")
     register_bench("code", run_speed, options=SPEED_OPTIONS,
                    help="code LMs: training throughput vs NoPE, generate() with and without the KV cache")
 

@@ -180,6 +180,27 @@ def test_extrapolation_with_training_free_extensions(src, tmp_path, capsys):
     with pytest.raises(ConfigError, match="closest: yarn"):
         bench.extrapolation(runs=runs[:1], lengths=[64], out=str(tmp_path / "z"), dataset="source_tree",
                             root=str(src), device="cpu", progress=False, extend="yarm")
+    # LongRoPE: a small search on the held-out split, written to a file the --extend method reads
+    factors = tmp_path / "factors.json"
+    assert main(["bench", "longrope", "--domain", "code", "--runs", runs[0], "--target-len", "128",
+                 "--eval-tokens", "128", "--population", "4", "--generations", "1", "--data-root", str(src),
+                 "--device", "cpu", "--longrope-factors", str(factors), "--json", str(tmp_path / "lr.json"),
+                 "--quiet"]) == 0
+    info = json.loads((tmp_path / "lr.json").read_text())
+    from zoo.longrope_search import load_factors
+    spec = load_factors(factors, head_dim=16)
+    assert spec["original_max_position_embeddings"] == 64 and spec["factor"] == 2.0
+    assert info["evaluations"] >= 4 and info["split"] == "val" and math.isfinite(info["perplexity"])
+    lr = bench.extrapolation(runs=runs[:1], lengths=[64, 128], out=str(tmp_path / "lr"), dataset="source_tree",
+                             root=str(src), device="cpu", progress=False, extend="none,longrope",
+                             longrope_factors=str(factors))
+    assert lr["models"] == ["code_lm_rope_tiny", "code_lm_rope_tiny +longrope"]
+    row = next(r for r in lr["rows"] if r["model"].endswith("+longrope") and r["length"] == 128)
+    assert row["overrides"]["pe"]["long_factor"] == spec["long_factor"]
+    with pytest.raises(ConfigError, match="plain RoPE"):
+        bench.longrope_search(runs[1], 128, str(tmp_path / "no.json"), root=str(src), dataset="source_tree",
+                              device="cpu", progress=False)
+    assert not (tmp_path / "no.json").exists()
 
 
 def test_streaming_bench_runs_each_cell_in_its_own_process(tmp_path, capsys):
