@@ -27,6 +27,12 @@ OPTIONS = [
     (("--out",), dict(default=None, help="output folder (JSON, PNG, runs); default "
                                          "runs/bench/extrapolation_<domain>")),
     (("--data-root",), dict(default=None, help="the data to train and score on instead of the default corpus")),
+    (("--extend",), dict(default=None, help="training-free context extensions to score each model with (zoo.extend): "
+                                            "'all' (every method that fits), or comma-separated names among none, "
+                                            "pi, ntk, dynamic, yarn, llama3, longrope, self_extend, string, "
+                                            "lm_infinite, log_scale, alibi_interp; default none")),
+    (("--longrope-factors",), dict(default=None, help="a LongRoPE factors file (zoo bench longrope) for the "
+                                                      "'longrope' method")),
 ]
 
 #: config keys that do not change what a run trains

@@ -438,14 +438,6 @@ def speed(models: Optional[Sequence[str]] = None, baseline: str = SPEED_BASELINE
 
 _RUNS_OPTION = [(("--runs",), dict(default=None, help="comma-separated finished causal_lm run folders to score "
                                                       "instead of training (e.g. the configs/code recipes' outputs)"))]
-_RUNS_OPTION += [
-    (("--extend",), dict(default=None, help="training-free context extensions to score each model with (zoo.extend): "
-                                            "'all' (every method that fits), or comma-separated names among none, "
-                                            "pi, ntk, dynamic, yarn, llama3, longrope, self_extend, string, "
-                                            "lm_infinite, log_scale, alibi_interp; default none")),
-    (("--longrope-factors",), dict(default=None, help="a LongRoPE factors file (zoo longrope-search) for the "
-                                                      "'longrope' method")),
-]
 SPEED_OPTIONS = [
     (("--seq-len",), dict(type=int, default=512, help="tokens per training sequence")),
     (("--prompt",), dict(type=int, default=128, help="prompt tokens for generate()")),
