@@ -30,9 +30,10 @@ def test_which_methods_fit_which_encoding():
     assert fitting_methods(zoo.create("code_lm_rope_tiny", vocab_size=V)) == [
         "none", "pi", "ntk", "dynamic", "yarn", "llama3", "self_extend", "string", "lm_infinite", "log_scale"]
     assert fitting_methods(zoo.create("code_lm_alibi_tiny", vocab_size=V)) == ["none", "log_scale", "alibi_interp"]
-    # BiPE's RoPE turns by line number and HiRoPE by syntax levels: the token-position methods do not fit them
-    for name in ("code_lm_bipe_tiny", "code_lm_hirope_tiny", "code_lm_nope_tiny"):
-        assert fitting_methods(zoo.create(name, vocab_size=V)) == ["none", "log_scale"], name
+    # BiPE's RoPE turns by line number and HiRoPE by syntax levels: of the RoPE methods only a raised base fits
+    for name in ("code_lm_bipe_tiny", "code_lm_hirope_tiny"):
+        assert fitting_methods(zoo.create(name, vocab_size=V)) == ["none", "ntk", "log_scale"], name
+    assert fitting_methods(zoo.create("code_lm_nope_tiny", vocab_size=V)) == ["none", "log_scale"]
     with pytest.raises(ConfigError, match="does not fit"):
         METHODS["pi"].overrides(zoo.create("code_lm_alibi_tiny", vocab_size=V), T, 2 * T)
 
@@ -92,3 +93,19 @@ def test_longrope_from_a_search_file(tmp_path, trained):
         resolve_methods("longrope", model)
     with pytest.raises(ConfigError, match="closest: self_extend"):
         resolve_methods("self_extnd", model)
+
+
+@pytest.mark.parametrize("name", ["code_lm_bipe_tiny", "code_lm_hirope_tiny"])
+def test_ntk_on_a_preset_rope_raises_its_base_and_keeps_the_rest(name):
+    from zoo.extend import merge_overrides
+    model = zoo.create(name, vocab_size=V, pe_kwargs={"base": 20000.0})
+    pe = encoding_of(model)
+    over = METHODS["ntk"].overrides(model, T, 4 * T)
+    d = getattr(pe, "rot_dim", None) or pe.head_dim
+    assert over == {"pe_kwargs": {"base": pytest.approx(20000.0 * 4.0 ** (d / (d - 2)), rel=1e-12)}}
+    run_kwargs = {"vocab_size": V, "pe_kwargs": {"base": 20000.0, "layout": "half"}}
+    merged = merge_overrides(run_kwargs, over)
+    assert merged["pe_kwargs"]["layout"] == "half" and merged["pe_kwargs"]["base"] > 20000.0
+    ext = zoo.create(name, **merged)
+    assert type(encoding_of(ext)) is type(pe) and encoding_of(ext).base == merged["pe_kwargs"]["base"]
+    ext.load_state_dict(model.state_dict())                                     # the trained weights still load

@@ -23,7 +23,9 @@ the papers' recipes for a model trained at ``T``:
     alibi_interp  ALiBi slopes divided by s                                        (Al-Khateeb et al., arXiv 2310.13017)
 
 RoPE methods fit a model whose encoding is plain RoPE over token positions (`zoo.pe.rope.RoPE` reading
-``Positions.ids``); ``alibi_interp`` fits plain ALiBi; ``none`` and ``log_scale`` fit every model.
+``Positions.ids``); ``ntk`` also fits a rotary encoding over other positions that has a ``base`` (BiPE's RoPE over
+line segments, HiRoPE over syntax levels), raised through the model's ``pe_kwargs`` (`merge_overrides` keeps the
+run's other ``pe_kwargs``); ``alibi_interp`` fits plain ALiBi; ``none`` and ``log_scale`` fit every model.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["ExtensionMethod", "METHODS", "encoding_of", "fitting_methods", "resolve_methods"]
+__all__ = ["ExtensionMethod", "METHODS", "encoding_of", "fitting_methods", "resolve_methods", "merge_overrides"]
 
 
 def encoding_of(model: nn.Module) -> Optional[nn.Module]:
@@ -51,6 +53,27 @@ def _plain_rope(pe) -> bool:
     from .pe.rope import RoPE
     from .pe.rope_scaling import ScaledRoPE
     return type(pe) is RoPE or (type(pe) is ScaledRoPE and not pe.scaling)
+
+
+def _base_rope(pe) -> bool:
+    """A rotary encoding with a frequency ``base`` that is not plain RoPE over token positions (BiPE's RoPE over
+    segments, HiRoPE over syntax levels): its base can still be raised (NTK-aware) through the model's
+    ``pe_kwargs``."""
+    base = getattr(pe, "base", None)
+    return (pe is not None and not _plain_rope(pe) and getattr(pe, "has_rotate", False)
+            and isinstance(base, (int, float)) and not isinstance(base, bool))
+
+
+def _plain_or_base_rope(pe) -> bool:
+    return _plain_rope(pe) or _base_rope(pe)
+
+
+def merge_overrides(kwargs: Dict[str, Any], overrides: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A run's builder keywords with a method's overrides: keys replaced, ``pe_kwargs`` merged key by key."""
+    out = {**kwargs, **(overrides or {})}
+    if overrides and "pe_kwargs" in overrides:
+        out["pe_kwargs"] = {**dict(kwargs.get("pe_kwargs") or {}), **overrides["pe_kwargs"]}
+    return out
 
 
 def _plain_alibi(pe) -> bool:
@@ -99,10 +122,11 @@ def _pi(pe, T, L):
 
 
 def _ntk(pe, T, L):
-    d = pe.rot_dim
-    kw = _rope_kwargs(pe)
-    kw["base"] = pe.base * _s(T, L) ** (d / (d - 2)) if d > 2 else pe.base
-    return {"pe": {"name": "rope", **kw}}
+    d = getattr(pe, "rot_dim", None) or pe.head_dim
+    base = pe.base * _s(T, L) ** (d / (d - 2)) if d > 2 else pe.base
+    if not _plain_rope(pe):
+        return {"pe_kwargs": {"base": base}}                                    # the model's own encoding
+    return {"pe": {"name": "rope", **{**_rope_kwargs(pe), "base": base}}}
 
 
 def _dynamic(pe, T, L):
@@ -158,7 +182,7 @@ METHODS: Dict[str, ExtensionMethod] = {m.name: m for m in (
     ExtensionMethod("pi", "Chen et al., Extending Context Window of Large Language Models via Positional "
                     "Interpolation, arXiv 2306.15595", _plain_rope, _pi),
     ExtensionMethod("ntk", "bloc97, NTK-Aware Scaled RoPE, r/LocalLLaMA 2023 (as analysed in Peng et al., YaRN, "
-                    "arXiv 2309.00071, sec. 3.1)", _plain_rope, _ntk),
+                    "arXiv 2309.00071, sec. 3.1)", _plain_or_base_rope, _ntk),
     ExtensionMethod("dynamic", "bloc97 & emozilla, Dynamically Scaled RoPE, 2023 (HF transformers 'dynamic')",
                     _plain_rope, _dynamic),
     ExtensionMethod("yarn", "Peng et al., YaRN: Efficient Context Window Extension of Large Language Models, "

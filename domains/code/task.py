@@ -441,7 +441,8 @@ def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu"
         raise CheckpointError(f"{run_dir}: {TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the model only "
                               f"{kwargs['vocab_size']}: the tokenizer does not belong to these weights")
     if overrides:
-        kwargs = {**kwargs, **overrides}
+        from zoo.extend import merge_overrides
+        kwargs = merge_overrides(kwargs, overrides)
     model = zoo.create(name, pretrained_file=str(weights), **kwargs)
     if allow_longer and hasattr(model, "allow_longer"):
         model.allow_longer = True

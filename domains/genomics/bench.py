@@ -142,7 +142,8 @@ def load_lm_run(run_dir, device="cpu", allow_longer: bool = False, overrides: Op
     tok = run_dir / TOKENIZER_FILE
     name, kwargs, weights = read_run(run_dir, "dna_lm", [(tok, "the tokenizer")])
     tokenizer = DNATokenizer.load(tok)
-    model = zoo.create(name, pretrained_file=str(weights), **{**kwargs, **(overrides or {})})
+    from zoo.extend import merge_overrides
+    model = zoo.create(name, pretrained_file=str(weights), **merge_overrides(kwargs, overrides))
     if allow_longer:
         model.allow_longer = True
     return model.to(device).eval(), tokenizer
