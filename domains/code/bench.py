@@ -555,6 +555,141 @@ def run_longrope(args) -> int:
     return 0
 
 
+PACKING_MODES = ("packed", "padded")
+
+
+def _packing_worker(mode: str, tokenizer: str, model: str, steps: int, warmup: int, batch: int, seq_len: int,
+                    device: str, root: Optional[str], seed: int = 0) -> Dict[str, Any]:
+    """Time ``steps`` training steps (forward, backward, AdamW) of ``model`` on the ``causal_lm`` batches of one
+    ``data.packing`` mode; returns labelled tokens per second and the share of positions that carry no label."""
+    import torch
+
+    import zoo
+    from zoo.finetune.config import build_config
+    from zoo.finetune.engine import _epoch_generator
+
+    from domains.code.task import IGNORE_INDEX, CausalLMTask
+
+    torch.manual_seed(seed)
+    cfg = build_config({"task": "causal_lm", "model": {"name": model},
+                        "data": {"name": "source_tree" if root else "cpython_stdlib", "root": root,
+                                 "seq_len": seq_len, "tokenizer": tokenizer, "packing": mode},
+                        "train": {"steps": steps, "batch_size": batch, "progress": False, "device": device},
+                        "output": {"dir": "unused"}})
+    task = CausalLMTask()
+    task.build_data(cfg)
+    dev = torch.device(device)
+    task.to(dev)
+    m = zoo.create(model, **task.model_kwargs(cfg)).to(dev).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    labelled = positions = 0
+    t0 = None
+    it = task.train_batches(0, _epoch_generator(seed, 0))
+    for i in range(warmup + steps):
+        b = next(it)
+        if i == warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        loss, _ = task.loss(m, b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            keep = b["labels"] != IGNORE_INDEX
+            if task.tokenizer.pad_id is not None:
+                keep &= b["labels"] != task.tokenizer.pad_id
+            labelled += int(keep.sum())
+            positions += b["labels"].numel()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"mode": mode, "steps": steps, "batch": batch, "seq_len": seq_len, "seconds": round(dt, 3),
+            "labelled_tokens_per_s": round(labelled / dt, 1), "steps_per_s": round(steps / dt, 4),
+            "unlabelled_share": round(1 - labelled / max(positions, 1), 4),
+            "train_rows": task.num_train_samples()}
+
+
+def packing(run: str, model: Optional[str] = None, steps: int = 20, warmup: int = 2, batch: int = 16,
+            seq_len: int = 512, rounds: int = 2, device: str = "cpu", root: Optional[str] = None,
+            out: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+    """Training throughput of ``data.packing=packed`` (windows of the stream, masked per file) against ``padded``
+    (one piece of one file per row): each mode in its own subprocess, interleaved over ``rounds``; the tokenizer
+    (and, by default, the model name) of the finished run ``run``.  Reports labelled tokens per second (the
+    tokens a step learns from) and writes ``packing.json`` and ``packing.png`` to ``out``."""
+    from zoo.bench.speed import interleaved
+    from zoo.io import atomic_write, atomic_write_text
+
+    run_dir = Path(run).expanduser()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    model = model or summary["model"]
+    opts = {"tokenizer": str(run_dir), "model": model, "steps": steps, "warmup": warmup, "batch": batch,
+            "seq_len": seq_len, "device": device, "root": root}
+
+    def one(mode):
+        import subprocess
+        proc = subprocess.run([sys.executable, "-m", "domains.code.bench", "_packing", mode, json.dumps(opts)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"packing worker {mode} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    results = interleaved(list(PACKING_MODES), one, rounds, "zoo bench packing", progress)
+    rows = []
+    for mode in PACKING_MODES:
+        best = max(results[mode], key=lambda r: r["labelled_tokens_per_s"])
+        rows.append({**best, "rounds": [r["labelled_tokens_per_s"] for r in results[mode]]})
+    ratio = rows[0]["labelled_tokens_per_s"] / rows[1]["labelled_tokens_per_s"]
+    result = {"benchmark": "packing", "model": model, "run": str(run_dir), "device": device, "rows": rows,
+              "packed_vs_padded": round(ratio, 3)}
+    print(f"zoo bench packing: {model}, {batch} x {seq_len} tokens per step, {steps} timed steps, {device}")
+    print(f"{'mode':8s} {'labelled tok/s':>15s} {'steps/s':>8s} {'unlabelled':>11s} {'rows':>7s}")
+    for r in rows:
+        print(f"{r['mode']:8s} {r['labelled_tokens_per_s']:15.1f} {r['steps_per_s']:8.3f} "
+              f"{r['unlabelled_share']:11.1%} {r['train_rows']:7d}")
+    print(f"packed / padded: x{ratio:.2f} labelled tokens per second")
+    if out:
+        out_dir = Path(out).expanduser()
+        atomic_write_text(out_dir / "packing.json", json.dumps(result, indent=2) + "\n")
+
+        def draw(tmp):
+            import matplotlib
+            matplotlib.use("Agg")
+            from matplotlib.figure import Figure
+            fig = Figure(figsize=(5, 3.2), dpi=110)
+            ax = fig.add_subplot(1, 1, 1)
+            ax.bar([r["mode"] for r in rows], [r["labelled_tokens_per_s"] for r in rows], color=["C0", "C1"])
+            for i, r in enumerate(rows):
+                ax.text(i, r["labelled_tokens_per_s"], f"{r['unlabelled_share']:.0%} unlabelled", ha="center",
+                        va="bottom", fontsize=8)
+            ax.set_ylabel("labelled tokens / s (training)")
+            ax.set_title(f"{model}: packed vs padded ({batch} x {seq_len})", fontsize=9)
+            fig.tight_layout()
+            fig.savefig(tmp, format="png")
+        result["files"] = {"json": str(out_dir / "packing.json"),
+                           "png": str(atomic_write(out_dir / "packing.png", draw))}
+    return result
+
+
+def run_packing(args) -> int:
+    """``zoo bench packing --domain code --runs RUN``."""
+    from zoo.bench import parse_list
+    from zoo.errors import ConfigError
+
+    runs = parse_list(getattr(args, "runs", None)) or []
+    if len(runs) != 1:
+        raise ConfigError("zoo bench packing needs --runs with one finished causal_lm run (its tokenizer is used)")
+    models = parse_list(getattr(args, "models", None)) or [None]
+    result = packing(runs[0], model=models[0], steps=args.iters * 5, warmup=args.warmup,
+                     batch=args.batch_size or 16, seq_len=args.seq_len or 512, rounds=args.rounds,
+                     device="cpu" if args.device == "auto" else args.device, root=args.data_root,
+                     out=args.out or "runs/bench/packing_code", progress=not args.quiet)
+    if getattr(args, "json", None):
+        from zoo.io import atomic_write_text
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def run_streaming(args) -> int:
     """``zoo bench streaming --domain code``: `zoo.bench.streaming` over code LMs (default ``code_lm_rope_tiny``)."""
     from zoo.bench import parse_list, resolve_device
@@ -587,12 +722,19 @@ def _register() -> None:
         (("--population",), dict(type=int, default=16, help="LongRoPE population P (official 64)")),
         (("--generations",), dict(type=int, default=6, help="LongRoPE generations T (official 40)"))],
         help="LongRoPE's factor search for a finished RoPE run, written to --longrope-factors")
+    register_bench("packing", run_packing, variant="code", default=True, options=_RUNS_OPTION + SPEED_OPTIONS + [
+        (("--out",), dict(default=None, help="output folder (packing.json, packing.png)")),
+        (("--data-root",), dict(default=None, help="a source tree instead of the CPython stdlib"))],
+        help="training throughput of causal_lm with data.packing=packed vs padded (labelled tokens per second)")
     register_bench("code", run_speed, options=SPEED_OPTIONS,
                    help="code LMs: training throughput vs NoPE, generate() with and without the KV cache")
 
 
 _register()
 
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "_packing":
+    print(json.dumps(_packing_worker(sys.argv[2], **json.loads(sys.argv[3]))))
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "_worker":
     _o = json.loads(sys.argv[3])

@@ -215,3 +215,22 @@ def test_streaming_bench_runs_each_cell_in_its_own_process(tmp_path, capsys):
         assert r["peak_mib"] >= r["rss_before_mib"] > 0 and r["tokens_per_s"] > 0
     assert [(q["cache"], q["tokens"]) for q in data["ratios"]] == [("streaming", [12, 40]), ("full", [12, 40])]
     assert "peak x" in capsys.readouterr().out
+
+
+def test_packing_bench_compares_packed_with_padded(src, tmp_path):
+    trained = tmp_path / "trained"
+    bench.extrapolation(models=["code_lm_rope_tiny"], steps=2, lengths=[64], train_len=64, batch_size=4,
+                        out=str(trained), eval_tokens=128, dataset="source_tree", root=str(src), vocab_size=300,
+                        tokenizer_files=None, device="cpu", model_kwargs={"dim": 32, "depth": 1, "num_heads": 2},
+                        progress=False)
+    result = bench.packing(str(trained / "runs" / "code_lm_rope_tiny"), steps=1, warmup=1, batch=32, seq_len=256,
+                           rounds=1, root=str(src), out=str(tmp_path / "p"), progress=False)
+    packed, padded = result["rows"]
+    assert packed["mode"] == "packed" and padded["mode"] == "padded"
+    # packed windows leave a label out only where a file ends; padded rows leave every padding position out
+    assert 0 < packed["unlabelled_share"] < padded["unlabelled_share"]
+    assert packed["labelled_tokens_per_s"] > 0 and padded["labelled_tokens_per_s"] > 0
+    assert result["packed_vs_padded"] == pytest.approx(packed["labelled_tokens_per_s"] /
+                                                       padded["labelled_tokens_per_s"], rel=1e-3)
+    assert (tmp_path / "p" / "packing.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert json.loads((tmp_path / "p" / "packing.json").read_text())["model"] == "code_lm_rope_tiny"
