@@ -28,7 +28,8 @@ def rebuilt(overrides, sd, name="code_lm_rope_tiny"):
 
 def test_which_methods_fit_which_encoding():
     assert fitting_methods(zoo.create("code_lm_rope_tiny", vocab_size=V)) == [
-        "none", "pi", "ntk", "dynamic", "yarn", "llama3", "self_extend", "string", "lm_infinite", "log_scale"]
+        "none", "pi", "ntk", "dynamic", "yarn", "llama3", "self_extend", "string", "lm_infinite", "ms_poe",
+        "log_scale"]
     assert fitting_methods(zoo.create("code_lm_alibi_tiny", vocab_size=V)) == ["none", "log_scale", "alibi_interp"]
     # BiPE's RoPE turns by line number and HiRoPE by syntax levels: of the RoPE methods only a raised base fits
     for name in ("code_lm_bipe_tiny", "code_lm_hirope_tiny"):

@@ -19,6 +19,7 @@ the papers' recipes for a model trained at ``T``:
     self_extend   window W = T / 2, group G = ceil((L - 1 - W) / (T - 1 - W))   (Jin et al., arXiv 2401.01325)
     string        window W = T / 8, shift S = L - T + W (largest distance T - 1)   (An et al., arXiv 2410.18745)
     lm_infinite   local window T, 10 starting tokens, distances capped at T        (Han et al., arXiv 2308.16137)
+    ms_poe        heads read positions / 1.2 .. 1.8, layers 2+ (the paper's setting)  (Zhang et al., arXiv 2403.04797)
     log_scale     logit temperature max(1, ln(i + 1) / ln T) on any encoding       (arXiv 2202.12172; 2401.07004)
     alibi_interp  ALiBi slopes divided by s                                        (Al-Khateeb et al., arXiv 2310.13017)
 
@@ -164,6 +165,12 @@ def _lm_infinite(pe, T, L):
     return {"attention": {"extension": {"name": "lm_infinite", "window": T, "n_global": 10, "limit_distance": T}}}
 
 
+def _ms_poe(pe, T, L):
+    if L <= T:
+        return {}
+    return {"attention": {"extension": {"name": "ms_poe"}}}
+
+
 def _log_scale(pe, T, L):
     return {"attention": {"temperature": {"name": "log_length", "train_len": T}}}
 
@@ -194,6 +201,8 @@ METHODS: Dict[str, ExtensionMethod] = {m.name: m for m in (
                     "2410.18745", _plain_rope, _string),
     ExtensionMethod("lm_infinite", "Han et al., LM-Infinite: Zero-Shot Extreme Length Generalization for Large "
                     "Language Models, arXiv 2308.16137", _plain_rope, _lm_infinite),
+    ExtensionMethod("ms_poe", "Zhang et al., Found in the Middle: How Language Models Use Long Contexts Better via "
+                    "Plug-and-Play Positional Encoding, arXiv 2403.04797", _plain_rope, _ms_poe),
     ExtensionMethod("log_scale", "Chiang & Cholak, arXiv 2202.12172; Zhang et al., Entropy-aware ABF, arXiv "
                     "2401.07004", _always, _log_scale),
     ExtensionMethod("alibi_interp", "Al-Khateeb et al., Position Interpolation Improves ALiBi Extrapolation, arXiv "

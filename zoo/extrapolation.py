@@ -30,7 +30,7 @@ OPTIONS = [
     (("--extend",), dict(default=None, help="training-free context extensions to score each model with (zoo.extend): "
                                             "'all' (every method that fits), or comma-separated names among none, "
                                             "pi, ntk, dynamic, yarn, llama3, longrope, self_extend, string, "
-                                            "lm_infinite, log_scale, alibi_interp; default none")),
+                                            "lm_infinite, ms_poe, log_scale, alibi_interp; default none")),
     (("--longrope-factors",), dict(default=None, help="a LongRoPE factors file (zoo bench longrope) for the "
                                                       "'longrope' method")),
 ]

@@ -174,6 +174,9 @@ def test_extrapolation_with_training_free_extensions(src, tmp_path, capsys):
         assert ppl[(label, 64)]["ppl"] == pytest.approx(base, rel=1e-5), label
     # beyond it each method changes the model, and says how
     for label in want[1:]:
+        if "+ms_poe" in label:                                                # layers 2+: a one-layer model is
+            assert ppl[(label, 128)]["ppl"] == ppl[("code_lm_rope_tiny", 128)]["ppl"]   # left as it is
+            continue
         if "+" in label and "alibi_tiny" not in label:
             assert ppl[(label, 128)]["ppl"] != ppl[("code_lm_rope_tiny", 128)]["ppl"], label
             assert ppl[(label, 128)]["overrides"], label

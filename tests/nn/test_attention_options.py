@@ -78,7 +78,8 @@ LIMITS = {   # settings under which the method is, by its definition, plain caus
     "self_extend_wide_window": SelfExtend(group=4, window=N),
     "string_shift_0": StringShift(shift=0, window=0),
     "lm_infinite_wide_window": LMInfinite(window=N, n_global=2),
-    "ms_poe_ratio_1": MsPoE(min_ratio=1.0, max_ratio=1.0),
+    "ms_poe_ratio_1": MsPoE(min_ratio=1.0, max_ratio=1.0, skip_layers=0),
+    "ms_poe_skipped_layer": MsPoE(),                                            # layer 0 < skip_layers=2
 }
 
 
@@ -97,7 +98,7 @@ FORMULAS = {
                lambda q, k, v, rope, s: string_attention(q, k, v, rope, 9, 3, scale=s)),
     "lm_infinite": (lambda: LMInfinite(window=6, n_global=2),
                     lambda q, k, v, rope, s: lm_infinite_attention(q, k, v, rope, 6, 2, scale=s)),
-    "ms_poe": (lambda: MsPoE(),
+    "ms_poe": (lambda: MsPoE(skip_layers=0),
                lambda q, k, v, rope, s: torch.nn.functional.scaled_dot_product_attention(
                    *ms_poe_rotate(q, k, rope, ms_poe_ratios(H)[ms_poe_head_order(q, k, s)]), v, is_causal=True)),
 }
@@ -214,3 +215,16 @@ def test_layers_know_their_index_for_layer_dependent_temperature(one_thread):
         assert not torch.equal(model(ids), plain(ids))
         model.set_attention({"temperature": {"name": "entropy_aware_abf", "train_len": 4, "skip_layers": 3}})
         torch.testing.assert_close(model(ids), plain(ids))                      # every layer skipped: unchanged
+
+
+def test_ms_poe_skips_the_first_layers_as_the_official_runs(one_thread):
+    model = DecoderLM(50, dim=C, depth=3, num_heads=H, pe="rope", attention={"extension": "ms_poe"})
+    exts = [b.attn.extension for b in model.blocks]
+    assert [e.layer_idx for e in exts] == [0, 1, 2] and all(e.skip_layers == 2 for e in exts)
+    plain = DecoderLM(50, dim=C, depth=3, num_heads=H, pe="rope")
+    plain.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 50, (1, 20))
+    with torch.no_grad():
+        assert not torch.allclose(model(ids), plain(ids), atol=1e-4)            # layer 2 is rescaled
+        model.set_attention({"extension": {"name": "ms_poe", "skip_layers": 3}})
+        torch.testing.assert_close(model(ids), plain(ids), atol=2e-5, rtol=1e-4)

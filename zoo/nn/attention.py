@@ -269,6 +269,8 @@ class Attention(nn.Module):
             if self.mask is not None:
                 raise ConfigError(f"the {type(extension).__name__} extension brings its own mask; this attention "
                                   f"already has {self.mask}")
+        if extension is not None:
+            extension.layer_idx = self.layer_idx
         self.extension = extension
 
     @property

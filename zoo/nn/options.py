@@ -23,7 +23,7 @@ Extensions (`zoo.nn.extension`; RoPE encodings only, the keys are cached un-rota
     self_extend   group, window                       Jin et al., ICML 2024, arXiv 2401.01325
     string        shift, window, attention_factor     An et al., ICLR 2025, arXiv 2410.18745
     lm_infinite   window, n_global, limit_distance    Han et al., NAACL 2024, arXiv 2308.16137
-    ms_poe        min_ratio, max_ratio, head_type     Zhang et al., arXiv 2403.04797
+    ms_poe        min_ratio, max_ratio, head_type, skip_layers   Zhang et al., arXiv 2403.04797
 """
 from __future__ import annotations
 
@@ -133,6 +133,8 @@ class ContextExtension(nn.Module, abc.ABC):
 
     #: the paper, for `list_attention_options`
     paper: str = ""
+    #: the 0-based layer of the attention using it (set by `zoo.nn.Attention.set_extension`)
+    layer_idx: int = 0
 
     @abc.abstractmethod
     def attend(self, q: Tensor, k: Tensor, v: Tensor, rope: nn.Module, q_idx: Tensor, k_idx: Tensor,
@@ -210,13 +212,17 @@ class LMInfinite(ContextExtension):
 class MsPoE(ContextExtension):
     """Ms-PoE: head h reads positions ``t / r_h``, the ratios ``ms_poe_ratios`` ordered per layer by the heads'
     outlier scores on the first forward (then frozen: `order`, reset by `reset_order`); ``head_type="normal"`` uses
-    the fixed order ``H - 1 - h``.  Then ordinary causal attention."""
+    the fixed order ``H - 1 - h``.  Then ordinary causal attention.  Layers ``< skip_layers`` keep plain RoPE: the
+    official runs apply Ms-PoE to layers 2..31 of Llama's 32 (``src/ms_poe.sh``, ``--apply_layers``), so the
+    default skips the first two."""
 
     paper = ("Zhang et al., Found in the Middle: How Language Models Use Long Contexts Better via Plug-and-Play "
              "Positional Encoding, arXiv 2403.04797")
 
-    def __init__(self, min_ratio: float = 1.2, max_ratio: float = 1.8, head_type: str = "outlier"):
+    def __init__(self, min_ratio: float = 1.2, max_ratio: float = 1.8, head_type: str = "outlier",
+                 skip_layers: int = 2):
         super().__init__()
+        self.skip_layers = _int_at_least("ms_poe", "skip_layers", skip_layers, 0)
         if head_type not in ("outlier", "normal"):
             raise ConfigError(f"ms_poe: head_type must be 'outlier' or 'normal', got {head_type!r}")
         ms_poe_ratios(1, min_ratio, max_ratio)                                  # checks the ratios
@@ -228,6 +234,11 @@ class MsPoE(ContextExtension):
 
     def attend(self, q, k, v, rope, q_idx, k_idx, scale):
         h = q.shape[1]
+        allowed = (k_idx.to(q_idx.device)[None, :] <= q_idx[:, None])           # [nq, nk] causal
+        if self.layer_idx < self.skip_layers:                                   # plain RoPE in the first layers
+            ones = torch.ones(h, device=q.device)
+            q, k = ms_poe_rotate(q, k, rope, ones, q_idx, k_idx)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
         if self.order is None:
             if self.head_type == "normal":
                 self.order = torch.arange(h - 1, -1, -1, device=q.device)
@@ -235,11 +246,11 @@ class MsPoE(ContextExtension):
                 self.order = ms_poe_head_order(q, k[..., k.shape[-2] - q.shape[-2]:, :], scale)   # the last nq keys
         ratios = ms_poe_ratios(h, self.min_ratio, self.max_ratio, device=q.device)[self.order.to(q.device)]
         q, k = ms_poe_rotate(q, k, rope, ratios, q_idx, k_idx)
-        allowed = (k_idx.to(q_idx.device)[None, :] <= q_idx[:, None])           # [nq, nk] causal
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
 
     def extra_repr(self) -> str:
-        return f"min_ratio={self.min_ratio:g}, max_ratio={self.max_ratio:g}, head_type={self.head_type!r}"
+        return (f"min_ratio={self.min_ratio:g}, max_ratio={self.max_ratio:g}, head_type={self.head_type!r}, "
+                f"skip_layers={self.skip_layers}")
 
 
 #: name -> extension class
