@@ -110,3 +110,9 @@ def test_ntk_on_a_preset_rope_raises_its_base_and_keeps_the_rest(name):
     ext = zoo.create(name, **merged)
     assert type(encoding_of(ext)) is type(pe) and encoding_of(ext).base == merged["pe_kwargs"]["base"]
     ext.load_state_dict(model.state_dict())                                     # the trained weights still load
+
+
+def test_method_names_as_the_issue_spells_them(trained):
+    model, _ = trained
+    assert [m.name for m in resolve_methods("none,pi,ntk,yarn,selfextend,lm-infinite,LM_Infinite", model)] == [
+        "none", "pi", "ntk", "yarn", "self_extend", "lm_infinite", "lm_infinite"]

@@ -239,7 +239,9 @@ def resolve_methods(spec: str, model: nn.Module, longrope_file: Optional[Union[s
     if spec == "all":
         return [m for m in table.values() if m.fits(model)]
     out = []
+    plain = {n.replace("_", ""): n for n in list(table) + ["longrope"]}       # selfextend = self_extend
     for name in [s.strip() for s in spec.split(",") if s.strip()]:
+        name = plain.get(name.replace("_", "").replace("-", "").lower(), name)
         if name not in table:
             import difflib
             close = difflib.get_close_matches(name, list(table) + ["longrope"], n=3)
