@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
-__all__ = ["format_ppl_table", "plot_ppl_vs_length", "finished_run", "write_result", "OPTIONS"]
+__all__ = ["format_ppl_table", "format_markdown", "plot_ppl_vs_length", "finished_run", "write_result", "OPTIONS"]
 
 #: the options of ``zoo bench extrapolation`` every plugin's variant takes (`zoo.bench.register_bench`); unset ones
 #: take the variant's defaults
@@ -82,6 +82,22 @@ def format_ppl_table(result: Dict[str, Any], title: str, name_width: int, col_wi
     return "\n".join(lines)
 
 
+def format_markdown(result: Dict[str, Any], decimals: int = 2) -> str:
+    """The perplexity table as Markdown: one row per model (and extension), one column per length (the training
+    length marked), then each row's perplexity at its longest length over its own at the training length."""
+    lengths, train = result["lengths"], result["train_len"]
+    ppl = {(r["model"], r["length"]): r["ppl"] for r in result["rows"]}
+    head = [f"{L:,}" + (" (train)" if L == train else "") for L in lengths]
+    lines = ["| model | " + " | ".join(head) + f" | {lengths[-1]:,} / {train:,} |",
+             "|---|" + "---|" * (len(lengths) + 1)]
+    for name in result["models"]:
+        cells = [f"{ppl[(name, L)]:.{decimals}f}" for L in lengths]
+        ratio = f"{ppl[(name, lengths[-1])] / ppl[(name, train)]:.2f}x" if (name, train) in ppl else "n/a"
+        base, _, method = name.partition(" +")
+        lines.append(f"| `{base}`" + (f" + {method}" if method else "") + " | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_ppl_vs_length(result: Dict[str, Any], path: Union[str, Path], xlabel: str, ylabel: str,
                        title: str) -> Path:
     """Perplexity vs evaluation length (log-log), one line per model, the training length dotted; written
@@ -116,14 +132,16 @@ def plot_ppl_vs_length(result: Dict[str, Any], path: Union[str, Path], xlabel: s
 
 def write_result(result: Dict[str, Any], out_dir: Union[str, Path], table: Callable[[Dict[str, Any]], str],
                  plot: Callable[[Dict[str, Any], Path], Path]) -> Dict[str, Any]:
-    """Write ``extrapolation.json`` and ``plot(result, out_dir / "extrapolation.png")`` atomically, print
+    """Write ``extrapolation.json``, ``extrapolation.md`` (`format_markdown`, the table docs/benchmarks.md
+    shows) and ``plot(result, out_dir / "extrapolation.png")`` atomically, print
     ``table(result)`` and the paths; returns ``result`` with ``files`` (json, png) added."""
     from .io import atomic_write_text
 
     out_dir = Path(out_dir)
     json_path = atomic_write_text(out_dir / "extrapolation.json", json.dumps(result, indent=2) + "\n")
+    md_path = atomic_write_text(out_dir / "extrapolation.md", format_markdown(result))
     png_path = plot(result, out_dir / "extrapolation.png")
     print(table(result))
     print(f"wrote {json_path}, {png_path}")
-    result["files"] = {"json": str(json_path), "png": str(png_path)}
+    result["files"] = {"json": str(json_path), "png": str(png_path), "markdown": str(md_path)}
     return result

@@ -159,6 +159,11 @@ def test_extrapolation_with_training_free_extensions(src, tmp_path, capsys):
         ["code_lm_alibi_tiny", "code_lm_alibi_tiny +log_scale", "code_lm_alibi_tiny +alibi_interp"]
     assert data["models"] == want
     assert data["skipped"] == {}, "'all' takes the methods that fit each model"
+    md = (out / "extrapolation.md").read_text().splitlines()
+    assert md[0] == "| model | 64 (train) | 128 | 128 / 64 |" and len(md) == 2 + len(want)
+    yarn = next(line for line in md if line.startswith("| `code_lm_rope_tiny` + yarn |")).split("|")
+    r = {L: ppl[("code_lm_rope_tiny +yarn", L)]["ppl"] for L in (64, 128)}
+    assert [c.strip() for c in yarn[2:5]] == [f"{r[64]:.2f}", f"{r[128]:.2f}", f"{r[128] / r[64]:.2f}x"]
     named = bench.extrapolation(runs=runs[1:], lengths=[64], out=str(tmp_path / "named"), dataset="source_tree",
                                 root=str(src), device="cpu", progress=False, extend="none,pi")
     assert named["models"] == ["code_lm_alibi_tiny"] and named["skipped"] == {"code_lm_alibi_tiny": ["pi"]}
