@@ -162,7 +162,7 @@ def test_extrapolation_with_training_free_extensions(src, tmp_path, capsys):
     md = (out / "extrapolation.md").read_text().splitlines()
     assert md[0] == "| model | 64 (train) | 128 | 128 / 64 |" and len(md) == 2 + len(want)
     yarn = next(line for line in md if line.startswith("| `code_lm_rope_tiny` + yarn |")).split("|")
-    r = {L: ppl[("code_lm_rope_tiny +yarn", L)]["ppl"] for L in (64, 128)}
+    r = {row["length"]: row["ppl"] for row in data["rows"] if row["model"] == "code_lm_rope_tiny +yarn"}
     assert [c.strip() for c in yarn[2:5]] == [f"{r[64]:.2f}", f"{r[128]:.2f}", f"{r[128] / r[64]:.2f}x"]
     named = bench.extrapolation(runs=runs[1:], lengths=[64], out=str(tmp_path / "named"), dataset="source_tree",
                                 root=str(src), device="cpu", progress=False, extend="none,pi")
