@@ -85,6 +85,7 @@ class CodeData(DataCfg):
     def check(cls, d) -> None:
         super().check(d)
         check_at_least(d, 1, "seq_len", "vocab_size", "tokenizer_files")
+        check_at_least(d, 1, "target_len")
         check_position_mode(d.positions, d.seq_len, d.target_len)
         if d.packing not in PACKINGS:
             raise ConfigError(f"invalid value for config key 'data.packing': {d.packing!r} (one of "

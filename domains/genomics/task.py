@@ -107,6 +107,7 @@ class DNALMData(WindowData):
     @classmethod
     def check(cls, d) -> None:
         super().check(d)
+        check_at_least(d, 1, "target_len")
         check_position_mode(d.positions, d.seq_len, d.target_len)
         check_one_of(d, "packing", ("records", "packed"))
         if d.positions != "contiguous" and d.packing != "records":
