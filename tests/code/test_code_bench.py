@@ -1,7 +1,6 @@
 """`zoo bench extrapolation --domain code` and `zoo bench code` end to end at a tiny scale (structure, not speed)."""
 import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from zoo.cli import main  # noqa: E402
 from zoo.errors import ConfigError  # noqa: E402
 
 from domains.code import bench  # noqa: E402
-from domains.code.data import cpython_stdlib  # noqa: E402
+from code_test_helpers import copy_small_tree  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -22,15 +21,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
     """Ten train, two val and two test files of the stdlib, copied (same bytes, so the same split)."""
-    dest = tmp_path_factory.mktemp("bench") / "src"
-    want = {"train": 10, "val": 2, "test": 2}
-    for f in cpython_stdlib().files:
-        if 2000 < f.size < 12000 and want[f.split] > 0:
-            want[f.split] -= 1
-            p = dest / f.relpath
-            p.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(f.path, p)
-    return dest
+    return copy_small_tree(tmp_path_factory.mktemp("bench") / "src")
 
 
 def test_extrapolation_bench_end_to_end(src, tmp_path, capsys):

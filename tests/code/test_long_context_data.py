@@ -11,49 +11,14 @@ import tree_sitter  # noqa: F401
 import tokenizers  # noqa: F401
 
 import zoo  # noqa: E402
-from zoo import Positions  # noqa: E402
 from zoo.errors import ConfigError  # noqa: E402
 from zoo.finetune import build_config, finetune  # noqa: E402
 from zoo.finetune.engine import _epoch_generator  # noqa: E402
 from zoo.position_sampling import pose_window, randomized_ids  # noqa: E402
 
-from domains.code.task import (IGNORE_INDEX, CausalLMTask, gather_windows, padded_pieces, padded_windows,  # noqa: E402
-                               pose_windows)
+from domains.code.task import IGNORE_INDEX, gather_windows, padded_pieces, padded_windows  # noqa: E402
 
-from domains.code.data import cpython_stdlib  # noqa: E402
-
-TINY = {"dim": 32, "depth": 1, "num_heads": 2}
-
-
-def copy_small_tree(dest, train=10, val=2, test=2):
-    """Small stdlib files copied into ``dest`` (same bytes, so the same content-hash split)."""
-    import shutil
-    want = {"train": train, "val": val, "test": test}
-    for f in cpython_stdlib().files:
-        if 2000 < f.size < 12000 and want[f.split] > 0:
-            want[f.split] -= 1
-            p = dest / f.relpath
-            p.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(f.path, p)
-    return dest
-
-
-def lm_cfg(src, out, **train):
-    t = {"steps": 6, "batch_size": 8, "log_every": 1, "progress": False, "seed": 1, "num_threads": 1,
-         "eval_batch_size": 64}
-    t.update(train)
-    return {"task": "causal_lm", "model": {"name": "code_lm_rope_tiny", "kwargs": dict(TINY)},
-            "data": {"name": "source_tree", "root": str(src), "seq_len": 32, "vocab_size": 300, "eval_limit": 64},
-            "optim": {"lr": 3e-3, "warmup_steps": 0, "min_lr_ratio": 1.0}, "train": t, "output": {"dir": str(out)}}
-
-
-def built_task(src, **data):
-    cfg = lm_cfg(src, "unused")
-    cfg["data"].update(data)
-    task = CausalLMTask()
-    task.build_data(build_config(cfg))
-    return task
-
+from code_test_helpers import TINY, built_task, copy_small_tree, lm_cfg  # noqa: E402
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
