@@ -205,13 +205,14 @@ def _score_methods(run_dir: Path, model, name: str, methods, stream, lengths: Se
             rows += _score(model, label, stream, lengths, eval_tokens, train_len, pad_id, autocast, progress,
                            extra=extra)
         else:
-            def build(length, method=method):
-                return load_run(run_dir, device=dev, allow_longer=True,
-                                overrides=method.overrides(model, train_len, length))[0]
+            over = {L: method.overrides(model, train_len, L) for L in lengths}     # once per length
+
+            def build(length, over=over):
+                return load_run(run_dir, device=dev, allow_longer=True, overrides=over[length])[0]
             new = _score(model, label, stream, lengths, eval_tokens, train_len, pad_id, autocast, progress,
                          build=build, extra=extra)
             for r in new:
-                r["overrides"] = method.overrides(model, train_len, r["length"])
+                r["overrides"] = over[r["length"]]
             rows += new
         labels.append(label)
     return rows, labels, skipped

@@ -502,8 +502,7 @@ class Attention(nn.Module):
         """``q`` ``[b, h, c, d]`` (the queries at token indices ``q_start ..``) times the temperature, if any."""
         if self.temperature is None:
             return q
-        idx = torch.arange(q_start, q_start + q.shape[-2], device=q.device)
-        return self.temperature.scale_queries(q, idx, self.layer_idx)
+        return self._scaled_at(q, torch.arange(q_start, q_start + q.shape[-2], device=q.device))
 
     def _attend_rotated(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions],
                         cross: bool = False, pre_scaled: bool = False) -> Tensor:

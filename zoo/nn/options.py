@@ -327,7 +327,7 @@ def attention_options(spec) -> AttentionOptions:
     if spec.get("temperature") is not None:
         name, kw = _split("temperature", spec["temperature"])
         temp = {"name": name, **kw}
-        build_temperature(temp, 1 if name != "head" else 1)                     # checks name and keywords now
+        build_temperature(temp, 1)                                              # checks name and keywords now
     if spec.get("extension") is not None:
         name, kw = _split("extension", spec["extension"])
         ext = {"name": name, **kw}
