@@ -4,6 +4,9 @@ A result is a dict with ``models`` (names, in order), ``lengths`` (evaluation le
 (one dict per model and length with ``model``, ``length`` and ``ppl``). matplotlib is imported only when a plot is
 drawn (Agg backend), never when this module is imported.
 
+`score_lengths` / `score_methods` score one model per cell (length, and training-free extension of `zoo.extend`)
+with a domain's metric function, recording tokens/s and the peak memory each cell added.
+
 `finished_run` lets a benchmark reuse a model it trained before with the same config (e.g. after adding a model to
 ``--models``, or when models were trained by two processes into one ``--out``) instead of training it again.
 """
@@ -11,9 +14,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["format_ppl_table", "format_markdown", "plot_ppl_vs_length", "finished_run", "write_result", "OPTIONS"]
+__all__ = ["format_ppl_table", "format_markdown", "plot_ppl_vs_length", "finished_run", "write_result", "OPTIONS",
+           "score_lengths", "score_methods"]
+
+#: the longest batch scored at once, in tokens (``batch = max(1, min(windows, SCORE_BATCH_TOKENS // length))``)
+SCORE_BATCH_TOKENS = 16384
 
 #: the options of ``zoo bench extrapolation`` every plugin's variant takes (`zoo.bench.register_bench`); unset ones
 #: take the variant's defaults
@@ -145,3 +152,68 @@ def write_result(result: Dict[str, Any], out_dir: Union[str, Path], table: Calla
     print(f"wrote {json_path}, {png_path}")
     result["files"] = {"json": str(json_path), "png": str(png_path), "markdown": str(md_path)}
     return result
+
+
+#: ``metrics(model, length, windows, batch_size)`` -> a dict with ``loss``, ``perplexity``, ``token_accuracy`` and
+#: ``tokens`` (the domain's scorer on its held-out stream)
+Metrics = Callable[[Any, int, int, int], Dict[str, Any]]
+
+
+def score_lengths(model, label: str, lengths: Sequence[int], train_len: int, eval_tokens: int, metrics: Metrics,
+                  build: Optional[Callable[[int], Any]] = None, extra: Optional[Dict[str, Any]] = None,
+                  progress: bool = False) -> List[Dict[str, Any]]:
+    """One row per length: ``metrics`` on ``max(1, eval_tokens // length)`` windows, the seconds it took, tokens/s
+    and the peak memory it added (`zoo.bench.memory.PeakMemory`).  ``build(length)``: the model to score at that
+    length instead of ``model`` (a context extension set per length; dropped after its cell); ``extra``: keys added
+    to every row."""
+    import time
+
+    from tqdm import tqdm
+
+    from .bench.memory import PeakMemory
+
+    rows = []
+    for length in tqdm(lengths, desc=f"score {label}", unit="length", disable=not progress, dynamic_ncols=True):
+        m_ = model if build is None else build(length)
+        windows = max(1, eval_tokens // length)
+        device = next(m_.parameters()).device
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            m = metrics(m_, length, windows, max(1, min(windows, SCORE_BATCH_TOKENS // length)))
+            dt = time.perf_counter() - t0
+        tokens = int(m["tokens"])
+        rows.append({"model": label, "length": length, "trained_at": train_len, "loss": m["loss"],
+                     "ppl": m["perplexity"], "token_accuracy": m["token_accuracy"], "tokens": tokens,
+                     "windows": windows, "eval_s": round(dt, 3), "tokens_per_s": round(tokens / max(dt, 1e-9), 1),
+                     "peak_mib": round(mem.peak_mib, 1), "growth_mib": round(mem.growth_mib, 1), **(extra or {})})
+        if m_ is not model:
+            del m_
+    return rows
+
+
+def score_methods(model, name: str, methods, lengths: Sequence[int], train_len: int, eval_tokens: int,
+                  metrics: Metrics, rebuild: Callable[[Dict[str, Any]], Any], progress: bool = False
+                  ) -> Tuple[List[Dict[str, Any]], List[str], List[str]]:
+    """Score ``model`` (named ``name``) under each training-free extension of ``methods`` (`zoo.extend`
+    `ExtensionMethod` s): ``(rows, labels scored, names of the methods that do not fit it)``.  A cell whose method
+    sets overrides at that length scores ``rebuild(overrides)`` (the run rebuilt with the method's ``pe=`` /
+    ``attention=`` and its trained weights; computed once per length) and its row carries ``overrides``; rows carry
+    ``base_model`` and ``method``; labels are ``name`` and ``"name +method"``."""
+    rows, labels, skipped = [], [], []
+    for method in methods:
+        if not method.fits(model):
+            skipped.append(method.name)
+            continue
+        label = name if method.name == "none" else f"{name} +{method.name}"
+        over = {L: method.overrides(model, train_len, L) for L in lengths}
+
+        def build(length, over=over):
+            return rebuild(over[length]) if over[length] else model
+        new = score_lengths(model, label, lengths, train_len, eval_tokens, metrics, build=build,
+                            extra={"base_model": name, "method": method.name}, progress=progress)
+        for r in new:
+            if over[r["length"]]:
+                r["overrides"] = over[r["length"]]
+        rows += new
+        labels.append(label)
+    return rows, labels, skipped

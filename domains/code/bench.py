@@ -154,68 +154,21 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
     return result
 
 
-def _score(model, name: str, stream, lengths: Sequence[int], eval_tokens: int, train_len: int, pad_id: int,
-           autocast, progress: bool = False, build=None, extra: Optional[Dict[str, Any]] = None
-           ) -> List[Dict[str, Any]]:
-    """One row per length: loss / perplexity / token accuracy on the first ``eval_tokens`` tokens of ``stream``,
-    tokens/s and the peak memory the scoring added (`zoo.bench.memory.PeakMemory`).  ``build(length)``: the model to
-    score at that length (a context extension is set per length) instead of ``model``; ``extra``: keys added to
-    every row."""
-    from tqdm import tqdm
-
-    from zoo.bench.memory import PeakMemory
-
-    from domains.code.task import lm_metrics
-
-    rows = []
-    for length in tqdm(lengths, desc=f"score {name}", unit="length", disable=not progress, dynamic_ncols=True):
-        m_ = model if build is None else build(length)
-        windows = max(1, eval_tokens // length)
-        bs = max(1, min(windows, 16384 // length))
-        device = next(m_.parameters()).device
-        with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
-            m = lm_metrics(m_, stream, length, windows, bs, pad_id, autocast)
-            dt = time.perf_counter() - t0
-        rows.append({"model": name, "length": length, "trained_at": train_len, "loss": m["loss"],
-                     "ppl": m["perplexity"], "token_accuracy": m["token_accuracy"], "tokens": int(m["tokens"]),
-                     "eval_s": round(dt, 3), "tokens_per_s": round(int(m["tokens"]) / max(dt, 1e-9), 1),
-                     "peak_mib": round(mem.peak_mib, 1), "growth_mib": round(mem.growth_mib, 1), **(extra or {})})
-        if build is not None:
-            del m_
-    return rows
-
-
 def _score_methods(run_dir: Path, model, name: str, methods, stream, lengths: Sequence[int], eval_tokens: int,
                    train_len: int, pad_id: int, autocast, dev, progress: bool) -> Tuple[List[Dict[str, Any]],
                                                                                        List[str], List[str]]:
-    """Score ``model`` (the run in ``run_dir``) under each training-free extension of ``methods`` (`zoo.extend`):
-    ``(rows, labels scored, methods skipped because they do not fit)``.  Each (method, length) cell rebuilds the
-    model from the run with the method's ``pe=`` / ``attention=`` and the trained weights."""
-    from domains.code.task import load_run
+    """`zoo.extrapolation.score_methods` for the run in ``run_dir`` on the token ``stream`` (`lm_metrics`): each
+    extension's cell rebuilds the model from the run with the method's overrides and the trained weights."""
+    from zoo.extrapolation import score_methods
 
-    rows, labels, skipped = [], [], []
-    for method in methods:
-        if not method.fits(model):
-            skipped.append(method.name)
-            continue
-        label = name if method.name == "none" else f"{name} +{method.name}"
-        extra = {"base_model": name, "method": method.name}
-        if method.name == "none":
-            rows += _score(model, label, stream, lengths, eval_tokens, train_len, pad_id, autocast, progress,
-                           extra=extra)
-        else:
-            over = {L: method.overrides(model, train_len, L) for L in lengths}     # once per length
+    from domains.code.task import lm_metrics, load_run
 
-            def build(length, over=over):
-                return load_run(run_dir, device=dev, allow_longer=True, overrides=over[length])[0]
-            new = _score(model, label, stream, lengths, eval_tokens, train_len, pad_id, autocast, progress,
-                         build=build, extra=extra)
-            for r in new:
-                r["overrides"] = over[r["length"]]
-            rows += new
-        labels.append(label)
-    return rows, labels, skipped
+    def metrics(m, length, windows, batch):
+        return lm_metrics(m, stream, length, windows, batch, pad_id, autocast)
+
+    def rebuild(overrides):
+        return load_run(run_dir, device=dev, allow_longer=True, overrides=overrides)[0]
+    return score_methods(model, name, methods, lengths, train_len, eval_tokens, metrics, rebuild, progress)
 
 
 def _write_result(result: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:

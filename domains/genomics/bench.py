@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -167,8 +166,6 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
     ``extend``: training-free context extensions (`zoo.extend`) each model is also scored with (``"all"``: every
     method that fits its encoding; else comma-separated names, a name that does not fit a model is skipped for it).
     Rows carry ``method``; a method's model is rebuilt from the run at each length with its overrides."""
-    from tqdm import tqdm
-
     from zoo.errors import ConfigError
     from zoo.extrapolation import finished_run, write_result
     from zoo.finetune import finetune
@@ -198,8 +195,8 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
     tokens = stream["tokens"].to(dev)
     out_dir = Path(out).expanduser()
 
-    from zoo.bench.memory import PeakMemory
     from zoo.extend import resolve_methods
+    from zoo.extrapolation import score_methods
 
     rows, train, labels, skipped = [], {}, [], {}
     for name in models:
@@ -223,28 +220,18 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
         train[name] = {"val_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
                        "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir)}
         model, _ = load_lm_run(run_dir, device=dev, allow_longer=True)
-        for method in resolve_methods(extend, model, longrope_factors):
-            if not method.fits(model):
-                skipped.setdefault(name, []).append(method.name)
-                continue
-            label = name if method.name == "none" else f"{name} +{method.name}"
-            labels.append(label)
-            for length in tqdm(lengths, desc=f"score {label}", unit="length", disable=not progress,
-                               dynamic_ncols=True):
-                over = method.overrides(model, train_len, length)
-                m_ = load_lm_run(run_dir, device=dev, allow_longer=True, overrides=over)[0] if over else model
-                windows = eval_tokens // length
-                with PeakMemory(dev) as mem:
-                    t0 = time.perf_counter()
-                    m = stream_metrics(m_, tokens, length, windows, max(1, min(windows, 16384 // length)),
-                                       stream["separator_id"], autocast)
-                    dt = time.perf_counter() - t0
-                rows.append({"model": label, "base_model": name, "method": method.name, "length": length,
-                             "trained_at": train_len, "loss": m["loss"], "ppl": m["perplexity"],
-                             "token_accuracy": m["token_accuracy"], "tokens": m["tokens"], "windows": windows,
-                             "eval_s": round(dt, 3), "tokens_per_s": round(m["tokens"] / max(dt, 1e-9), 1),
-                             "peak_mib": round(mem.peak_mib, 1), "growth_mib": round(mem.growth_mib, 1),
-                             **({"overrides": over} if over else {})})
+
+        def metrics(m, length, windows, batch):
+            return stream_metrics(m, tokens, length, windows, batch, stream["separator_id"], autocast)
+
+        def rebuild(overrides, run_dir=run_dir):
+            return load_lm_run(run_dir, device=dev, allow_longer=True, overrides=overrides)[0]
+        new, scored, skip = score_methods(model, name, resolve_methods(extend, model, longrope_factors), lengths,
+                                          train_len, eval_tokens, metrics, rebuild, progress)
+        rows += new
+        labels += scored
+        if skip:
+            skipped[name] = skip
         del model
 
     result = {"benchmark": "extrapolation", "domain": "genomics", "dataset": "16s_rrna",
