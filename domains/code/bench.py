@@ -177,6 +177,32 @@ def _write_result(result: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
     return write_result(result, out_dir, format_extrapolation, plot_extrapolation)
 
 
+def _run_labels(runs: Sequence[str]) -> Dict[str, str]:
+    """The row label of each run folder: its model's name, or ``"name (folder)"`` where two runs hold the same model
+    (a run and its fine-tune).  A folder passed twice is refused (ConfigError)."""
+    from zoo.errors import ConfigError
+
+    seen: Dict[Path, str] = {}
+    names: Dict[str, Optional[str]] = {}
+    for run in runs:
+        path = Path(run).expanduser().resolve()
+        if path in seen:
+            raise ConfigError(f"--runs: {run} is passed twice ({seen[path]} is the same folder)")
+        seen[path] = run
+        try:                                                     # unreadable: load_run names the problem later
+            names[run] = json.loads((path / "summary.json").read_text())["model"]
+        except (OSError, ValueError, KeyError, TypeError):
+            names[run] = None
+    counts: Dict[Optional[str], int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    labels = {run: name if counts[name] == 1 else f"{name} ({Path(run).expanduser().resolve().name})"
+              for run, name in names.items()}
+    if len(set(labels.values())) < len(labels):
+        raise ConfigError(f"--runs: runs of one model in folders of one name ({', '.join(runs)}): rename a folder")
+    return labels
+
+
 def _extrapolation_of_runs(runs: Sequence[str], lengths: List[int], out_dir: Path, eval_tokens: int, tree, dev,
                            amp_mode: str, autocast, progress: bool, extend: str = "none",
                            longrope_factors: Optional[str] = None) -> Dict[str, Any]:
@@ -195,14 +221,13 @@ def _extrapolation_of_runs(runs: Sequence[str], lengths: List[int], out_dir: Pat
     from zoo.extend import resolve_methods
 
     rows, train, models, train_lens, steps, skipped = [], {}, [], set(), set(), {}
+    run_label = _run_labels(runs)
     for run in runs:
         run_dir = Path(run).expanduser()
         summary_path = run_dir / "summary.json"
         model, tokenizer = load_run(run_dir, device=dev, allow_longer=True)   # checks the run's files
         summary = json.loads(summary_path.read_text())
-        name = summary["model"]
-        if name in train:
-            raise ConfigError(f"--runs: two runs of {name} ({train[name]['run_dir']} and {run_dir}); pass one")
+        name = run_label[run]
         train_len = int((summary.get("data") or {}).get("seq_len") or 0)
         if train_len < 2:
             raise ConfigError(f"{summary_path}: no training length (data.seq_len) in the run summary")

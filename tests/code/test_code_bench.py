@@ -90,9 +90,18 @@ def test_extrapolation_of_finished_runs_scores_them_as_the_training_bench_did(sr
         assert after[key] == pytest.approx(before[key], rel=1e-6), key
     assert (out / "extrapolation.png").read_bytes()[:8] == PNG_SIGNATURE
     assert "finished runs" in printed and not (out / "runs").exists(), "nothing is trained"
-    with pytest.raises(ConfigError, match="two runs of code_lm_nope_tiny"):
+    with pytest.raises(ConfigError, match="passed twice"):
         bench.extrapolation(runs=[runs[1], runs[1]], lengths=[64], out=str(tmp_path / "x"), dataset="source_tree",
                             root=str(src), device="cpu", progress=False)
+    # two runs of one model (a run and its fine-tune): each row is labelled with its folder, both are scored
+    import shutil
+    again = tmp_path / "again" / "tuned"
+    shutil.copytree(runs[1], again)
+    two = bench.extrapolation(runs=[runs[1], str(again)], lengths=[64], eval_tokens=384, out=str(tmp_path / "two"),
+                              dataset="source_tree", root=str(src), device="cpu", progress=False)
+    assert two["models"] == ["code_lm_nope_tiny (code_lm_nope_tiny)", "code_lm_nope_tiny (tuned)"]
+    p1, p2 = (r["ppl"] for r in two["rows"])
+    assert p1 == pytest.approx(p2, rel=1e-6) and p1 == pytest.approx(before[("code_lm_nope_tiny", 64)], rel=1e-6)
     from zoo.errors import CheckpointError
     with pytest.raises(CheckpointError, match="tokenizer.json"):
         (trained / "runs" / "code_lm_bipe_tiny" / "tokenizer.json").unlink()
