@@ -15,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "DatasetNotFoundError",
     "ConfigError",
+    "UnknownArgumentError",
     "UnknownModelError",
 ]
 
@@ -49,6 +50,11 @@ class DatasetNotFoundError(ZooError, FileNotFoundError):
 
 class ConfigError(ZooError, ValueError):
     """An invalid configuration value or combination of values."""
+
+
+class UnknownArgumentError(ConfigError, TypeError):
+    """A keyword argument a model builder does not take (a `ConfigError`, and a TypeError as Python and timm raise
+    for an unexpected keyword)."""
 
 
 class UnknownModelError(ZooError, KeyError):

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, UnknownModelError, ZooError
+from .errors import CheckpointError, ConfigError, UnknownArgumentError, UnknownModelError, ZooError
 
 __all__ = ["PretrainedCfg", "register_model", "create", "list_models", "model_info", "load_checkpoint",
            "split_tag"]
@@ -231,7 +231,7 @@ def _build(entry: ModelEntry, kwargs: Dict[str, Any]) -> nn.Module:
             accepted = _accepted_kwargs(entry)
             close = difflib.get_close_matches(m.group(1), re.findall(r"\w+", accepted.partition(":")[2]), n=3)
             hint = (f"; did you mean {', '.join(close)}?" if close else "") + (f"; {accepted}" if accepted else "")
-            raise ConfigError(f"unknown keyword argument {m.group(1)!r} for {entry.name}{hint}") from None
+            raise UnknownArgumentError(f"unknown keyword argument {m.group(1)!r} for {entry.name}{hint}") from None
         if any(re.search(rf"\b{re.escape(k)}\b", str(e)) for k in kwargs):
             raise                                    # the builder's own check, naming the argument already
         args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
@@ -262,7 +262,23 @@ def _check_entries(state_dict: Any, source: str, into: str) -> None:
                                   f"{source} into {into}")
 
 
-def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] = None, **kwargs) -> nn.Module:
+def _device_dtype(name: str, device: Any, dtype: Any):
+    """``(torch.device or None, floating torch.dtype or None)``; ConfigError naming the argument otherwise."""
+    dev = None
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ConfigError(f"device must be a torch.device or a device string such as 'cpu', 'cuda:0' or "
+                              f"'meta' for {name}, got {device!r} ({str(e).splitlines()[0]})") from None
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ConfigError(f"dtype must be a floating torch.dtype (torch.float32, torch.bfloat16, ...) for {name}, "
+                          f"got {dtype!r}")
+    return dev, dtype
+
+
+def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] = None, device: Any = None,
+           dtype: Optional[torch.dtype] = None, **kwargs) -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -271,10 +287,16 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
             the cache only).
         pretrained_file: load weights from a local file or any source ``zoo.hub.resolve`` accepts, through the
             family's checkpoint filter (foreign formats, resampled position tables, dropped mismatched heads).
+        device: build the model there (``"meta"``: shapes only, no memory; weights cannot be loaded into it);
+            every parameter and buffer ends on it. Default: the current default device (CPU).
+        dtype: the floating dtype of every floating parameter and buffer (as ``model.to(dtype)``); weights load
+            cast to it. Positional encodings compute their angles in float32 whatever this is.
         **kwargs: passed to the model builder (e.g. ``img_size``, ``num_classes``, ``depth``); the common integer
-            geometry arguments are checked first, and an unknown keyword raises `ConfigError` naming it.
+            geometry arguments are checked first, and an unknown keyword raises `UnknownArgumentError` (a
+            `ConfigError` and a TypeError) naming it.
     """
     entry = _entry(name)
+    dev, dtype = _device_dtype(entry.name, device, dtype)
     _, tag = split_tag(name)
     cfg = _resolve_cfg(entry, tag)
     if pretrained not in (True, False):
@@ -283,7 +305,17 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
     if pretrained_file is not None and not isinstance(pretrained_file, (str, os.PathLike)):
         raise ConfigError(f"pretrained_file must be a path or a source string for {entry.name}, got "
                           f"{type(pretrained_file).__name__} {pretrained_file!r}")
-    model = _build(entry, kwargs)
+    if dev is not None and dev.type == "meta" and (pretrained or pretrained_file is not None):
+        raise ConfigError(f"cannot load weights into {entry.name} on the meta device (it holds no values): build it "
+                          f"on a real device, or drop pretrained / pretrained_file")
+    if dev is None:
+        model = _build(entry, kwargs)
+    else:
+        with dev:                                     # allocate on the device, not on CPU first
+            model = _build(entry, kwargs)
+        model.to(device=dev)                          # what a builder put on an explicit device
+    if dtype is not None:
+        model.to(dtype=dtype)
     model.pretrained_cfg = cfg
     model.zoo_name = entry.name
     source = pretrained_file

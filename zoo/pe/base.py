@@ -36,7 +36,15 @@ from torch import Tensor, nn
 
 from ..positions import Positions
 
-__all__ = ["PositionalEncoding", "ForwardMemo", "overrides", "check_pos"]
+__all__ = ["PositionalEncoding", "ForwardMemo", "overrides", "check_pos", "no_autocast"]
+
+
+def no_autocast(device: torch.device):
+    """A region where autocast is off on ``device`` (angles and position tables in float32 whatever the autocast
+    dtype); a no-op on a device without autocast (``meta``: a model built or traced there for its shapes)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 # hook -> index of ``pos`` among its arguments after ``self``
 _POS_ARG = {"embed": 1, "rotate": 2, "bias": 2, "bias_rows": 2, "value": 1}
