@@ -72,6 +72,7 @@ class ModelEntry:
     cfgs: Dict[str, PretrainedCfg]
     filter_fn: Optional[Callable[[dict, nn.Module], dict]]
     paper: Optional[str] = None
+    timm_cfg: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def default_tag(self) -> Optional[str]:
@@ -83,12 +84,15 @@ _REGISTRY: Dict[str, ModelEntry] = {}
 
 def register_model(fn: Optional[Callable] = None, *, name: Optional[str] = None, domain: Optional[str] = None,
                    cfgs: Optional[Dict[str, PretrainedCfg]] = None, filter_fn: Optional[Callable] = None,
-                   paper: Optional[str] = None, timm: Optional[bool] = None):
+                   paper: Optional[str] = None, timm: Optional[bool] = None,
+                   timm_cfg: Optional[Dict[str, Any]] = None):
     """Register an entrypoint. Usable bare (``@register_model``) or with options.
 
     ``domain`` defaults to the name of the plugin whose package holds the entrypoint's module ("core" outside
     every plugin). ``timm`` (default: the plugin's ``timm`` flag) also registers the entrypoint with timm's
-    registry."""
+    registry, with a timm pretrained cfg per tag (`pretrained_cfg_dict`; a model without tags gets one too).
+    ``timm_cfg``: the timm pretrained-cfg fields every tag shares (``input_size``, ``crop_pct``,
+    ``interpolation``, ``first_conv``, ``classifier``, ``fixed_input_size``, ...); a tag's own values win."""
 
     def deco(f: Callable) -> Callable:
         from .plugins import plugin_of_module
@@ -99,7 +103,11 @@ def register_model(fn: Optional[Callable] = None, *, name: Optional[str] = None,
         if model_name in _REGISTRY and _REGISTRY[model_name].fn is not f:
             raise ValueError(f"model name {model_name!r} is already registered by "
                              f"{_REGISTRY[model_name].fn.__module__}")
-        _REGISTRY[model_name] = ModelEntry(model_name, f, dom, dict(cfgs or {}), filter_fn, paper)
+        bad = sorted(set(timm_cfg or {}) - set(TIMM_CFG_FIELDS))
+        if bad:
+            raise ValueError(f"{model_name}: timm_cfg keys {bad} are not timm pretrained-cfg fields")
+        _REGISTRY[model_name] = ModelEntry(model_name, f, dom, dict(cfgs or {}), filter_fn, paper,
+                                           dict(timm_cfg or {}))
         if timm if timm is not None else (plugin is not None and plugin.timm):
             _register_with_timm(model_name)
         return f
@@ -107,9 +115,75 @@ def register_model(fn: Optional[Callable] = None, *, name: Optional[str] = None,
     return deco(fn) if fn is not None else deco
 
 
+#: the fields of timm's ``PretrainedCfg`` (timm 1.0): what ``timm_cfg`` may set and what timm is given
+TIMM_CFG_FIELDS = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "architecture", "tag", "custom_load",
+                   "input_size", "test_input_size", "min_input_size", "fixed_input_size", "interpolation", "crop_pct",
+                   "test_crop_pct", "crop_mode", "mean", "std", "num_classes", "label_offset", "label_names",
+                   "label_descriptions", "pool_size", "test_pool_size", "first_conv", "classifier", "license",
+                   "description", "origin_url", "paper_name", "paper_ids", "notes")
+
+
+def _paper_ids(paper: Optional[str]) -> Optional[str]:
+    """``"arXiv:2012.12877"`` for an arXiv address or id, else the reference as given."""
+    if not paper:
+        return None
+    m = re.search(r"arxiv\.org/(?:abs|pdf)/(\d{4}\.\d{4,5})|arxiv[:\s]*(\d{4}\.\d{4,5})", paper, re.I)
+    return f"arXiv:{m.group(1) or m.group(2)}" if m else paper
+
+
+def pretrained_cfg_dict(name: str) -> Dict[str, Any]:
+    """The pretrained cfg of ``name`` (``model`` or ``model.tag``; no tag: the default tag) as timm writes it: the
+    model's ``timm_cfg`` fields, then the tag's (source, license, paper, classes, input size, mean, std), with
+    ``architecture`` and ``tag``; zoo's own fields (``sha256``, ``metrics``, ``source`` as ``origin_url`` when it is
+    an address) ride along.  A model without tags gets the shared fields and its paper."""
+    return _cfg_dict(_entry(name), split_tag(name)[1])
+
+
+def _cfg_dict(entry: ModelEntry, tag: Optional[str]) -> Dict[str, Any]:
+    """`pretrained_cfg_dict` of a registry entry (no plugin is imported)."""
+    cfg = _resolve_cfg(entry, tag)
+    out: Dict[str, Any] = dict(entry.timm_cfg)
+    out.update(architecture=entry.name, tag=tag or (entry.default_tag if cfg is not None else None))
+    if cfg is not None:
+        own = {"url": cfg.url, "hf_hub_id": cfg.hf_hub_id, "file": cfg.file, "license": cfg.license,
+               "num_classes": cfg.num_classes, "input_size": tuple(cfg.input_size) if cfg.input_size else None,
+               "mean": tuple(cfg.mean) if cfg.mean else None, "std": tuple(cfg.std) if cfg.std else None,
+               "notes": cfg.notes, "sha256": cfg.sha256, "metrics": dict(cfg.metrics) or None}
+        if cfg.hf_hub_id and cfg.filename:
+            own["hf_hub_filename"] = cfg.filename
+        if cfg.source and re.match(r"https?://", cfg.source):
+            own["origin_url"] = cfg.source
+        elif cfg.source:
+            own["description"] = cfg.source
+        out.update({k: v for k, v in own.items() if v is not None})
+    paper = _paper_ids((cfg.paper if cfg is not None else None) or entry.paper)
+    if paper:
+        out.setdefault("paper_ids", paper)
+    return out
+
+
+def _timm_default_cfgs(entry: ModelEntry) -> Dict[str, Dict[str, Any]]:
+    """``{"name.tag": cfg}`` (``{"name": cfg}`` without tags) of timm's fields, for ``generate_default_cfgs``."""
+    tags = list(entry.cfgs) or [None]
+    return {f"{entry.name}.{t}" if t else entry.name:
+            {f: v for f, v in _cfg_dict(entry, t).items() if f in TIMM_CFG_FIELDS and f not in ("architecture", "tag")}
+            for t in tags}
+
+
+def _timm_tag(pretrained_cfg: Any) -> Optional[str]:
+    """The tag in what ``timm.create_model`` passes as ``pretrained_cfg``: a tag str (from ``"model.tag"``), a dict
+    or a timm ``PretrainedCfg``, or None."""
+    if isinstance(pretrained_cfg, str):
+        return pretrained_cfg or None
+    if isinstance(pretrained_cfg, Mapping):
+        return pretrained_cfg.get("tag")
+    return getattr(pretrained_cfg, "tag", None)
+
+
 def _register_with_timm(model_name: str) -> None:
     try:
         from timm.models import _registry as timm_registry
+        from timm.models import generate_default_cfgs
     except ImportError:  # timm is optional outside vision
         return
     if model_name in timm_registry._model_entrypoints:
@@ -118,7 +192,17 @@ def _register_with_timm(model_name: str) -> None:
         raise ValueError(f"zoo model name {model_name!r} collides with a timm model name")
 
     def entry(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kw):
-        return create(model_name, pretrained=pretrained, **kw)
+        overlay = dict(pretrained_cfg_overlay or {})
+        tag = _timm_tag(pretrained_cfg)
+        name = f"{model_name}.{tag}" if tag else model_name
+        if pretrained and overlay.get("file"):              # timm's way to load a local file
+            kw.setdefault("pretrained_file", overlay["file"])
+            pretrained = False
+        model = create(name, pretrained=pretrained, **kw)
+        if overlay:
+            model.pretrained_cfg = {**model.pretrained_cfg, **overlay}
+            model.default_cfg = model.pretrained_cfg
+        return model
 
     entry.__name__ = model_name
     entry.__qualname__ = model_name
@@ -127,6 +211,10 @@ def _register_with_timm(model_name: str) -> None:
     if "zoo.timm_models" not in sys.modules:
         import types
         sys.modules["zoo.timm_models"] = types.ModuleType("zoo.timm_models")
+    module = sys.modules["zoo.timm_models"]
+    if not hasattr(module, "default_cfgs"):
+        module.default_cfgs = {}
+    module.default_cfgs.update(generate_default_cfgs(_timm_default_cfgs(_REGISTRY[model_name])))
     timm_registry.register_model(entry)
 
 
@@ -316,7 +404,8 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
         model.to(device=dev)                          # what a builder put on an explicit device
     if dtype is not None:
         model.to(dtype=dtype)
-    model.pretrained_cfg = cfg
+    model.pretrained_cfg = _cfg_dict(entry, tag)               # timm's dict (resolve_data_config reads it)
+    model.default_cfg = model.pretrained_cfg
     model.zoo_name = entry.name
     source = pretrained_file
     sha256 = filename = None

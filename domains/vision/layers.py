@@ -109,6 +109,20 @@ def init_linears_and_norms(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
+#: ImageNet normalisation (timm's IMAGENET_DEFAULT_MEAN / _STD)
+TIMM_MEAN, TIMM_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def timm_cfg(fixed_input_size: bool, crop_pct: float = 0.875, **fields: Any) -> Dict[str, Any]:
+    """The timm pretrained-cfg fields a vision classifier of the zoo declares (`zoo.register_model(timm_cfg=)`):
+    224 x 224 RGB, ImageNet mean / std, bicubic resize, ``crop_pct`` (0.875: the DeiT training code's eval crop,
+    which the iRPE, CPVT, RMT and LightNet code keep), the stem conv and the head, and whether the model takes only
+    its build size (``fixed_input_size``: a learned or rotary table fixed at build time)."""
+    return dict(input_size=(3, 224, 224), crop_pct=crop_pct, interpolation="bicubic", mean=TIMM_MEAN, std=TIMM_STD,
+                first_conv="patch_embed.proj", classifier="head", num_classes=1000,
+                fixed_input_size=fixed_input_size, **fields)
+
+
 def new_head(embed_dim: int, num_classes: int) -> nn.Module:
     """A fresh classifier ``Linear(embed_dim, num_classes)`` (trunc-normal .02, zero bias); Identity for 0 classes."""
     if num_classes <= 0:

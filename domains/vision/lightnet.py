@@ -34,7 +34,7 @@ from zoo.positions import Positions
 from zoo.registry import register_model
 
 from .layers import (PatchEmbed, cached_grid_positions, grid_for_images, init_linears_and_norms, new_head,
-                     patch_geometry)
+                     patch_geometry, timm_cfg)
 
 __all__ = ["LightNetBlock", "LightNet", "linear_scaling_bench"]
 
@@ -226,13 +226,13 @@ def _create_lightnet(variant_kwargs: dict, **kwargs) -> LightNet:
     return LightNet(**args)
 
 
-@register_model(paper=LIGHTNET_PAPER)
+@register_model(paper=LIGHTNET_PAPER, timm_cfg=timm_cfg(False))
 def lightnet_tiny(**kwargs) -> LightNet:
     """LightNet-Tiny/16: 192 wide, 3 heads, 12 blocks; linear attention + MD-LRPE, MD-TPE, mean pooling."""
     return _create_lightnet(dict(embed_dim=192, depth=12, num_heads=3), **kwargs)
 
 
-@register_model(paper=LIGHTNET_PAPER)
+@register_model(paper=LIGHTNET_PAPER, timm_cfg=timm_cfg(False))
 def lightnet_small(**kwargs) -> LightNet:
     """LightNet-Small/16: 384 wide, 6 heads, 12 blocks; linear attention + MD-LRPE, MD-TPE, mean pooling."""
     return _create_lightnet(dict(embed_dim=384, depth=12, num_heads=6), **kwargs)

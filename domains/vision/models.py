@@ -32,7 +32,7 @@ from zoo.registry import PretrainedCfg, register_model
 from .checkpoint import (adapt_input_conv, drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched,
                          resample_patch_kernel, unwrap_state_dict)
 from .layers import (PatchEmbed, cached_grid_positions, grid_for_images, init_linears_and_norms, new_head,
-                     patch_geometry)
+                     patch_geometry, timm_cfg)
 
 # PatchEmbed (.layers), resample_patch_kernel and adapt_input_conv (.checkpoint) are re-exported
 __all__ = ["VisionTransformer", "PatchEmbed", "IRPEFactory", "checkpoint_filter_fn", "resample_patch_kernel",
@@ -42,6 +42,8 @@ _log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the timm pretrained-cfg fields of the DeiT-style ViTs (fixed size: a learned position table)
+VIT_TIMM = timm_cfg(True)
 IRPE_PAPER = "https://arxiv.org/abs/2107.14222"
 IRPE_ZOO_URL = "https://github.com/wkcn/iRPE-model-zoo/releases/download/1.0/"
 _APE_CACHE_SIZE = 8   # image sizes whose resampled position table is kept (eval only)
@@ -421,42 +423,42 @@ def _deit_cfg(url: str, top1: float) -> Dict[str, PretrainedCfg]:
 
 
 @register_model(cfgs=_irpe_cfg("deit_tiny_patch16_224_ctx_product_50_shared_k", 73.7),
-                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_tiny(**kwargs) -> VisionTransformer:
     """DeiT-Tiny/16 with contextual product iRPE on keys (ratio 1.9, 50 shared buckets), learned APE kept."""
     return _create_vit_irpe(dict(embed_dim=192, depth=12, num_heads=3), **kwargs)
 
 
 @register_model(cfgs=_irpe_cfg("deit_small_patch16_224_ctx_product_50_shared_k", 80.9),
-                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_small(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with contextual product iRPE on keys (ratio 1.9, 50 shared buckets), learned APE kept."""
     return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), **kwargs)
 
 
 @register_model(cfgs=_irpe_cfg("deit_base_patch16_224_ctx_product_50_shared_k", 82.3),
-                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_base(**kwargs) -> VisionTransformer:
     """DeiT-Base/16 with contextual product iRPE on keys (ratio 1.9, 50 shared buckets), learned APE kept."""
     return _create_vit_irpe(dict(embed_dim=768, depth=12, num_heads=12), **kwargs)
 
 
 @register_model(cfgs=_irpe_cfg("deit_small_patch16_224_ctx_product_50_shared_qk", 81.0),
-                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_small_qk(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with contextual product iRPE on queries and keys (ratio 1.9, 50 shared buckets)."""
     return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(rpe_on="qk"), **kwargs)
 
 
 @register_model(cfgs=_irpe_cfg("deit_small_patch16_224_ctx_product_50_shared_qkv", 81.2),
-                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_small_qkv(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with contextual product iRPE on queries, keys and values (ratio 1.9, 50 shared buckets)."""
     return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(rpe_on="qkv"), **kwargs)
 
 
 @register_model(cfgs=_irpe_cfg("deit_base_patch16_224_ctx_product_50_shared_qkv", 82.8),
-                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_base_qkv(**kwargs) -> VisionTransformer:
     """DeiT-Base/16 with contextual product iRPE on queries, keys and values (ratio 1.9, 50 shared buckets)."""
     return _create_vit_irpe(dict(embed_dim=768, depth=12, num_heads=12), dict(rpe_on="qkv"), **kwargs)
@@ -465,33 +467,33 @@ def vit_irpe_base_qkv(**kwargs) -> VisionTransformer:
 # the paper's other methods on keys (official configs deit_small_patch16_224_ctx_{euc_20,quant_51,cross_56}_shared_k,
 # whose weights were not released): the number in the official name counts the buckets used at 14x14 + cls
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_small_euc(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with contextual euclidean iRPE on keys (ratio 20: 82 shared buckets, 20 used at 224)."""
     return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(method="euclidean", ratio=20), **kwargs)
 
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_small_quant(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with contextual quantization iRPE on keys (ratio 33: 134 shared buckets, 51 used at 224)."""
     return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(method="quant", ratio=33), **kwargs)
 
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_small_cross(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with contextual cross iRPE on keys (ratio 20: rows + cols tables of 82 shared buckets)."""
     return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(method="cross", ratio=20), **kwargs)
 
 
 @register_model(cfgs=_deit_cfg("https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth", 72.2),
-                filter_fn=checkpoint_filter_fn, paper="https://arxiv.org/abs/2012.12877")
+                filter_fn=checkpoint_filter_fn, paper="https://arxiv.org/abs/2012.12877", timm_cfg=VIT_TIMM)
 def vit_ape_tiny(**kwargs) -> VisionTransformer:
     """DeiT-Tiny/16 with a learned absolute position table only (the iRPE paper's baseline)."""
     return _create_vit(dict(embed_dim=192, depth=12, num_heads=3), **kwargs)
 
 
 @register_model(cfgs=_deit_cfg("https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth", 79.8),
-                filter_fn=checkpoint_filter_fn, paper="https://arxiv.org/abs/2012.12877")
+                filter_fn=checkpoint_filter_fn, paper="https://arxiv.org/abs/2012.12877", timm_cfg=VIT_TIMM)
 def vit_ape_small(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with a learned absolute position table only (the iRPE paper's baseline)."""
     return _create_vit(dict(embed_dim=384, depth=12, num_heads=6), **kwargs)

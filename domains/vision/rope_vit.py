@@ -39,13 +39,15 @@ from zoo.registry import PretrainedCfg, register_model
 
 from .checkpoint import drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched, unwrap_state_dict
 from .layers import (PatchEmbed, cached_grid_positions, grid_for_images, init_linears_and_norms, new_head,
-                     patch_geometry)
+                     patch_geometry, timm_cfg)
 
 __all__ = ["RoPEBlock", "RoPEVisionTransformer", "checkpoint_filter_fn"]
 
 ROPE_VIT_PAPER = "https://arxiv.org/abs/2403.13298"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: timm's pretrained cfg of the naver RoPE-ViT weights (crop 0.9, bicubic); fixed size like timm's
+ROPE_TIMM = timm_cfg(True, crop_pct=0.9)
 ROPE_KINDS = ("axial", "mixed")
 
 
@@ -353,27 +355,29 @@ def _cfg(timm_name: str) -> Dict[str, PretrainedCfg]:
         notes=f"timm's {timm_name} weights; same keys as this model")}
 
 
-@register_model(cfgs=_cfg("vit_small_patch16_rope_224"), filter_fn=checkpoint_filter_fn, paper=ROPE_VIT_PAPER)
+@register_model(cfgs=_cfg("vit_small_patch16_rope_224"), filter_fn=checkpoint_filter_fn, paper=ROPE_VIT_PAPER,
+                timm_cfg=ROPE_TIMM)
 def vit_rope_small(**kwargs) -> RoPEVisionTransformer:
     """ViT-S/16 with RoPE-Axial (theta 100), layer scale 1e-5, no absolute position table (timm-compatible keys)."""
     return _create(_SMALL, "axial", **kwargs)
 
 
 @register_model(cfgs=_cfg("vit_small_patch16_rope_mixed_224"), filter_fn=checkpoint_filter_fn,
-                paper=ROPE_VIT_PAPER)
+                paper=ROPE_VIT_PAPER, timm_cfg=ROPE_TIMM)
 def vit_rope_mixed_small(**kwargs) -> RoPEVisionTransformer:
     """ViT-S/16 with RoPE-Mixed (learnable per-layer, per-head 2D frequencies, init theta 10) (timm-compatible)."""
     return _create(_SMALL, "mixed", **kwargs)
 
 
-@register_model(cfgs=_cfg("vit_base_patch16_rope_224"), filter_fn=checkpoint_filter_fn, paper=ROPE_VIT_PAPER)
+@register_model(cfgs=_cfg("vit_base_patch16_rope_224"), filter_fn=checkpoint_filter_fn, paper=ROPE_VIT_PAPER,
+                timm_cfg=ROPE_TIMM)
 def vit_rope_base(**kwargs) -> RoPEVisionTransformer:
     """ViT-B/16 with RoPE-Axial (theta 100), layer scale 1e-5, no absolute position table (timm-compatible keys)."""
     return _create(_BASE, "axial", **kwargs)
 
 
 @register_model(cfgs=_cfg("vit_base_patch16_rope_mixed_224"), filter_fn=checkpoint_filter_fn,
-                paper=ROPE_VIT_PAPER)
+                paper=ROPE_VIT_PAPER, timm_cfg=ROPE_TIMM)
 def vit_rope_mixed_base(**kwargs) -> RoPEVisionTransformer:
     """ViT-B/16 with RoPE-Mixed (learnable per-layer, per-head 2D frequencies, init theta 10) (timm-compatible)."""
     return _create(_BASE, "mixed", **kwargs)
