@@ -109,6 +109,77 @@ def init_linears_and_norms(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
+class TimmClassifierMixin:
+    """timm's classifier API on a token model of the zoo (``blocks``, ``norm``, ``head``, ``num_features``,
+    ``num_prefix_tokens``, ``global_pool``): pooling (``''`` the tokens as they are, ``'token'`` the cls token,
+    ``'avg'`` the mean of the patch tokens), ``reset_classifier`` keeping the model's device, dtype and train mode,
+    ``head_hidden_size``, gradient checkpointing per block, ``group_matcher`` for layer-wise learning rates and
+    ``no_weight_decay``.  Changing the pooling keeps the norms where the model was built with them (as timm's)."""
+
+    grad_checkpointing = False
+    POOLS = ("", "token", "avg")
+
+    @property
+    def head_hidden_size(self) -> int:
+        return self.num_features
+
+    def _check_pool(self, pool: str) -> None:
+        if pool not in self.POOLS:
+            raise ValueError(f"global_pool must be one of {', '.join(map(repr, self.POOLS))} for "
+                             f"{type(self).__name__}, got {pool!r}")
+        if pool == "token" and not self.num_prefix_tokens:
+            raise ValueError(f"global_pool='token' needs a cls token; {type(self).__name__} has none (use 'avg')")
+
+    def pool(self, x: Tensor, pool_type: Optional[str] = None) -> Tensor:
+        """``[B, N, D] -> [B, D]`` (``''``: ``x`` itself)."""
+        pool_type = self.global_pool if pool_type is None else pool_type
+        if pool_type == "token":
+            return x[:, 0]
+        if pool_type == "avg":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        return x
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (memory for compute; the same values)."""
+        self.grad_checkpointing = bool(enable)
+
+    def _block(self, blk: nn.Module, x: Tensor, pos: Positions) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            from torch.utils.checkpoint import checkpoint
+            return checkpoint(blk, x, pos, use_reentrant=False)
+        return blk(x, pos)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """timm's parameter groups (``timm.models.group_parameters``): the stem (tokens, patch embedding, position
+        tables), one group per block (a block's conditional position module with it), the final norms."""
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed|^embed_pe|^tpe|^rope|^pe\.",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^pos_block\.(\d+)", None),
+                            (r"^norm|^fc_norm", (99999,))])
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return set()
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    @torch.jit.ignore
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new head for ``num_classes`` (0: none) on the model's device and in its dtype and train mode;
+        ``global_pool``: a new pooling (`POOLS`)."""
+        if global_pool is not None:
+            self._check_pool(global_pool)
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        ref = next(iter(self.parameters()), None)
+        device, dtype = (ref.device, ref.dtype) if ref is not None else (torch.device("cpu"), torch.float32)
+        with device:
+            head = new_head(self.num_features, num_classes)
+        self.head = head.to(dtype=dtype).train(self.training)
+
+
 #: ImageNet normalisation (timm's IMAGENET_DEFAULT_MEAN / _STD)
 TIMM_MEAN, TIMM_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

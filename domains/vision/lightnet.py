@@ -33,8 +33,8 @@ from zoo.pe.tpe import MdTpe
 from zoo.positions import Positions
 from zoo.registry import register_model
 
-from .layers import (PatchEmbed, cached_grid_positions, grid_for_images, init_linears_and_norms, new_head,
-                     patch_geometry, timm_cfg)
+from .layers import (PatchEmbed, TimmClassifierMixin, cached_grid_positions, grid_for_images, init_linears_and_norms,
+                     new_head, patch_geometry, timm_cfg)
 
 __all__ = ["LightNetBlock", "LightNet", "linear_scaling_bench"]
 
@@ -63,7 +63,7 @@ class LightNetBlock(nn.Module):
         return x
 
 
-class LightNet(nn.Module):
+class LightNet(TimmClassifierMixin, nn.Module):
     """LightNet image classifier (ViT layout, linear attention, MD-LRPE + MD-TPE, mean pooling).
 
     Args:
@@ -80,13 +80,17 @@ class LightNet(nn.Module):
                  in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 192, depth: int = 12,
                  num_heads: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, norm_eps: float = 1e-6, lrpe: bool = True, lrpe_base: float = 10000.0,
-                 tpe: bool = True, output_gate: bool = True, dynamic_img_size: bool = True):
+                 tpe: bool = True, output_gate: bool = True, dynamic_img_size: bool = True,
+                 global_pool: str = "avg"):
         super().__init__()
         self.config: Dict[str, Any] = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm_eps=norm_eps, lrpe=lrpe, lrpe_base=lrpe_base,
-            tpe=tpe, output_gate=output_gate)
+            tpe=tpe, output_gate=output_gate, global_pool=global_pool)
+        if global_pool not in self.POOLS:
+            raise ValueError(f"global_pool must be 'avg' or '' (no pooling; LightNet has no cls token), got "
+                             f"{global_pool!r}")
         if not dynamic_img_size:
             raise ValueError("LightNet has no position table: every image size divisible by the patch size runs; "
                              "dynamic_img_size=False is not supported")
@@ -99,7 +103,7 @@ class LightNet(nn.Module):
         self.in_chans, self.num_classes = in_chans, num_classes
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 0
-        self.global_pool = "avg"
+        self.global_pool = global_pool
 
         self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim)
         self.tpe = MdTpe(embed_dim, num_heads, num_axes=2, bidirectional=True) if tpe else None
@@ -120,15 +124,7 @@ class LightNet(nn.Module):
         """trunc-normal .02 on linears (zero biases), unit norms; the MD-TPE vectors keep their N(0, 1) init."""
         init_linears_and_norms(self)
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"LightNet pools by the mean of its tokens (no cls token), got "
-                             f"global_pool={global_pool!r}")
-        self.num_classes = num_classes
-        self.head = new_head(self.embed_dim, num_classes)
+    POOLS = ("", "avg")                                  # no cls token
 
     def _grid_for(self, x: Tensor) -> Tuple[int, int]:
         return grid_for_images(x, self.in_chans, self.patch_size)        # any size: no position table
@@ -146,11 +142,11 @@ class LightNet(nn.Module):
             x = self.tpe.embed(x, pos)                                            # x + MD-TPE(x)
         x = self.pos_drop(x)
         for blk in self.blocks:
-            x = blk(x, pos)
+            x = self._block(blk, x, pos)
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean(dim=1))                                         # [B, D]
+        x = self.head_drop(self.pool(x))                                          # [B, D] ('': [B, N, D])
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -31,8 +31,8 @@ from zoo.registry import PretrainedCfg, register_model
 
 from .checkpoint import (adapt_input_conv, drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched,
                          resample_patch_kernel, unwrap_state_dict)
-from .layers import (PatchEmbed, cached_grid_positions, grid_for_images, init_linears_and_norms, new_head,
-                     patch_geometry, timm_cfg)
+from .layers import (PatchEmbed, TimmClassifierMixin, cached_grid_positions, grid_for_images, init_linears_and_norms,
+                     new_head, patch_geometry, timm_cfg)
 
 # PatchEmbed (.layers), resample_patch_kernel and adapt_input_conv (.checkpoint) are re-exported
 __all__ = ["VisionTransformer", "PatchEmbed", "IRPEFactory", "checkpoint_filter_fn", "resample_patch_kernel",
@@ -69,7 +69,7 @@ class IRPEFactory:
 
 # ---- model ------------------------------------------------------------------------------------------------------
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(TimmClassifierMixin, nn.Module):
     """ViT / DeiT (Dosovitskiy et al., 2021; Touvron et al., 2021) whose attention takes a positional encoding.
 
     Args:
@@ -116,8 +116,8 @@ class VisionTransformer(nn.Module):
             pos_block_after=tuple(pos_block_after), pe=spec_label(pe) and any_spec(pe))
         if pe is not None and (pe_factory is not None or pos_block_factory is not None):
             raise ValueError("pe= replaces the model's encoding: give it without pe_factory / pos_block_factory")
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool not in self.POOLS:
+            raise ValueError(f"global_pool must be 'token', 'avg' or '' (no pooling), got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
         if in_chans <= 0 or depth < 0 or num_classes < 0:
@@ -189,16 +189,7 @@ class VisionTransformer(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         # as the official DeiT-iRPE recipe (timm optimizer): the iRPE tables are weight-decayed
-        return {"pos_embed", "cls_token"}
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = new_head(self.embed_dim, num_classes)
+        return {n for n in ("pos_embed", "cls_token") if getattr(self, n) is not None}
 
     def train(self, mode: bool = True):
         self._ape_cache.clear()
@@ -249,17 +240,13 @@ class VisionTransformer(nn.Module):
             x = self.embed_pe.embed(x, pos)
         x = self.pos_drop(x)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, pos)
+            x = self._block(blk, x, pos)
             if str(i) in self.pos_block:
                 x = self.pos_block[str(i)].embed(x, pos)
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        else:
-            x = x[:, 0]
-        x = self.head_drop(x)
+        x = self.head_drop(self.pool(x))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -38,8 +38,8 @@ from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
 
 from .checkpoint import drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched, unwrap_state_dict
-from .layers import (PatchEmbed, cached_grid_positions, grid_for_images, init_linears_and_norms, new_head,
-                     patch_geometry, timm_cfg)
+from .layers import (PatchEmbed, TimmClassifierMixin, cached_grid_positions, grid_for_images, init_linears_and_norms,
+                     new_head, patch_geometry, timm_cfg)
 
 __all__ = ["RoPEBlock", "RoPEVisionTransformer", "checkpoint_filter_fn"]
 
@@ -86,7 +86,7 @@ class RoPEBlock(nn.Module):
 
 # ---- model ------------------------------------------------------------------------------------------------------
 
-class RoPEVisionTransformer(nn.Module):
+class RoPEVisionTransformer(TimmClassifierMixin, nn.Module):
     """ViT with 2D RoPE in every attention (RoPE-Axial or RoPE-Mixed) and no absolute position table.
 
     Args:
@@ -126,8 +126,8 @@ class RoPEVisionTransformer(nn.Module):
                                  f"(got rope={rope!r}, rope_theta={rope_theta!r})")
         elif rope not in ROPE_KINDS:
             raise ValueError(f"rope must be one of {ROPE_KINDS} (or None with pe=...), got {rope!r}")
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool not in self.POOLS:
+            raise ValueError(f"global_pool must be 'token', 'avg' or '' (no pooling), got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
         if in_chans <= 0 or depth < 0 or num_classes < 0 or embed_dim <= 0 or num_heads <= 0:
@@ -228,16 +228,6 @@ class RoPEVisionTransformer(nn.Module):
             return {"cls_token", "pe.freqs"}
         return {"cls_token", "rope.freqs"} if self.rope_kind == "mixed" else {"cls_token"}
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None and global_pool != self.global_pool:
-            raise ValueError("the pooling (and with it the norm placement) is fixed at build time; build the model "
-                             "with global_pool=... instead")
-        self.num_classes = num_classes
-        self.head = new_head(self.embed_dim, num_classes)
-
     # ---- geometry ---------------------------------------------------------------------------------------------
     def _grid_for(self, x: Tensor) -> Tuple[int, int]:
         return grid_for_images(x, self.in_chans, self.patch_size, None if self.dynamic_img_size else self.img_size,
@@ -259,12 +249,11 @@ class RoPEVisionTransformer(nn.Module):
             x = self.embed_pe.embed(x, pos)
         x = self.pos_drop(x)
         for blk in self.blocks:
-            x = blk(x, pos)
+            x = self._block(blk, x, pos)
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
-        x = self.head_drop(self.fc_norm(x))
+        x = self.head_drop(self.fc_norm(self.pool(x)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
