@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 __all__ = ["format_ppl_table", "format_markdown", "plot_ppl_vs_length", "finished_run", "write_result", "OPTIONS",
-           "score_lengths", "score_methods"]
+           "score_lengths", "score_methods", "merge_results", "merge_files"]
 
 #: the longest batch scored at once, in tokens (``batch = max(1, min(windows, SCORE_BATCH_TOKENS // length))``)
 SCORE_BATCH_TOKENS = 16384
@@ -40,7 +40,13 @@ OPTIONS = [
                                             "lm_infinite, ms_poe, log_scale, alibi_interp; default none")),
     (("--longrope-factors",), dict(default=None, help="a LongRoPE factors file (zoo bench longrope) for the "
                                                       "'longrope' method")),
+    (("--merge",), dict(default=None, help="comma-separated extrapolation.json files of one bench (e.g. methods or "
+                                           "runs scored by parallel processes): write them as one result to --out "
+                                           "(JSON, Markdown, PNG); nothing is scored")),
 ]
+
+#: the keys two results must agree on to be merged (the same bench on the same data)
+MERGE_KEYS = ("benchmark", "domain", "dataset", "train_len", "lengths", "eval_tokens", "device", "amp")
 
 #: config keys that do not change what a run trains
 RUN_KEYS_IGNORED = frozenset({"train.progress", "output.dir", "output.overwrite"})
@@ -217,3 +223,57 @@ def score_methods(model, name: str, methods, lengths: Sequence[int], train_len: 
         rows += new
         labels.append(label)
     return rows, labels, skipped
+
+
+def merge_results(results: Sequence[Dict[str, Any]], names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """One result from several of one bench (`MERGE_KEYS` equal): ``models`` and ``rows`` concatenated in order,
+    ``train`` and ``skipped`` united, ``extend`` joined; the first result's other keys.  ``names``: what to call
+    each result in errors (its file).  Raises ConfigError when a key differs or a model label repeats."""
+    from .errors import ConfigError
+
+    names = list(names or [f"result {i + 1}" for i in range(len(results))])
+    if not results:
+        raise ConfigError("nothing to merge: pass two or more extrapolation results")
+    first = results[0]
+    merged = {k: v for k, v in first.items() if k != "files"}
+    merged.update(models=[], rows=[], train={}, skipped={}, extend=[])
+    for name, res in zip(names, results):
+        for key in MERGE_KEYS:
+            if res.get(key) != first.get(key):
+                raise ConfigError(f"{name}: {key} is {res.get(key)!r}, {names[0]} has {first.get(key)!r}: only "
+                                  f"results of one bench on the same data merge")
+        for label in res["models"]:
+            if label in merged["models"]:
+                raise ConfigError(f"{name}: model {label!r} is already in an earlier result; merge each once")
+        merged["models"] += list(res["models"])
+        merged["rows"] += list(res["rows"])
+        merged["train"].update(res.get("train") or {})
+        for model, skip in (res.get("skipped") or {}).items():
+            merged["skipped"].setdefault(model, []).extend(skip)
+        if res.get("extend") not in (None, "none") and res["extend"] not in merged["extend"]:
+            merged["extend"].append(res["extend"])
+    merged["extend"] = ",".join(merged["extend"]) or "none"
+    merged["merged_from"] = [str(n) for n in names]
+    return merged
+
+
+def merge_files(paths: Sequence[Union[str, Path]], domain: Optional[str] = None) -> Dict[str, Any]:
+    """`merge_results` of ``extrapolation.json`` files (ConfigError naming a file that is missing, not a result, or
+    of another ``domain`` than the one given)."""
+    from .errors import ConfigError
+
+    results = []
+    for p in paths:
+        try:
+            res = json.loads(Path(p).expanduser().read_text())
+        except OSError as e:
+            raise ConfigError(f"--merge: cannot read {p}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise ConfigError(f"--merge: {p} is not JSON: {e}") from None
+        if not isinstance(res, dict) or res.get("benchmark") != "extrapolation" or not isinstance(
+                res.get("rows"), list) or not isinstance(res.get("models"), list):
+            raise ConfigError(f"--merge: {p} is not a zoo bench extrapolation result (extrapolation.json)")
+        if domain is not None and res.get("domain") != domain:
+            raise ConfigError(f"--merge: {p} holds a result of --domain {res.get('domain')}, not {domain}")
+        results.append(res)
+    return merge_results(results, [str(p) for p in paths])

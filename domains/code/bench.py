@@ -429,16 +429,21 @@ def run_extrapolation(args) -> int:
     """``zoo bench extrapolation --domain code`` (arguments from ``zoo bench``, defaults applied)."""
     from zoo.bench import parse_list
 
-    lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
-    result = extrapolation(models=parse_list(getattr(args, "models", None)), steps=args.steps, lengths=lengths,
-                           train_len=args.train_len, runs=parse_list(getattr(args, "runs", None)),
-                           retrain=bool(getattr(args, "retrain", False)),
-                           batch_size=args.batch_size or 16, eval_tokens=args.eval_tokens,
-                           out=args.out or "runs/bench/extrapolation_code", root=args.data_root,
-                           dataset="source_tree" if args.data_root else "cpython_stdlib",
-                           device=args.device, progress=not args.quiet,
-                           extend=getattr(args, "extend", None) or "none",
-                           longrope_factors=getattr(args, "longrope_factors", None))
+    if getattr(args, "merge", None):
+        from zoo.extrapolation import merge_files
+        result = merge_files(parse_list(args.merge), domain="code")
+        result = _write_result(result, Path(args.out or "runs/bench/extrapolation_code").expanduser())
+    else:
+        lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
+        result = extrapolation(models=parse_list(getattr(args, "models", None)), steps=args.steps, lengths=lengths,
+                               train_len=args.train_len, runs=parse_list(getattr(args, "runs", None)),
+                               retrain=bool(getattr(args, "retrain", False)),
+                               batch_size=args.batch_size or 16, eval_tokens=args.eval_tokens,
+                               out=args.out or "runs/bench/extrapolation_code", root=args.data_root,
+                               dataset="source_tree" if args.data_root else "cpython_stdlib",
+                               device=args.device, progress=not args.quiet,
+                               extend=getattr(args, "extend", None) or "none",
+                               longrope_factors=getattr(args, "longrope_factors", None))
     if getattr(args, "json", None):
         from zoo.io import atomic_write_text
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")

@@ -272,16 +272,22 @@ def run_extrapolation(args) -> int:
     defaults)."""
     from zoo.bench import parse_list
 
-    lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
-    result = extrapolation(models=parse_list(getattr(args, "models", None)),
-                           steps=args.steps or DEFAULT_STEPS, lengths=lengths,
-                           train_len=args.train_len or DEFAULT_TRAIN_LEN, batch_size=args.batch_size or 16,
-                           eval_tokens=args.eval_tokens or DEFAULT_EVAL_TOKENS,
-                           out=args.out or "runs/bench/extrapolation_genomics", root=args.data_root,
-                           device=args.device, progress=not args.quiet,
-                           retrain=bool(getattr(args, "retrain", False)),
-                           extend=getattr(args, "extend", None) or "none",
-                           longrope_factors=getattr(args, "longrope_factors", None))
+    if getattr(args, "merge", None):
+        from zoo.extrapolation import merge_files, write_result
+        result = merge_files(parse_list(args.merge), domain="genomics")
+        result = write_result(result, Path(args.out or "runs/bench/extrapolation_genomics").expanduser(),
+                              format_extrapolation, plot_extrapolation)
+    else:
+        lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
+        result = extrapolation(models=parse_list(getattr(args, "models", None)),
+                               steps=args.steps or DEFAULT_STEPS, lengths=lengths,
+                               train_len=args.train_len or DEFAULT_TRAIN_LEN, batch_size=args.batch_size or 16,
+                               eval_tokens=args.eval_tokens or DEFAULT_EVAL_TOKENS,
+                               out=args.out or "runs/bench/extrapolation_genomics", root=args.data_root,
+                               device=args.device, progress=not args.quiet,
+                               retrain=bool(getattr(args, "retrain", False)),
+                               extend=getattr(args, "extend", None) or "none",
+                               longrope_factors=getattr(args, "longrope_factors", None))
     if getattr(args, "json", None):
         from zoo.io import atomic_write_text
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")

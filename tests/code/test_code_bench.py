@@ -1,6 +1,7 @@
 """`zoo bench extrapolation --domain code` and `zoo bench code` end to end at a tiny scale (structure, not speed)."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -185,6 +186,37 @@ def test_extrapolation_with_training_free_extensions(src, tmp_path, capsys):
         if "+" in label and "alibi_tiny" not in label:
             assert ppl[(label, 128)]["ppl"] != ppl[("code_lm_rope_tiny", 128)]["ppl"], label
             assert ppl[(label, 128)]["overrides"], label
+    # --merge: the runs scored by two processes, written as one result, equal the one-process result
+    for i, (run, ext) in enumerate(((runs[0], "none,yarn"), (runs[1], "none"))):
+        assert main(["bench", "extrapolation", "--domain", "code", "--runs", run, "--lengths", "64,128",
+                     "--eval-tokens", "256", "--data-root", str(src), "--device", "cpu", "--out",
+                     str(tmp_path / f"part{i}"), "--extend", ext, "--quiet"]) == 0
+    parts = [str(tmp_path / f"part{i}" / "extrapolation.json") for i in (0, 1)]
+    assert main(["bench", "extrapolation", "--domain", "code", "--merge", ",".join(parts), "--out",
+                 str(tmp_path / "merged"), "--quiet"]) == 0
+    merged = json.loads((tmp_path / "merged" / "extrapolation.json").read_text())
+    assert merged["models"] == ["code_lm_rope_tiny", "code_lm_rope_tiny +yarn", "code_lm_alibi_tiny"]
+    assert merged["merged_from"] == parts and set(merged["train"]) == {"code_lm_rope_tiny", "code_lm_alibi_tiny"}
+    for r in merged["rows"]:
+        assert r["ppl"] == pytest.approx(ppl[(r["model"], r["length"])]["ppl"], rel=1e-6), r["model"]
+    assert (tmp_path / "merged" / "extrapolation.png").read_bytes()[:8] == PNG_SIGNATURE
+    md = (tmp_path / "merged" / "extrapolation.md").read_text().splitlines()
+    assert len(md) == 5 and md[4].startswith("| `code_lm_alibi_tiny` |")
+    capsys.readouterr()
+
+    def refused(domain, files, match):
+        assert main(["bench", "extrapolation", "--domain", domain, "--merge", files, "--out",
+                     str(tmp_path / "m2")]) == 2
+        assert re.search(match, capsys.readouterr().err), match
+    bad = tmp_path / "bad.json"
+    for content, match in (("[1]", "bad.json is not a zoo bench extrapolation result"), ("{", "bad.json is not JSON")):
+        bad.write_text(content)
+        refused("code", f"{parts[0]},{bad}", match)
+    refused("code", f"{parts[0]},{parts[0]}", "model 'code_lm_rope_tiny' is already in an earlier result")
+    refused("code", f"{parts[0]},{tmp_path / 'named' / 'extrapolation.json'}", r"named/extrapolation.json: lengths is")
+    refused("genomics", parts[0], "part0/extrapolation.json holds a result of --domain code, not genomics")
+    refused("code", str(tmp_path / "none.json"), "cannot read .*none.json")
+    assert not (tmp_path / "m2").exists(), "a refused merge writes nothing"
     with pytest.raises(ConfigError, match="closest: yarn"):
         bench.extrapolation(runs=runs[:1], lengths=[64], out=str(tmp_path / "z"), dataset="source_tree",
                             root=str(src), device="cpu", progress=False, extend="yarm")

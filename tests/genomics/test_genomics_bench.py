@@ -149,6 +149,20 @@ def test_extrapolation_bench_cli(fasta, tmp_path, capsys):
     assert data["models"] == ["dna_lm_nope_tiny"] and data["lengths"] == [32, 64] and data["steps"] == 1
     assert data["eval_tokens"] == 128 and data["batch_size"] == 2 and len(data["rows"]) == 2
     assert "dna_lm_nope_tiny" in capsys.readouterr().out
+    # a second process scores another model; --merge writes both as one result (table, JSON, PNG)
+    assert main(["bench", "extrapolation", "--domain", "genomics", "--models", "dna_lm_alibi_tiny", "--steps", "1",
+                 "--lengths", "32,64", "--train-len", "32", "--eval-tokens", "128", "--batch-size", "2",
+                 "--data-root", str(fasta), "--device", "cpu", "--out", str(tmp_path / "cli2"), "--quiet"]) == 0
+    other = json.loads((tmp_path / "cli2" / "extrapolation.json").read_text())
+    both = ",".join(str(p / "extrapolation.json") for p in (out, tmp_path / "cli2"))
+    assert main(["bench", "extrapolation", "--domain", "genomics", "--merge", both, "--out",
+                 str(tmp_path / "merged"), "--quiet"]) == 0
+    merged = json.loads((tmp_path / "merged" / "extrapolation.json").read_text())
+    assert merged["models"] == ["dna_lm_nope_tiny", "dna_lm_alibi_tiny"]
+    assert merged["rows"] == data["rows"] + other["rows"]
+    md = (tmp_path / "merged" / "extrapolation.md").read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in md[2:]] == ["`dna_lm_nope_tiny`", "`dna_lm_alibi_tiny`"]
+    assert (tmp_path / "merged" / "extrapolation.png").stat().st_size > 0
 
 
 @pytest.mark.debian_data("microbiomeutil-data")
