@@ -180,6 +180,20 @@ def _timm_tag(pretrained_cfg: Any) -> Optional[str]:
     return getattr(pretrained_cfg, "tag", None)
 
 
+def _feature_net(model: nn.Module, name: str, out_indices: Any = 3, feature_cls: Optional[str] = None,
+                 output_fmt: str = "NCHW", feature_cfg: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """``timm.create_model(name, features_only=True)``: timm's ``FeatureGetterNet`` over the model's
+    ``forward_intermediates`` (the blocks after the last index taken are pruned), as timm builds its ViTs."""
+    cfg = dict(feature_cfg or {})
+    out_indices = cfg.pop("out_indices", out_indices)
+    feature_cls = cfg.pop("feature_cls", feature_cls) or "getter"
+    if feature_cls != "getter" or not hasattr(model, "forward_intermediates"):
+        raise UnknownArgumentError(f"{name}: features_only=True takes feature_cls='getter' on a model with "
+                                   f"forward_intermediates; got feature_cls={feature_cls!r}")
+    from timm.models._features import FeatureGetterNet
+    return FeatureGetterNet(model, out_indices=out_indices, output_fmt=output_fmt, **cfg)
+
+
 def _register_with_timm(model_name: str) -> None:
     try:
         from timm.models import _registry as timm_registry
@@ -192,6 +206,8 @@ def _register_with_timm(model_name: str) -> None:
         raise ValueError(f"zoo model name {model_name!r} collides with a timm model name")
 
     def entry(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kw):
+        features_only = kw.pop("features_only", False)
+        feature_kw = {k: kw.pop(k) for k in ("out_indices", "feature_cls", "output_fmt", "feature_cfg") if k in kw}
         overlay = dict(pretrained_cfg_overlay or {})
         tag = _timm_tag(pretrained_cfg)
         name = f"{model_name}.{tag}" if tag else model_name
@@ -202,7 +218,7 @@ def _register_with_timm(model_name: str) -> None:
         if overlay:
             model.pretrained_cfg = {**model.pretrained_cfg, **overlay}
             model.default_cfg = model.pretrained_cfg
-        return model
+        return _feature_net(model, model_name, **feature_kw) if features_only else model
 
     entry.__name__ = model_name
     entry.__qualname__ = model_name

@@ -6,7 +6,7 @@ The patch embedding keeps timm's key (``patch_embed.proj``), so checkpoints of e
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -109,6 +109,26 @@ def init_linears_and_norms(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
+def take_indices(n: int, indices: Optional[Union[int, List[int]]] = None) -> Tuple[List[int], int]:
+    """timm's ``feature_take_indices``: ``(absolute indices, the largest)`` of ``n`` blocks for ``indices`` (None:
+    all; an int k: the last k; a list: those, negative ones from the end); ValueError naming a bad one."""
+    if indices is None:
+        indices = n
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= n:
+            raise ValueError(f"indices: the last {indices} of {n} blocks is out of range (1 to {n})")
+        take = list(range(n - indices, n))
+    else:
+        take = []
+        for i in indices:
+            if not -n <= i < n:
+                raise ValueError(f"indices: block {i} is out of range for {n} blocks")
+            take.append(i % n)
+    if not take:
+        raise ValueError("indices: no block taken")
+    return take, max(take)
+
+
 class TimmClassifierMixin:
     """timm's classifier API on a token model of the zoo (``blocks``, ``norm``, ``head``, ``num_features``,
     ``num_prefix_tokens``, ``global_pool``): pooling (``''`` the tokens as they are, ``'token'`` the cls token,
@@ -149,6 +169,70 @@ class TimmClassifierMixin:
             from torch.utils.checkpoint import checkpoint
             return checkpoint(blk, x, pos, use_reentrant=False)
         return blk(x, pos)
+
+    # ---- blocks and intermediate features (a class gives ``_tokens(x) -> (tokens, positions, (h, w))``) ----------
+    def _after_block(self, i: int, x: Tensor, pos: Positions) -> Tensor:
+        return x
+
+    def _prune_after(self, max_index: int) -> None:
+        """Drop what belongs to the blocks after ``max_index`` besides the blocks (nothing by default)."""
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W] -> [B, num_prefix + h*w, D]`` (after the final norm)."""
+        x, pos, _ = self._tokens(x)
+        for i, blk in enumerate(self.blocks):
+            x = self._after_block(i, self._block(blk, x, pos), pos)
+        return self.norm(x)
+
+    @property
+    def feature_info(self) -> List[Dict[str, Any]]:
+        """timm's per-block feature description (``blocks.i``: ``num_features`` channels at the patch stride)."""
+        return [dict(module=f"blocks.{i}", num_chs=self.num_features, reduction=max(self.patch_size))
+                for i in range(len(self.blocks))]
+
+    def forward_intermediates(self, x: Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's contract: the outputs of the blocks ``indices`` (None: all; an int n: the last n; a list: those,
+        negative from the end) as ``[B, D, h, w]`` (``output_fmt="NCHW"``) or ``[B, h*w, D]`` (``"NLC"``), the prefix
+        tokens apart (``return_prefix_tokens``: ``(patches, prefix)`` pairs), through the final norm with ``norm``;
+        ``(final features, intermediates)``, or the intermediates alone (the blocks after the last one taken are
+        not run then, nor with ``stop_early``)."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = take_indices(len(self.blocks), indices)
+        b = x.shape[0]
+        x, pos, (h, w) = self._tokens(x)
+        last = max_index if (stop_early or intermediates_only) else len(self.blocks) - 1
+        taken = []
+        for i in range(last + 1):
+            x = self._after_block(i, self._block(self.blocks[i], x, pos), pos)
+            if i in take:
+                taken.append(self.norm(x) if norm else x)
+        n = self.num_prefix_tokens
+        prefix = [t[:, :n] for t in taken]
+        patches = [t[:, n:] for t in taken]
+        if output_fmt == "NCHW":
+            patches = [t.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous() for t in patches]
+        out = list(zip(patches, prefix)) if return_prefix_tokens and n else patches
+        if intermediates_only:
+            return out
+        return self.norm(x), out
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Keep the blocks up to the last of ``indices`` (and what goes with them); ``prune_norm``: no final norm;
+        ``prune_head``: no head and no pooling. Returns the absolute indices taken."""
+        take, max_index = take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        self._prune_after(max_index)
+        if prune_norm:
+            self.norm = nn.Identity()
+            if hasattr(self, "fc_norm"):
+                self.fc_norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:

@@ -133,17 +133,14 @@ class LightNet(TimmClassifierMixin, nn.Module):
         """`Positions` of an ``h x w`` patch grid (cached per grid and device)."""
         return cached_grid_positions(self._pos_cache, h, w, device)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W] -> [B, h*w, D]`` (after the final norm)."""
+    def _tokens(self, x: Tensor) -> Tuple[Tensor, Positions, Tuple[int, int]]:
+        """``[B, C, H, W]`` -> the tokens entering block 0 ``[B, h*w, D]``, their `Positions` and the patch grid."""
         h, w = self._grid_for(x)
         x = self.patch_embed(x)                                                   # [B, h*w, D]
         pos = self.positions(h, w, x.device)
         if self.tpe is not None:
             x = self.tpe.embed(x, pos)                                            # x + MD-TPE(x)
-        x = self.pos_drop(x)
-        for blk in self.blocks:
-            x = self._block(blk, x, pos)
-        return self.norm(x)
+        return self.pos_drop(x), pos, (h, w)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))                                          # [B, D] ('': [B, N, D])

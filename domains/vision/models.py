@@ -227,8 +227,9 @@ class VisionTransformer(TimmClassifierMixin, nn.Module):
         return out
 
     # ---- forward ----------------------------------------------------------------------------------------------
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W] -> [B, num_prefix + h*w, D]`` (after the final norm)."""
+    def _tokens(self, x: Tensor) -> Tuple[Tensor, Positions, Tuple[int, int]]:
+        """``[B, C, H, W]`` -> the tokens entering block 0 ``[B, num_prefix + h*w, D]``, their `Positions` and the
+        patch grid (`TimmClassifierMixin.forward_features` runs the blocks)."""
         h, w = self._grid_for(x)
         x = self.patch_embed(x)                                                   # [B, h*w, D]
         if self.cls_token is not None:
@@ -238,12 +239,15 @@ class VisionTransformer(TimmClassifierMixin, nn.Module):
         pos = self.positions(h, w, x.device)
         if self.embed_pe is not None:
             x = self.embed_pe.embed(x, pos)
-        x = self.pos_drop(x)
-        for i, blk in enumerate(self.blocks):
-            x = self._block(blk, x, pos)
-            if str(i) in self.pos_block:
-                x = self.pos_block[str(i)].embed(x, pos)
-        return self.norm(x)
+        return self.pos_drop(x), pos, (h, w)
+
+    def _after_block(self, i: int, x: Tensor, pos: Positions) -> Tensor:
+        """CPVT's PEG after the blocks named in ``pos_block_after``."""
+        return self.pos_block[str(i)].embed(x, pos) if str(i) in self.pos_block else x
+
+    def _prune_after(self, max_index: int) -> None:
+        for key in [k for k in self.pos_block if int(k) > max_index]:
+            del self.pos_block[key]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))

@@ -238,8 +238,9 @@ class RoPEVisionTransformer(TimmClassifierMixin, nn.Module):
         return cached_grid_positions(self._pos_cache, h, w, device, self.num_prefix_tokens)
 
     # ---- forward ----------------------------------------------------------------------------------------------
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W] -> [B, num_prefix + h*w, D]`` (after the final norm)."""
+    def _tokens(self, x: Tensor) -> Tuple[Tensor, Positions, Tuple[int, int]]:
+        """``[B, C, H, W]`` -> the tokens entering block 0 ``[B, num_prefix + h*w, D]``, their `Positions` and the
+        patch grid (`TimmClassifierMixin.forward_features` runs the blocks)."""
         h, w = self._grid_for(x)
         x = self.patch_embed(x)                                                   # [B, h*w, D]
         if self.cls_token is not None:
@@ -247,10 +248,7 @@ class RoPEVisionTransformer(TimmClassifierMixin, nn.Module):
         pos = self.positions(h, w, x.device)
         if self.embed_pe is not None:
             x = self.embed_pe.embed(x, pos)
-        x = self.pos_drop(x)
-        for blk in self.blocks:
-            x = self._block(blk, x, pos)
-        return self.norm(x)
+        return self.pos_drop(x), pos, (h, w)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.fc_norm(self.pool(x)))
