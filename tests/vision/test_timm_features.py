@@ -93,3 +93,40 @@ def test_timm_features_only_returns_the_taps(name, one_thread):
         torch.testing.assert_close(g, w)
     with pytest.raises(TypeError, match="feature_cls='getter'"):
         timm.create_model(name, features_only=True, feature_cls="hook", img_size=SIZE, depth=DEPTH)
+
+
+class SimpleFeaturePyramid(torch.nn.Module):
+    """ViTDet's simple feature pyramid (Li et al., arXiv 2203.16527, sec. 3): from one stride-16 map, strides 4, 8,
+    16 and 32 by two / one transposed convs, identity and max-pooling, each followed by a 1x1 and a 3x3 conv."""
+
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        nn = torch.nn
+        self.scales = nn.ModuleList([
+            nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, 2), nn.GELU(),
+                          nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2)),
+            nn.ConvTranspose2d(dim, dim // 2, 2, 2), nn.Identity(), nn.MaxPool2d(2)])
+        chans = [dim // 4, dim // 2, dim, dim]
+        self.outs = nn.ModuleList([nn.Sequential(nn.Conv2d(c, out, 1), nn.Conv2d(out, out, 3, padding=1))
+                                   for c in chans])
+
+    def forward(self, x):
+        return [o(s(x)) for s, o in zip(self.scales, self.outs)]
+
+
+def test_features_only_vit_irpe_small_feeds_a_simple_fpn_at_800x1333(one_thread):
+    """detectron2-style use: the batch is padded to a multiple of the patch (ImageList.from_tensors with
+    size_divisibility 16: 800 x 1333 -> 800 x 1344), a features_only backbone of vit_irpe_small (its last block,
+    stride 16, any size: dynamic_img_size) feeds ViTDet's simple pyramid."""
+    net = timm.create_model("vit_irpe_small", features_only=True, out_indices=[-1], dynamic_img_size=True).eval()
+    assert net.feature_info.reduction() == [16] and net.feature_info.channels() == [384]
+    assert len(net.model.blocks) == 12
+    image = torch.randn(1, 3, 800, 1333)
+    padded = torch.nn.functional.pad(image, (0, 1344 - 1333))
+    fpn = SimpleFeaturePyramid(384, 64)
+    with torch.no_grad():
+        (feat,) = net(padded)
+        levels = fpn(feat)
+    assert feat.shape == (1, 384, 50, 84) and torch.isfinite(feat).all()
+    assert [tuple(f.shape) for f in levels] == [(1, 64, 200, 336), (1, 64, 100, 168), (1, 64, 50, 84), (1, 64, 25, 42)]
+    assert all(torch.isfinite(f).all() for f in levels)
