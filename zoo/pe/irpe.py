@@ -85,6 +85,20 @@ def irpe_num_buckets(method: str, ratio: float = 1.9, skip: int = 0) -> int:
     return n + (1 if skip > 0 else 0)
 
 
+def _ordinary_tensors() -> bool:
+    """False while a tracing mode makes fake or functional tensors (torch.export, torch.onnx.export,
+    torch.compile): what is built then must not be cached for later eager calls."""
+    return type(torch.empty(0)) is torch.Tensor
+
+
+def _bucket_ids(method: str, height: int, width: int, skip: int, ratio: float,
+                device: torch.device) -> Tuple[Tensor, int]:
+    """`irpe_bucket_ids`, cached unless tensors are being traced."""
+    if _ordinary_tensors():
+        return _bucket_ids_cached(method, height, width, skip, ratio, device)
+    return _bucket_ids_cached.__wrapped__(method, height, width, skip, ratio, device)
+
+
 @functools.lru_cache(maxsize=32)
 def _bucket_ids_cached(method: str, height: int, width: int, skip: int, ratio: float,
                        device: torch.device) -> Tuple[Tensor, int]:
@@ -134,13 +148,21 @@ def irpe_bucket_ids(method: str, height: int, width: int, skip: int = 0, ratio: 
     if ratio <= 0:
         raise ValueError(f"ratio must be positive, got {ratio}")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    return _bucket_ids_cached(method, int(height), int(width), int(skip), float(ratio), device)
+    return _bucket_ids(method, int(height), int(width), int(skip), float(ratio), device)
+
+
+def _flat_index(method: str, height: int, width: int, skip: int, ratio: float, table_buckets: int,
+                device: torch.device) -> Tuple[Tensor, Tensor]:
+    """``(ids, flat)`` of `_flat_index_cached`, cached unless tensors are being traced."""
+    if _ordinary_tensors():
+        return _flat_index_cached(method, height, width, skip, ratio, table_buckets, device)
+    return _flat_index_cached.__wrapped__(method, height, width, skip, ratio, table_buckets, device)
 
 
 @functools.lru_cache(maxsize=32)
 def _flat_index_cached(method: str, height: int, width: int, skip: int, ratio: float, table_buckets: int,
                        device: torch.device) -> Tuple[Tensor, Tensor]:
-    ids, _ = _bucket_ids_cached(method, height, width, skip, ratio, device)
+    ids, _ = _bucket_ids(method, height, width, skip, ratio, device)
     n = ids.shape[0]
     with torch.inference_mode(False), torch.no_grad():
         # flat[i*n + j] = i*nb + ids[i, j]: position of (i, bucket[i, j]) in a row-major [n, nb] table, where nb
@@ -302,7 +324,7 @@ class IRPE(PositionalEncoding):
 
     def _index(self, method: str, n: int, pos: Optional[Positions], device) -> Tuple[Tensor, Tensor]:
         h, w, skip = self.grid(n, pos)
-        return _flat_index_cached(method, h, w, skip, self.ratio, self.num_buckets, torch.device(device))
+        return _flat_index(method, h, w, skip, self.ratio, self.num_buckets, torch.device(device))
 
     def _logits(self, table: nn.Module, x: Tensor, pos: Optional[Positions], scale: float = 1.0) -> Tensor:
         n = x.shape[-2]
