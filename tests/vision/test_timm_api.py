@@ -92,3 +92,24 @@ def test_grad_checkpointing_changes_no_value(name, one_thread):
     for n, p in model.named_parameters():
         if n in grads:
             torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_bf16_and_a_changed_image_size(name, one_thread):
+    """Built for 48 x 48 (not the cfg's 224): the model runs there; in bfloat16 (weights and input) it returns
+    bfloat16 logits close to float32's, and under bf16 autocast the same holds (angles stay float32 inside)."""
+    torch.manual_seed(0)
+    model = zoo.create(name, img_size=48, depth=2, num_classes=5).eval()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = model(x)
+        half = zoo.create(name, img_size=48, depth=2, num_classes=5, dtype=torch.bfloat16).eval()
+        half.load_state_dict({k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                              for k, v in model.state_dict().items()})
+        low = half(x.to(torch.bfloat16))
+    assert ref.shape == (2, 5) and low.dtype == torch.bfloat16
+    scale = ref.abs().max().item() + 1e-3
+    assert (low.float() - ref).abs().max().item() <= 0.1 * scale
+    assert (auto.float() - ref).abs().max().item() <= 0.1 * scale
