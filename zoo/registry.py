@@ -187,9 +187,11 @@ def _feature_net(model: nn.Module, name: str, out_indices: Any = 3, feature_cls:
     cfg = dict(feature_cfg or {})
     out_indices = cfg.pop("out_indices", out_indices)
     feature_cls = cfg.pop("feature_cls", feature_cls) or "getter"
-    if feature_cls != "getter" or not hasattr(model, "forward_intermediates"):
-        raise UnknownArgumentError(f"{name}: features_only=True takes feature_cls='getter' on a model with "
-                                   f"forward_intermediates; got feature_cls={feature_cls!r}")
+    if not hasattr(model, "forward_intermediates"):
+        raise UnknownArgumentError(f"{name}: features_only=True needs a model with forward_intermediates (the "
+                                   f"vision classifiers); {type(model).__name__} has none")
+    if feature_cls != "getter":
+        raise UnknownArgumentError(f"{name}: features_only=True takes feature_cls='getter', got {feature_cls!r}")
     from timm.models._features import FeatureGetterNet
     return FeatureGetterNet(model, out_indices=out_indices, output_fmt=output_fmt, **cfg)
 
@@ -397,10 +399,16 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
             cast to it. Positional encodings compute their angles in float32 whatever this is.
         **kwargs: passed to the model builder (e.g. ``img_size``, ``num_classes``, ``depth``); the common integer
             geometry arguments are checked first, and an unknown keyword raises `UnknownArgumentError` (a
-            `ConfigError` and a TypeError) naming it.
+            `ConfigError` and a TypeError) naming it. ``features_only=True`` (with ``out_indices``,
+            ``output_fmt``) returns timm's feature extractor over the model's ``forward_intermediates`` (a model
+            with that method; timm installed), as ``timm.create_model`` does.
     """
     entry = _entry(name)
     dev, dtype = _device_dtype(entry.name, device, dtype)
+    features_only = kwargs.pop("features_only", False)
+    feature_kw = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls", "output_fmt", "feature_cfg") if k in kwargs}
+    if feature_kw and not features_only:
+        raise UnknownArgumentError(f"{', '.join(feature_kw)} for {entry.name} only go with features_only=True")
     _, tag = split_tag(name)
     cfg = _resolve_cfg(entry, tag)
     if pretrained not in (True, False):
@@ -438,7 +446,7 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
         if entry.filter_fn is not None:
             sd = entry.filter_fn(sd, model)
         load_checkpoint(model, sd, source=str(source))
-    return model
+    return _feature_net(model, entry.name, **feature_kw) if features_only else model
 
 
 def load_checkpoint(model: nn.Module, state_dict: dict, source: str = "checkpoint", strict: bool = True) -> None:

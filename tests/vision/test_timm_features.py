@@ -130,3 +130,22 @@ def test_features_only_vit_irpe_small_feeds_a_simple_fpn_at_800x1333(one_thread)
     assert feat.shape == (1, 384, 50, 84) and torch.isfinite(feat).all()
     assert [tuple(f.shape) for f in levels] == [(1, 64, 200, 336), (1, 64, 100, 168), (1, 64, 50, 84), (1, 64, 25, 42)]
     assert all(torch.isfinite(f).all() for f in levels)
+
+
+def test_zoo_create_features_only_is_timms(one_thread):
+    torch.manual_seed(0)
+    ours = zoo.create("vit_rope_small", features_only=True, out_indices=(1, 3), img_size=SIZE, depth=DEPTH).eval()
+    torch.manual_seed(0)
+    theirs = timm.create_model("vit_rope_small", features_only=True, out_indices=(1, 3), img_size=SIZE,
+                               depth=DEPTH).eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        for a, b in zip(ours(x), theirs(x)):
+            assert torch.equal(a, b)
+    assert ours.feature_info.out_indices == (1, 3) or list(ours.feature_info.out_indices) == [1, 3]
+    with pytest.raises(TypeError, match="features_only=True needs a model with forward_intermediates"):
+        zoo.create("code_lm_rope_tiny", features_only=True)
+    with pytest.raises(TypeError, match="out_indices for vit_rope_small only go with features_only=True"):
+        zoo.create("vit_rope_small", out_indices=(1,))
+    with pytest.raises(TypeError, match="feature_cls='getter', got 'hook'"):
+        zoo.create("vit_rope_small", features_only=True, feature_cls="hook", img_size=SIZE, depth=DEPTH)
