@@ -180,6 +180,10 @@ def _timm_tag(pretrained_cfg: Any) -> Optional[str]:
     return getattr(pretrained_cfg, "tag", None)
 
 
+#: the ``timm.create_model`` keywords that go with ``features_only=True`` (to `_feature_net`, not to the builder)
+_FEATURE_KWARGS = ("out_indices", "feature_cls", "output_fmt", "feature_cfg")
+
+
 def _feature_net(model: nn.Module, name: str, out_indices: Any = 3, feature_cls: Optional[str] = None,
                  output_fmt: str = "NCHW", feature_cfg: Optional[Dict[str, Any]] = None) -> nn.Module:
     """``timm.create_model(name, features_only=True)``: timm's ``FeatureGetterNet`` over the model's
@@ -208,19 +212,16 @@ def _register_with_timm(model_name: str) -> None:
         raise ValueError(f"zoo model name {model_name!r} collides with a timm model name")
 
     def entry(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kw):
-        features_only = kw.pop("features_only", False)
-        feature_kw = {k: kw.pop(k) for k in ("out_indices", "feature_cls", "output_fmt", "feature_cfg") if k in kw}
         overlay = dict(pretrained_cfg_overlay or {})
         tag = _timm_tag(pretrained_cfg)
-        name = f"{model_name}.{tag}" if tag else model_name
         if pretrained and overlay.get("file"):              # timm's way to load a local file
             kw.setdefault("pretrained_file", overlay["file"])
             pretrained = False
-        model = create(name, pretrained=pretrained, **kw)
-        if overlay:
-            model.pretrained_cfg = {**model.pretrained_cfg, **overlay}
-            model.default_cfg = model.pretrained_cfg
-        return _feature_net(model, model_name, **feature_kw) if features_only else model
+        model = create(f"{model_name}.{tag}" if tag else model_name, pretrained=pretrained, **kw)
+        if overlay:                                         # a features_only extractor keeps the model as .model
+            base = model.model if kw.get("features_only") else model
+            base.pretrained_cfg = base.default_cfg = {**base.pretrained_cfg, **overlay}
+        return model
 
     entry.__name__ = model_name
     entry.__qualname__ = model_name
@@ -406,7 +407,7 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
     entry = _entry(name)
     dev, dtype = _device_dtype(entry.name, device, dtype)
     features_only = kwargs.pop("features_only", False)
-    feature_kw = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls", "output_fmt", "feature_cfg") if k in kwargs}
+    feature_kw = {k: kwargs.pop(k) for k in _FEATURE_KWARGS if k in kwargs}
     if feature_kw and not features_only:
         raise UnknownArgumentError(f"{', '.join(feature_kw)} for {entry.name} only go with features_only=True")
     _, tag = split_tag(name)

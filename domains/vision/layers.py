@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from zoo.pe.learned import to_pair
 from zoo.positions import Positions
@@ -166,7 +167,6 @@ class TimmClassifierMixin:
 
     def _block(self, blk: nn.Module, x: Tensor, pos: Positions) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            from torch.utils.checkpoint import checkpoint
             return checkpoint(blk, x, pos, use_reentrant=False)
         return blk(x, pos)
 
@@ -265,7 +265,7 @@ class TimmClassifierMixin:
 
 
 #: ImageNet normalisation (timm's IMAGENET_DEFAULT_MEAN / _STD)
-TIMM_MEAN, TIMM_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def timm_cfg(fixed_input_size: bool, crop_pct: float = 0.875, **fields: Any) -> Dict[str, Any]:
@@ -273,7 +273,7 @@ def timm_cfg(fixed_input_size: bool, crop_pct: float = 0.875, **fields: Any) -> 
     224 x 224 RGB, ImageNet mean / std, bicubic resize, ``crop_pct`` (0.875: the DeiT training code's eval crop,
     which the iRPE, CPVT, RMT and LightNet code keep), the stem conv and the head, and whether the model takes only
     its build size (``fixed_input_size``: a learned or rotary table fixed at build time)."""
-    return dict(input_size=(3, 224, 224), crop_pct=crop_pct, interpolation="bicubic", mean=TIMM_MEAN, std=TIMM_STD,
+    return dict(input_size=(3, 224, 224), crop_pct=crop_pct, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
                 first_conv="patch_embed.proj", classifier="head", num_classes=1000,
                 fixed_input_size=fixed_input_size, **fields)
 

@@ -31,8 +31,8 @@ from zoo.registry import PretrainedCfg, register_model
 
 from .checkpoint import (adapt_input_conv, drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched,
                          resample_patch_kernel, unwrap_state_dict)
-from .layers import (PatchEmbed, TimmClassifierMixin, cached_grid_positions, grid_for_images, init_linears_and_norms,
-                     new_head, patch_geometry, timm_cfg)
+from .layers import (IMAGENET_MEAN, IMAGENET_STD, PatchEmbed, TimmClassifierMixin, cached_grid_positions,
+                     grid_for_images, init_linears_and_norms, new_head, patch_geometry, timm_cfg)
 
 # PatchEmbed (.layers), resample_patch_kernel and adapt_input_conv (.checkpoint) are re-exported
 __all__ = ["VisionTransformer", "PatchEmbed", "IRPEFactory", "checkpoint_filter_fn", "resample_patch_kernel",
@@ -40,8 +40,6 @@ __all__ = ["VisionTransformer", "PatchEmbed", "IRPEFactory", "checkpoint_filter_
 
 _log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: the timm pretrained-cfg fields of the DeiT-style ViTs (fixed size: a learned position table)
 VIT_TIMM = timm_cfg(True)
 IRPE_PAPER = "https://arxiv.org/abs/2107.14222"

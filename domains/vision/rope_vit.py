@@ -38,14 +38,12 @@ from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
 
 from .checkpoint import drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched, unwrap_state_dict
-from .layers import (PatchEmbed, TimmClassifierMixin, cached_grid_positions, grid_for_images, init_linears_and_norms,
-                     new_head, patch_geometry, timm_cfg)
+from .layers import (IMAGENET_MEAN, IMAGENET_STD, PatchEmbed, TimmClassifierMixin, cached_grid_positions,
+                     grid_for_images, init_linears_and_norms, new_head, patch_geometry, timm_cfg)
 
 __all__ = ["RoPEBlock", "RoPEVisionTransformer", "checkpoint_filter_fn"]
 
 ROPE_VIT_PAPER = "https://arxiv.org/abs/2403.13298"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: timm's pretrained cfg of the naver RoPE-ViT weights (crop 0.9, bicubic); fixed size like timm's
 ROPE_TIMM = timm_cfg(True, crop_pct=0.9)
 ROPE_KINDS = ("axial", "mixed")

@@ -7,12 +7,12 @@ import re
 import pytest
 import timm
 import torch
-from timm.models import _registry as timm_registry
 from torch import nn
 
 import zoo
+from timm_test_helpers import timm_models
 
-TIMM_MODELS = [n for n in zoo.list_models() if getattr(timm_registry._model_entrypoints.get(n), "_zoo_name", None)]
+TIMM_MODELS = timm_models()
 
 
 def tiny(name, **kw):

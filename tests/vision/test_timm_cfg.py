@@ -10,12 +10,12 @@ import timm
 import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
-from timm.models import _registry as timm_registry
 
 import zoo
+from timm_test_helpers import timm_models
 from zoo.registry import _REGISTRY, TIMM_CFG_FIELDS
 
-TIMM_MODELS = [n for n in zoo.list_models() if getattr(timm_registry._model_entrypoints.get(n), "_zoo_name", None)]
+TIMM_MODELS = timm_models()
 VISION = [n for n in zoo.list_models() if _REGISTRY[n].domain == "vision"]
 
 

@@ -86,9 +86,9 @@ def irpe_num_buckets(method: str, ratio: float = 1.9, skip: int = 0) -> int:
 
 
 def _ordinary_tensors() -> bool:
-    """False while a tracing mode makes fake or functional tensors (torch.export, torch.onnx.export,
-    torch.compile): what is built then must not be cached for later eager calls."""
-    return type(torch.empty(0)) is torch.Tensor
+    """False while torch.export, torch.onnx.export or torch.compile trace (their tensors are fake or functional):
+    what is built then must not be cached for later eager calls."""
+    return not torch.compiler.is_compiling()
 
 
 def _bucket_ids(method: str, height: int, width: int, skip: int, ratio: float,
