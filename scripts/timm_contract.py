@@ -1,6 +1,7 @@
 """Run timm's own per-model tests (``tests/test_models.py`` of the installed timm's source release) on the zoo's
 vision models, unmodified: the test file is read from timm's sdist (the wheel ships no tests), and a pytest plugin
-imports zoo before collection (so timm's model lists hold our models) and keeps only the items of our models.
+(``scripts/zoo_timm_only.py``) imports zoo before collection, so that timm's model lists hold our models, selected
+as timm selects its own ViTs, and keeps only the items of our models.
 
     .venv/bin/python scripts/timm_contract.py                       # every zoo model timm sees
     .venv/bin/python scripts/timm_contract.py --models 'vit_irpe_*' -- -k "forward or cfgs"
@@ -19,32 +20,6 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-PLUGIN = '''"""pytest plugin (written by scripts/timm_contract.py): the zoo's models in timm's lists, only their items."""
-import fnmatch
-import os
-
-import zoo  # noqa: F401  registers the vision models with timm
-from timm.models import _registry as timm_registry
-
-PATTERN = os.environ.get("ZOO_TIMM_MODELS", "*")
-
-
-def _ours(name):
-    base = name.split(".")[0]
-    return getattr(timm_registry._model_entrypoints.get(base), "_zoo_name", None) and fnmatch.fnmatch(base, PATTERN)
-
-
-def pytest_collection_modifyitems(config, items):
-    keep, drop = [], []
-    for item in items:
-        spec = getattr(item, "callspec", None)
-        name = spec.params.get("model_name") if spec else None
-        (keep if isinstance(name, str) and _ours(name) else drop).append(item)
-    items[:] = keep
-    config.hook.pytest_deselected(items=drop)
-'''
-
 
 def timm_tests(cache: Path) -> Path:
     """``tests/`` of the installed timm's sdist, downloaded and unpacked into ``cache`` once."""
@@ -73,11 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("pytest_args", nargs="*", help="after --: arguments for pytest")
     args = parser.parse_args(argv)
     tests = timm_tests(Path(args.cache).expanduser())
-    plugin_dir = Path(args.cache).expanduser() / "plugin"
-    plugin_dir.mkdir(parents=True, exist_ok=True)
-    (plugin_dir / "zoo_timm_only.py").write_text(PLUGIN)
     env = {**os.environ, "ZOO_TIMM_MODELS": args.models,
-           "PYTHONPATH": os.pathsep.join([str(plugin_dir), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "scripts"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "pytest", "-p", "zoo_timm_only", "-p", "no:cacheprovider", "-W", "ignore",
            "-rfE", str(tests / "test_models.py"), *args.pytest_args]
     rc = subprocess.run(cmd, cwd=tests.parent, env=env).returncode

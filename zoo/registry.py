@@ -196,8 +196,12 @@ def _feature_net(model: nn.Module, name: str, out_indices: Any = 3, feature_cls:
                                    f"vision classifiers); {type(model).__name__} has none")
     if feature_cls != "getter":
         raise UnknownArgumentError(f"{name}: features_only=True takes feature_cls='getter', got {feature_cls!r}")
+    from timm.models._builder import pretrained_cfg_for_features
     from timm.models._features import FeatureGetterNet
-    return FeatureGetterNet(model, out_indices=out_indices, output_fmt=output_fmt, **cfg)
+    net = FeatureGetterNet(model, out_indices=out_indices, output_fmt=output_fmt, **cfg)
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):  # as timm: the cfg without the classifier's keys
+        net.pretrained_cfg = net.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    return net
 
 
 def _register_with_timm(model_name: str) -> None:
@@ -219,8 +223,8 @@ def _register_with_timm(model_name: str) -> None:
             pretrained = False
         model = create(f"{model_name}.{tag}" if tag else model_name, pretrained=pretrained, **kw)
         if overlay:                                         # a features_only extractor keeps the model as .model
-            base = model.model if kw.get("features_only") else model
-            base.pretrained_cfg = base.default_cfg = {**base.pretrained_cfg, **overlay}
+            for m in (model, model.model) if kw.get("features_only") else (model,):
+                m.pretrained_cfg = m.default_cfg = {**m.pretrained_cfg, **overlay}
         return model
 
     entry.__name__ = model_name
