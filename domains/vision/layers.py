@@ -2,35 +2,91 @@
 
     image [B, C, H, W] --PatchEmbed--> [B, h*w, D]      h, w = H / ph, W / pw   (`grid_for_images` checks and says)
 
-The patch embedding keeps timm's key (``patch_embed.proj``), so checkpoints of every family load unchanged.
+The patch embedding keeps timm's key (``patch_embed.proj``), so checkpoints of every family load unchanged. It
+also owns the geometry of a forward (the patch grid of the images and its `Positions`), which a model reaches
+through `eager`: under torch.fx that step is one node run as it is, so the size checks and the position caches stay
+Python (torchvision's ``create_feature_extractor`` and timm's fx helpers trace the rest of the model).
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from zoo.pe.learned import to_pair
 from zoo.positions import Positions
 
-__all__ = ["PatchEmbed", "patch_geometry", "check_images", "grid_for_images", "cached_grid_positions",
+__all__ = ["PatchEmbed", "eager", "patch_geometry", "check_images", "grid_for_images", "cached_grid_positions",
            "init_linears_and_norms", "new_head"]
 
 _POS_CACHE_SIZE = 16   # patch grids (x device) whose `Positions` a model keeps
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches -> tokens: ``[B, C, H, W] -> [B, (H/p)*(W/p), D]`` (key ``proj`` as in timm)."""
+    """Non-overlapping patches -> tokens: ``[B, C, H, W] -> [B, (H/p)*(W/p), D]`` (key ``proj`` as in timm).
 
-    def __init__(self, patch_size: Tuple[int, int], in_chans: int, embed_dim: int):
+    ``grid(x)`` checks images and gives their patch grid (``fixed_size``: the only image size accepted, with
+    ``fixed_note`` ending the error for any other); ``positions(h, w, device)`` the `Positions` of that grid after
+    ``num_prefix`` tokens, cached per grid and device."""
+
+    def __init__(self, patch_size: Tuple[int, int], in_chans: int, embed_dim: int,
+                 fixed_size: Optional[Tuple[int, int]] = None, fixed_note: str = "", num_prefix: int = 0):
         super().__init__()
-        self.patch_size = patch_size
+        self.patch_size, self.in_chans = patch_size, in_chans
+        self.fixed_size, self.fixed_note, self.num_prefix = fixed_size, fixed_note, num_prefix
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self._pos_cache: Dict[tuple, Positions] = {}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)                            # [B, h*w, D]
+
+    def grid(self, x: Tensor) -> Tuple[int, int]:
+        """The ``(h, w)`` patch grid of images ``x [B, in_chans, H, W]`` (`grid_for_images`)."""
+        return grid_for_images(x, self.in_chans, self.patch_size, self.fixed_size, self.fixed_note)
+
+    def positions(self, h: int, w: int, device) -> Positions:
+        """The `Positions` of an ``h x w`` patch grid after the prefix tokens (cached per grid and device)."""
+        return cached_grid_positions(self._pos_cache, h, w, device, self.num_prefix)
+
+    def resized_pos_embed(self, pos_embed: Tensor, h: int, w: int, grid_size: Tuple[int, int]) -> Tensor:
+        """A learned table ``[1, num_prefix + gh*gw, D]`` of the ``grid_size`` grid for an ``h x w`` grid (bicubic,
+        prefix rows kept; the table itself at its own grid)."""
+        if (h, w) == tuple(grid_size):
+            return pos_embed
+        from zoo.pe.learned import resample_abs_pos_embed
+        return resample_abs_pos_embed(pos_embed, (h, w), grid_size, num_prefix=self.num_prefix)
+
+
+def eager(module: nn.Module, method: str, *args: Any) -> Any:
+    """``getattr(module, method)(*args)``. Wrapped for torch.fx (``torch.fx.wrap`` here and in each module that
+    calls it, and timm's notrace list): a traced model records this call as one node and runs it as it is, so
+    what it does in Python (image checks, the patch grid, cached positions, position hooks that loop over the
+    grid) works on the real values."""
+    return getattr(module, method)(*args)
+
+
+torch.fx.wrap("eager")
+
+
+def _register_fx_leaves() -> None:
+    """timm's fx helpers (``timm.models.get_notrace_modules`` / ``get_notrace_functions``, which its feature
+    extraction and tests pass to torchvision's tracer) keep the attention modules whole: they branch in Python on
+    shapes and `Positions` (fused kernels, chunking, caches), so a traced model calls them as they are."""
+    try:
+        from timm.layers import register_notrace_function, register_notrace_module
+    except ImportError:                       # timm is optional outside the timm API
+        return
+    from zoo.nn.attention import Attention
+    from zoo.nn.linear_attention import LinearAttention
+    for cls in (Attention, LinearAttention):
+        register_notrace_module(cls)
+    register_notrace_function(eager)
+
+
+_register_fx_leaves()
 
 
 def patch_geometry(img_size: Union[int, Tuple[int, int]], patch_size: Union[int, Tuple[int, int]]
@@ -164,6 +220,13 @@ class TimmClassifierMixin:
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass (memory for compute; the same values)."""
         self.grad_checkpointing = bool(enable)
+
+    def _grid_for(self, x: Tensor) -> Tuple[int, int]:
+        return self.patch_embed.grid(x)
+
+    def positions(self, h: int, w: int, device) -> Positions:
+        """The `Positions` of an ``h x w`` patch grid after the prefix tokens (cached per grid and device)."""
+        return self.patch_embed.positions(h, w, device)
 
     def _block(self, blk: nn.Module, x: Tensor, pos: Positions) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():

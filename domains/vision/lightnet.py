@@ -24,6 +24,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
 from zoo.nn import Block, DropPath, Mlp
@@ -33,8 +34,10 @@ from zoo.pe.tpe import MdTpe
 from zoo.positions import Positions
 from zoo.registry import register_model
 
-from .layers import (PatchEmbed, TimmClassifierMixin, cached_grid_positions, grid_for_images, init_linears_and_norms,
+from .layers import (PatchEmbed, TimmClassifierMixin, eager, init_linears_and_norms,
                      new_head, patch_geometry, timm_cfg)
+
+torch.fx.wrap("eager")   # one node of a traced model (see layers.eager)
 
 __all__ = ["LightNetBlock", "LightNet", "linear_scaling_bench"]
 
@@ -117,7 +120,6 @@ class LightNet(TimmClassifierMixin, nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._pos_cache: Dict[tuple, Positions] = {}
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -126,20 +128,13 @@ class LightNet(TimmClassifierMixin, nn.Module):
 
     POOLS = ("", "avg")                                  # no cls token
 
-    def _grid_for(self, x: Tensor) -> Tuple[int, int]:
-        return grid_for_images(x, self.in_chans, self.patch_size)        # any size: no position table
-
-    def positions(self, h: int, w: int, device) -> Positions:
-        """`Positions` of an ``h x w`` patch grid (cached per grid and device)."""
-        return cached_grid_positions(self._pos_cache, h, w, device)
-
     def _tokens(self, x: Tensor) -> Tuple[Tensor, Positions, Tuple[int, int]]:
         """``[B, C, H, W]`` -> the tokens entering block 0 ``[B, h*w, D]``, their `Positions` and the patch grid."""
-        h, w = self._grid_for(x)
+        h, w = eager(self.patch_embed, "grid", x)                              # any size: no table
         x = self.patch_embed(x)                                                   # [B, h*w, D]
-        pos = self.positions(h, w, x.device)
+        pos = eager(self.patch_embed, "positions", h, w, x.device)
         if self.tpe is not None:
-            x = self.tpe.embed(x, pos)                                            # x + MD-TPE(x)
+            x = eager(self.tpe, "embed", x, pos)                                  # x + MD-TPE(x)
         return self.pos_drop(x), pos, (h, w)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

@@ -18,7 +18,9 @@ import re
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
+import torch.fx
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from zoo.errors import CheckpointError
 from zoo.nn import Block
@@ -31,8 +33,10 @@ from zoo.registry import PretrainedCfg, register_model
 
 from .checkpoint import (adapt_input_conv, drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched,
                          resample_patch_kernel, unwrap_state_dict)
-from .layers import (IMAGENET_MEAN, IMAGENET_STD, PatchEmbed, TimmClassifierMixin, cached_grid_positions,
-                     grid_for_images, init_linears_and_norms, new_head, patch_geometry, timm_cfg)
+from .layers import (IMAGENET_MEAN, IMAGENET_STD, PatchEmbed, TimmClassifierMixin, eager, init_linears_and_norms,
+                     new_head, patch_geometry, timm_cfg)
+
+torch.fx.wrap("eager")   # one node of a traced model (see layers.eager)
 
 # PatchEmbed (.layers), resample_patch_kernel and adapt_input_conv (.checkpoint) are re-exported
 __all__ = ["VisionTransformer", "PatchEmbed", "IRPEFactory", "checkpoint_filter_fn", "resample_patch_kernel",
@@ -127,7 +131,9 @@ class VisionTransformer(TimmClassifierMixin, nn.Module):
         self.num_prefix_tokens = 1 if class_token else 0
         self.dynamic_img_size = dynamic_img_size
 
-        self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim,
+                                      None if dynamic_img_size else self.img_size,
+                                      " (pretrained position tables are resampled on load)", self.num_prefix_tokens)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         num_tokens = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim)) if ape else None
@@ -154,7 +160,6 @@ class VisionTransformer(TimmClassifierMixin, nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
-        self._pos_cache: Dict[tuple, Positions] = {}
         self._ape_cache: Dict[tuple, Tensor] = {}      # eval-time resampled pos_embed per (h, w, device, dtype)
         self._ape_version: Optional[tuple] = None      # the pos_embed (storage, version) those entries came from
         self.init_weights()
@@ -194,14 +199,6 @@ class VisionTransformer(TimmClassifierMixin, nn.Module):
         return super().train(mode)
 
     # ---- geometry ---------------------------------------------------------------------------------------------
-    def _grid_for(self, x: Tensor) -> Tuple[int, int]:
-        return grid_for_images(x, self.in_chans, self.patch_size, None if self.dynamic_img_size else self.img_size,
-                               " (pretrained position tables are resampled on load)")
-
-    def positions(self, h: int, w: int, device) -> Positions:
-        """The `Positions` of an ``h x w`` patch grid after the prefix tokens (cached per grid and device)."""
-        return cached_grid_positions(self._pos_cache, h, w, device, self.num_prefix_tokens)
-
     def _pos_embed_for(self, h: int, w: int) -> Tensor:
         pe = self.pos_embed
         if (h, w) == self.grid_size:
@@ -228,20 +225,21 @@ class VisionTransformer(TimmClassifierMixin, nn.Module):
     def _tokens(self, x: Tensor) -> Tuple[Tensor, Positions, Tuple[int, int]]:
         """``[B, C, H, W]`` -> the tokens entering block 0 ``[B, num_prefix + h*w, D]``, their `Positions` and the
         patch grid (`TimmClassifierMixin.forward_features` runs the blocks)."""
-        h, w = self._grid_for(x)
+        h, w = eager(self.patch_embed, "grid", x)
         x = self.patch_embed(x)                                                   # [B, h*w, D]
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1+h*w, D]
-        if self.pos_embed is not None:
-            x = x + self._pos_embed_for(h, w)
-        pos = self.positions(h, w, x.device)
+        if self.pos_embed is not None:            # traced: no eval cache (h, w are values of the graph)
+            x = x + (eager(self.patch_embed, "resized_pos_embed", self.pos_embed, h, w, self.grid_size)
+                     if is_fx_symbolic_tracing() else self._pos_embed_for(h, w))
+        pos = eager(self.patch_embed, "positions", h, w, x.device)
         if self.embed_pe is not None:
-            x = self.embed_pe.embed(x, pos)
+            x = eager(self.embed_pe, "embed", x, pos)
         return self.pos_drop(x), pos, (h, w)
 
     def _after_block(self, i: int, x: Tensor, pos: Positions) -> Tensor:
         """CPVT's PEG after the blocks named in ``pos_block_after``."""
-        return self.pos_block[str(i)].embed(x, pos) if str(i) in self.pos_block else x
+        return eager(self.pos_block[str(i)], "embed", x, pos) if str(i) in self.pos_block else x
 
     def _prune_after(self, max_index: int) -> None:
         for key in [k for k in self.pos_block if int(k) > max_index]:

@@ -26,6 +26,7 @@ import math
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
 from zoo.errors import CheckpointError
@@ -38,8 +39,10 @@ from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
 
 from .checkpoint import drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched, unwrap_state_dict
-from .layers import (IMAGENET_MEAN, IMAGENET_STD, PatchEmbed, TimmClassifierMixin, cached_grid_positions,
-                     grid_for_images, init_linears_and_norms, new_head, patch_geometry, timm_cfg)
+from .layers import (IMAGENET_MEAN, IMAGENET_STD, PatchEmbed, TimmClassifierMixin, eager,
+                     init_linears_and_norms, new_head, patch_geometry, timm_cfg)
+
+torch.fx.wrap("eager")   # one node of a traced model (see layers.eager)
 
 __all__ = ["RoPEBlock", "RoPEVisionTransformer", "checkpoint_filter_fn"]
 
@@ -158,7 +161,9 @@ class RoPEVisionTransformer(TimmClassifierMixin, nn.Module):
 
         # registration order = timm Eva's state-dict order: cls_token, patch_embed, rope, blocks, norm, fc_norm, head
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim,
+                                      None if dynamic_img_size else self.img_size, " (RoPE needs no resampling)",
+                                      self.num_prefix_tokens)
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.embed_pe: Optional[nn.Module] = None
         if pe is not None:
@@ -182,7 +187,6 @@ class RoPEVisionTransformer(TimmClassifierMixin, nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
-        self._pos_cache: Dict[tuple, Positions] = {}
         self.init_weights()
 
     def _encodings(self, spec, depth: int, num_heads: int) -> list:
@@ -226,26 +230,17 @@ class RoPEVisionTransformer(TimmClassifierMixin, nn.Module):
             return {"cls_token", "pe.freqs"}
         return {"cls_token", "rope.freqs"} if self.rope_kind == "mixed" else {"cls_token"}
 
-    # ---- geometry ---------------------------------------------------------------------------------------------
-    def _grid_for(self, x: Tensor) -> Tuple[int, int]:
-        return grid_for_images(x, self.in_chans, self.patch_size, None if self.dynamic_img_size else self.img_size,
-                               " (RoPE needs no resampling)")
-
-    def positions(self, h: int, w: int, device) -> Positions:
-        """The `Positions` of an ``h x w`` patch grid after the prefix tokens (cached per grid and device)."""
-        return cached_grid_positions(self._pos_cache, h, w, device, self.num_prefix_tokens)
-
     # ---- forward ----------------------------------------------------------------------------------------------
     def _tokens(self, x: Tensor) -> Tuple[Tensor, Positions, Tuple[int, int]]:
         """``[B, C, H, W]`` -> the tokens entering block 0 ``[B, num_prefix + h*w, D]``, their `Positions` and the
         patch grid (`TimmClassifierMixin.forward_features` runs the blocks)."""
-        h, w = self._grid_for(x)
+        h, w = eager(self.patch_embed, "grid", x)
         x = self.patch_embed(x)                                                   # [B, h*w, D]
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1+h*w, D]
-        pos = self.positions(h, w, x.device)
+        pos = eager(self.patch_embed, "positions", h, w, x.device)
         if self.embed_pe is not None:
-            x = self.embed_pe.embed(x, pos)
+            x = eager(self.embed_pe, "embed", x, pos)
         return self.pos_drop(x), pos, (h, w)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
