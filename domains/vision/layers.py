@@ -54,9 +54,11 @@ class PatchEmbed(nn.Module):
     def resized_pos_embed(self, pos_embed: Tensor, h: int, w: int, grid_size: Tuple[int, int]) -> Tensor:
         """A learned table ``[1, num_prefix + gh*gw, D]`` of the ``grid_size`` grid for an ``h x w`` grid (bicubic,
         prefix rows kept; the table itself at its own grid)."""
+        from zoo.pe.learned import resample_abs_pos_embed
+        if torch.compiler.is_compiling():     # torch.export / compile: (h, w) may be symbolic, always resample
+            return resample_abs_pos_embed(pos_embed, (h, w), grid_size, num_prefix=self.num_prefix, symbolic=True)
         if (h, w) == tuple(grid_size):
             return pos_embed
-        from zoo.pe.learned import resample_abs_pos_embed
         return resample_abs_pos_embed(pos_embed, (h, w), grid_size, num_prefix=self.num_prefix)
 
 
@@ -142,7 +144,10 @@ def grid_for_images(x: Tensor, in_chans: int, patch_size: Tuple[int, int],
 def cached_grid_positions(cache: Dict[tuple, Positions], h: int, w: int, device,
                           num_prefix: int = 0) -> Positions:
     """`Positions.grid_2d` of an ``h x w`` patch grid after ``num_prefix`` tokens, kept in ``cache`` per grid and
-    device (the cache is emptied once it holds `_POS_CACHE_SIZE` grids)."""
+    device (the cache is emptied once it holds `_POS_CACHE_SIZE` grids; not used while torch.export or
+    torch.compile traces, where the sizes may be symbolic)."""
+    if torch.compiler.is_compiling():                 # torch.export / compile: sizes may be symbolic, no cache
+        return Positions.grid_2d(h, w, num_prefix=num_prefix, device=device)
     key = (h, w, str(device))
     pos = cache.get(key)
     if pos is None:

@@ -201,6 +201,8 @@ class VisionTransformer(TimmClassifierMixin, nn.Module):
     # ---- geometry ---------------------------------------------------------------------------------------------
     def _pos_embed_for(self, h: int, w: int) -> Tensor:
         pe = self.pos_embed
+        if torch.compiler.is_compiling():     # torch.export / compile: the grid may be symbolic, no cache
+            return self.patch_embed.resized_pos_embed(pe, h, w, self.grid_size)
         if (h, w) == self.grid_size:
             return pe
         from zoo.pe.learned import resample_abs_pos_embed

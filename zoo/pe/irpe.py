@@ -305,8 +305,10 @@ class IRPE(PositionalEncoding):
     def grid(self, n: int, pos: Optional[Positions]) -> Tuple[int, int, int]:
         """``(h, w, skip)`` for a sequence of ``n`` tokens, checked against the table."""
         if pos is not None and pos.grid_size is not None:
-            h, w = (int(s) for s in pos.grid_size)
+            h, w = pos.grid_size
             skip = int(pos.num_prefix)
+            if _ordinary_tensors():           # traced (torch.export): the grid may be symbolic; keep it so
+                h, w = int(h), int(w)
             if skip > n:
                 raise ValueError(f"iRPE: Positions.num_prefix={skip} prefix tokens exceed the sequence length {n}")
             if h * w + skip != n:
