@@ -70,3 +70,15 @@ def test_bad_device_dtype_and_weights_on_meta_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="cannot load weights into vit_irpe_tiny on the meta device"):
         zoo.create("vit_irpe_tiny", device="meta", pretrained_file=str(tmp_path / "w.safetensors"))
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_torchscript_is_refused_by_name_not_by_a_compiler_traceback(name):
+    """TorchScript cannot compile the zoo's attention (Python objects choose kernels and encodings): scripting any
+    model stops before compiling, with an error naming the module and the forms that work (export, fx)."""
+    from zoo.errors import NotScriptableError
+    model = zoo.create(name, device="meta")
+    refusal = r"torch\.jit\.script: \w+ \(zoo\.[\w.]+\) is not TorchScript.*torch\.export"
+    with pytest.raises(NotScriptableError, match=refusal) as info:
+        torch.jit.script(model)
+    assert isinstance(info.value, NotImplementedError)

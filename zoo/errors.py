@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "UnknownArgumentError",
     "UnknownModelError",
+    "NotScriptableError",
 ]
 
 
@@ -65,3 +66,7 @@ class UnknownModelError(ZooError, KeyError):
         if len(self.args) == 1:
             return str(self.args[0])
         return super().__str__()
+
+
+class NotScriptableError(ZooError, NotImplementedError):
+    """``torch.jit.script`` of a zoo model: its attention is not TorchScript code (see `refuse_torchscript`)."""

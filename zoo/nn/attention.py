@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..positions import Positions
 from ..errors import ConfigError
+from ..pe.base import refuse_torchscript
+from ..positions import Positions
 from .chunked import DEFAULT_MAX_BIAS_BYTES, biased_gemm_attention, plan_chunk_rows, run_query_chunks
 from .masks import AttentionMask
 from .temperature import Temperature
@@ -223,6 +224,9 @@ class Attention(nn.Module):
     """
 
     max_bias_bytes: Optional[int] = DEFAULT_MAX_BIAS_BYTES
+
+    def __prepare_scriptable__(self):
+        refuse_torchscript(self)
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, pe: Optional[nn.Module] = None, causal: bool = False,
