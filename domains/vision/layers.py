@@ -55,7 +55,7 @@ class PatchEmbed(nn.Module):
         """A learned table ``[1, num_prefix + gh*gw, D]`` of the ``grid_size`` grid for an ``h x w`` grid (bicubic,
         prefix rows kept; the table itself at its own grid)."""
         from zoo.pe.learned import resample_abs_pos_embed
-        if torch.compiler.is_compiling():     # torch.export / compile: (h, w) may be symbolic, always resample
+        if isinstance(h, torch.SymInt) or isinstance(w, torch.SymInt):     # torch.export, dynamic shapes
             return resample_abs_pos_embed(pos_embed, (h, w), grid_size, num_prefix=self.num_prefix, symbolic=True)
         if (h, w) == tuple(grid_size):
             return pos_embed

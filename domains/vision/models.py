@@ -201,7 +201,7 @@ class VisionTransformer(TimmClassifierMixin, nn.Module):
     # ---- geometry ---------------------------------------------------------------------------------------------
     def _pos_embed_for(self, h: int, w: int) -> Tensor:
         pe = self.pos_embed
-        if torch.compiler.is_compiling():     # torch.export / compile: the grid may be symbolic, no cache
+        if isinstance(h, torch.SymInt) or isinstance(w, torch.SymInt):     # torch.export, dynamic shapes
             return self.patch_embed.resized_pos_embed(pe, h, w, self.grid_size)
         if (h, w) == self.grid_size:
             return pe

@@ -57,7 +57,7 @@ def decayed_scan(x: Tensor, log_decay: Tensor, chunk: int = 32, reverse: bool = 
         return decayed_scan(x.flip(1), log_decay, chunk).flip(1)
     L = x.shape[1]
     ld = log_decay.to(x.dtype)
-    if torch.compiler.is_compiling():         # torch.export / compile: one block of the whole (maybe symbolic) length
+    if isinstance(L, torch.SymInt):           # a symbolic length (torch.export with dynamic shapes): one block
         i = torch.arange(L, device=x.device, dtype=x.dtype)
         diff = i[:, None] - i[None, :]
         decay_mat = torch.exp(ld[:, None, None] * diff.clamp_min(0)) * (diff >= 0)   # [H, L, L]
