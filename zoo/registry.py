@@ -204,6 +204,12 @@ def _feature_net(model: nn.Module, name: str, out_indices: Any = 3, feature_cls:
     return net
 
 
+def _timm_scriptable() -> bool:
+    """timm's ``set_scriptable(True)`` / ``create_model(..., scriptable=True)`` is in force."""
+    from timm.layers import is_scriptable
+    return is_scriptable()
+
+
 def _register_with_timm(model_name: str) -> None:
     try:
         from timm.models import _registry as timm_registry
@@ -225,6 +231,8 @@ def _register_with_timm(model_name: str) -> None:
         if overlay:                                         # a features_only extractor keeps the model as .model
             for m in (model, model.model) if kw.get("features_only") else (model,):
                 m.pretrained_cfg = m.default_cfg = {**m.pretrained_cfg, **overlay}
+        if not kw.get("features_only") and _timm_scriptable() and hasattr(model, "__prepare_scriptable__"):
+            model = model.__prepare_scriptable__()          # timm's set_scriptable(True): the TorchScript form
         return model
 
     entry.__name__ = model_name

@@ -221,6 +221,12 @@ class TimmClassifierMixin:
             return x[:, self.num_prefix_tokens:].mean(dim=1)
         return x
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script(model)`` compiles: the model's TorchScript form (`scripting.scriptable`: the
+        same parameters, plain tensor code), or `zoo.errors.NotScriptableError` where there is none yet."""
+        from .scripting import scriptable
+        return scriptable(self)
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass (memory for compute; the same values)."""

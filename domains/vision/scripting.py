@@ -1,0 +1,304 @@
+"""TorchScript form of the ViT family (`models.VisionTransformer`: learned table, iRPE, RMT decay, CPVT's PEG).
+
+The eager model works from Python objects (`Positions`, per-grid caches, kernels chosen in Python), which
+TorchScript cannot compile. `scriptable(model)` returns a module of plain tensor code that computes the same
+function with the same parameter objects (training one trains the other):
+
+- the blocks' layers are the model's own modules (``norm1``, ``attn.qkv``, ``attn.proj``, ``mlp``, ...), under
+  the same names, so the state dict has the model's keys;
+- what depends only on the grid becomes non-persistent buffers, built once for the model's grid: iRPE's bucket ids;
+  the RMT decay and CPVT's PEG follow the image size at run time (those models take any size);
+- the attention is ``softmax(q k^T * scale + bias) v`` through SDPA with the bias as its float mask, and on the
+  weights when iRPE encodes the values (as the eager attention).
+
+`VisionTransformer.__prepare_scriptable__` returns it, so ``torch.jit.script(model)`` compiles this form; timm's
+``set_scriptable(True)`` (``timm.create_model(..., scriptable=True)``) builds it directly, so torch.fx graphs of it
+script too. An encoding this form does not cover raises `zoo.errors.NotScriptableError` naming it.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.errors import NotScriptableError
+from zoo.pe.irpe import IRPE, IRPECrossTable
+from zoo.pe.peg import PEG
+from zoo.pe.rmt import ManhattanDecay
+
+__all__ = ["scriptable"]
+
+
+def patch_grid(x: Tensor, in_chans: int, patch_h: int, patch_w: int, fixed_h: int, fixed_w: int) -> Tuple[int, int]:
+    """The ``(h, w)`` patch grid of images ``x [B, in_chans, H, W]`` (``fixed_h, fixed_w``: the only grid taken,
+    -1: any), for the scripted form (TorchScript code; one node of a torch.fx graph)."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError("expected images [B, in_chans, H, W] with the model's in_chans")
+    if x.shape[2] % patch_h != 0 or x.shape[3] % patch_w != 0:
+        raise ValueError("the image size is not divisible by the patch size")
+    h, w = x.shape[2] // patch_h, x.shape[3] // patch_w
+    if fixed_h >= 0 and (h != fixed_h or w != fixed_w):
+        raise ValueError("the scripted form takes the model's own image size (a learned table or iRPE's bucket ids "
+                         "are built for it); build the model with img_size set to this size")
+    return h, w
+
+
+torch.fx.wrap("patch_grid")
+
+
+class _Contextual(nn.Module):
+    """One contextual iRPE table (its ``lookup_table_weight``, the model's parameter) and its bucket ids."""
+
+    def __init__(self, table: nn.Module, ids: Tensor, flat: Tensor):
+        super().__init__()
+        self.lookup_table_weight = table.lookup_table_weight
+        self.num_buckets = table.num_buckets
+        self.register_buffer("ids", ids.clone(), persistent=False)
+        self.register_buffer("flat", flat.clone(), persistent=False)
+
+    def logits(self, x: Tensor, scale: float) -> Tensor:
+        n = self.ids.shape[0]
+        b, h = x.shape[0], x.shape[1]
+        lut = torch.matmul(x, self.lookup_table_weight * scale)                  # [b, h, n, nb]
+        # out[b, h, i, j] = lut[b, h, i, ids[i, j]], through the flat index i * nb + ids[i, j]
+        return lut.reshape(b, h, -1).index_select(2, self.flat).view(b, h, n, n)  # [b, h, n, n]
+
+    def values(self, attn: Tensor) -> Tensor:
+        b, h, n = attn.shape[0], attn.shape[1], attn.shape[2]
+        acc = attn.new_zeros(b * h, n * self.num_buckets, dtype=torch.float32)
+        acc.index_add_(1, self.flat, attn.reshape(b * h, n * n).float())         # weights summed per bucket
+        acc = acc.view(b, h, n, self.num_buckets).to(attn.dtype)
+        return torch.matmul(acc, self.lookup_table_weight)                        # [b, h, n, d]
+
+
+class _Bias(nn.Module):
+    """One bias-mode iRPE table (``lookup_table_bias``) and its bucket ids."""
+
+    def __init__(self, table: nn.Module, ids: Tensor, flat: Tensor):
+        super().__init__()
+        self.lookup_table_bias = table.lookup_table_bias
+        self.register_buffer("ids", ids.clone(), persistent=False)
+
+    def logits(self, x: Tensor, scale: float) -> Tensor:
+        n = self.ids.shape[0]
+        return self.lookup_table_bias[:, self.ids.reshape(-1)].view(1, self.lookup_table_bias.shape[0], n, n)
+
+
+class _Cross(nn.Module):
+    """The cross method: a row table and a column table (``rp_rows``, ``rp_cols``), summed."""
+
+    def __init__(self, rows: nn.Module, cols: nn.Module):
+        super().__init__()
+        self.rp_rows, self.rp_cols = rows, cols
+
+    def logits(self, x: Tensor, scale: float) -> Tensor:
+        return self.rp_rows.logits(x, scale) + self.rp_cols.logits(x, scale)
+
+    def values(self, attn: Tensor) -> Tensor:
+        return self.rp_rows.values(attn) + self.rp_cols.values(attn)
+
+
+def _table(pe: IRPE, table: nn.Module, n: int, pos, device) -> nn.Module:
+    kind = _Bias if pe.mode == "bias" else _Contextual
+    if isinstance(table, IRPECrossTable):
+        return _Cross(kind(table.rp_rows, *pe._index("cross_rows", n, pos, device)),
+                      kind(table.rp_cols, *pe._index("cross_cols", n, pos, device)))
+    return kind(table, *pe._index(pe.method, n, pos, device))
+
+
+class IRPEScripted(nn.Module):
+    """iRPE at one grid: the model's tables under their names (``rpe_q`` / ``rpe_k`` / ``rpe_v``, cross tables with
+    ``rp_rows`` / ``rp_cols``), each with its bucket ids as buffers."""
+
+    def __init__(self, pe: IRPE, n: int, pos, device):
+        super().__init__()
+        for where in "qkv":
+            table = getattr(pe, f"rpe_{where}")
+            setattr(self, f"rpe_{where}", None if table is None else _table(pe, table, n, pos, device))
+
+    def bias(self, q: Tensor, k: Tensor, scale: float) -> Optional[Tensor]:
+        out: Optional[Tensor] = None
+        rpe_k = self.rpe_k
+        if rpe_k is not None:
+            out = rpe_k.logits(q, scale)
+        rpe_q = self.rpe_q
+        if rpe_q is not None:
+            t = rpe_q.logits(k, scale).transpose(-2, -1)
+            out = t if out is None else out + t
+        return out
+
+    def value(self, attn: Tensor) -> Optional[Tensor]:
+        rpe_v = self.rpe_v
+        if rpe_v is None:
+            return None
+        return rpe_v.values(attn)
+
+
+class DecayScripted(nn.Module):
+    """RMT's Manhattan decay ``log γ_h (|Δrow| + |Δcol|)`` for the grid of each call (no parameters)."""
+
+    def __init__(self, pe: ManhattanDecay):
+        super().__init__()
+        self.register_buffer("log_decay", pe.log_decay.clone().float(), persistent=False)
+
+    def bias(self, h: int, w: int, npre: int) -> Tensor:
+        device = self.log_decay.device
+        rows = torch.arange(h, device=device).repeat_interleave(w)
+        cols = torch.arange(w, device=device).repeat(h)
+        dist = (rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()
+        grid = self.log_decay[:, None, None] * dist.to(torch.float32)           # [heads, hw, hw]
+        return F.pad(grid, (npre, 0, npre, 0))[None]                            # [1, heads, n, n], 0 at prefix
+
+
+class AttentionScripted(nn.Module):
+    """The model's attention (``qkv``, ``proj``, dropouts) with one of: no encoding, iRPE, RMT decay."""
+
+    def __init__(self, attn: nn.Module, irpe: Optional[IRPEScripted], decay: Optional[DecayScripted]):
+        super().__init__()
+        self.qkv, self.proj, self.attn_drop, self.proj_drop = attn.qkv, attn.proj, attn.attn_drop, attn.proj_drop
+        self.num_heads, self.scale = attn.num_heads, float(attn.scale)
+        self.pe, self.decay = irpe, decay
+        self.on_values = irpe is not None and irpe.rpe_v is not None
+
+    def forward(self, x: Tensor, h: int, w: int, npre: int) -> Tensor:
+        b, n, c = x.shape[0], x.shape[1], x.shape[2]
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]                                         # [b, heads, n, d]
+        bias: Optional[Tensor] = None
+        irpe = self.pe
+        if irpe is not None:                  # the grid was checked against its bucket ids (patch_grid)
+            bias = irpe.bias(q, k, self.scale)
+        decay = self.decay
+        if decay is not None:
+            bias = decay.bias(h, w, npre)
+        if self.on_values and irpe is not None:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if bias is not None:
+                attn = attn + bias.to(attn.dtype)
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            out = attn @ v
+            extra = irpe.value(attn)
+            if extra is not None:
+                out = out + extra.to(out.dtype)
+        else:
+            drop = self.attn_drop.p if self.training else 0.0
+            mask: Optional[Tensor] = None if bias is None else bias.to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+
+class BlockScripted(nn.Module):
+    """``zoo.nn.Block`` with the scripted attention (the block's own norms, MLP, layer scales, drop paths)."""
+
+    def __init__(self, blk: nn.Module, attn: AttentionScripted):
+        super().__init__()
+        self.norm1, self.attn, self.ls1, self.drop_path1 = blk.norm1, attn, blk.ls1, blk.drop_path1
+        self.norm2, self.mlp, self.ls2, self.drop_path2 = blk.norm2, blk.mlp, blk.ls2, blk.drop_path2
+
+    def forward(self, x: Tensor, h: int, w: int, npre: int) -> Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), h, w, npre)))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class PEGScripted(nn.Module):
+    """CPVT's PEG (stride 1) on the token grid of each call: ``x + conv(x)`` over the grid, prefix kept."""
+
+    def __init__(self, peg: PEG):
+        super().__init__()
+        self.proj = peg.proj
+
+    def forward(self, x: Tensor, h: int, w: int, npre: int) -> Tensor:
+        b, c = x.shape[0], x.shape[2]
+        prefix, feat = x[:, :npre], x[:, npre:]
+        feat = feat.transpose(1, 2).reshape(b, c, h, w)
+        out = (self.proj(feat) + feat).flatten(2).transpose(1, 2)
+        return torch.cat([prefix, out], dim=1)
+
+
+class VisionTransformerScripted(nn.Module):
+    """The TorchScript form of a `models.VisionTransformer` (see the module docstring)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if model.embed_pe is not None or getattr(model, "pe", None) is not None:
+            raise NotScriptableError(f"torch.jit.script: {type(model.embed_pe or model.pe).__name__} (pe=) has no "
+                                     f"scripted form; the built-in iRPE, RMT and PEG encodings do")
+        gh, gw = model.grid_size
+        npre = model.num_prefix_tokens
+        n = npre + gh * gw
+        device = model.patch_embed.proj.weight.device
+        pos = model.positions(gh, gw, device)
+        blocks: List[nn.Module] = []
+        for i, blk in enumerate(model.blocks):
+            pe = blk.attn.pe
+            irpe = IRPEScripted(pe, n, pos, device) if isinstance(pe, IRPE) else None
+            decay = DecayScripted(pe) if isinstance(pe, ManhattanDecay) else None
+            if pe is not None and irpe is None and decay is None:
+                raise NotScriptableError(f"torch.jit.script: block {i}'s {type(pe).__name__} has no scripted form; "
+                                         f"the built-in iRPE, RMT and PEG encodings do")
+            blocks.append(BlockScripted(blk, AttentionScripted(blk.attn, irpe, decay)))
+        after: List[int] = []
+        pegs: List[nn.Module] = []
+        for key, mod in model.pos_block.items():
+            if not isinstance(mod, PEG) or mod.stride != 1:
+                raise NotScriptableError(f"torch.jit.script: pos_block.{key} ({type(mod).__name__}) has no scripted "
+                                         f"form; PEG with stride 1 does")
+            after.append(int(key))
+            pegs.append(PEGScripted(mod))
+        self.patch_embed = model.patch_embed
+        self.cls_token, self.pos_embed = model.cls_token, model.pos_embed
+        self.pos_drop = model.pos_drop
+        self.blocks = nn.ModuleList(blocks)
+        self.pos_block = nn.ModuleList(pegs)
+        self.pos_block_after: List[int] = after
+        self.norm, self.head_drop, self.head = model.norm, model.head_drop, model.head
+        self.patch_size: Tuple[int, int] = tuple(model.patch_size)
+        self.grid_size: Tuple[int, int] = (gh, gw)
+        self.in_chans = model.in_chans
+        fixed = model.pos_embed is not None or any(isinstance(b.attn.pe, IRPEScripted) for b in blocks)
+        self.fixed_grid: Tuple[int, int] = (gh, gw) if fixed else (-1, -1)
+        self.num_prefix_tokens = npre
+        self.global_pool: str = model.global_pool
+        self.num_classes, self.num_features = model.num_classes, model.num_features
+        self.head_hidden_size = model.num_features
+        self.pretrained_cfg = self.default_cfg = getattr(model, "pretrained_cfg", None)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        h, w = patch_grid(x, self.in_chans, self.patch_size[0], self.patch_size[1], self.fixed_grid[0],
+                          self.fixed_grid[1])
+        x = self.patch_embed(x)
+        cls_token = self.cls_token
+        if cls_token is not None:
+            x = torch.cat([cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        pos_embed = self.pos_embed
+        if pos_embed is not None:
+            x = x + pos_embed
+        x = self.pos_drop(x)
+        npre = self.num_prefix_tokens
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, h, w, npre)
+            for j, peg in enumerate(self.pos_block):
+                if self.pos_block_after[j] == i:
+                    x = peg(x, h, w, npre)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def scriptable(model: nn.Module) -> nn.Module:
+    """The TorchScript form of a vision classifier of the zoo (the same parameters; see the module docstring)."""
+    from .models import VisionTransformer
+    if isinstance(model, VisionTransformer):
+        return VisionTransformerScripted(model)
+    raise NotScriptableError(f"torch.jit.script: {type(model).__name__} has no scripted form yet (the ViT family of "
+                             f"models.VisionTransformer has); use torch.export / ONNX / torch.fx")
