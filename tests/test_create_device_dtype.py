@@ -78,9 +78,11 @@ def test_torchscript_compiles_the_scripted_form_or_is_refused_by_name(name):
     model either compiles its scripted form (the ViT family: tests/vision/test_scripting.py checks its values) or
     stops before compiling, with an error naming the module and the forms that work (export, fx)."""
     from domains.vision.models import VisionTransformer
+    from domains.vision.rope_vit import RoPEVisionTransformer
     from zoo.errors import NotScriptableError
     model = zoo.create(name, device="meta")
-    if isinstance(model, VisionTransformer) and model.embed_pe is None and getattr(model, "pe", None) is None:
+    if isinstance(model, (VisionTransformer, RoPEVisionTransformer)) and model.embed_pe is None \
+            and getattr(model, "pe", None) is None:
         assert isinstance(torch.jit.script(model), torch.jit.ScriptModule)
         return
     refusal = r"torch\.jit\.script: \w+ (\(zoo\.[\w.]+\) is not TorchScript|has no scripted form).*torch\.export"

@@ -26,6 +26,7 @@ from zoo.errors import NotScriptableError
 from zoo.pe.irpe import IRPE, IRPECrossTable
 from zoo.pe.peg import PEG
 from zoo.pe.rmt import ManhattanDecay
+from zoo.pe.rope2d import AxialRoPE2d, MixedRoPE2d, MixedRoPE2dLayer
 
 __all__ = ["scriptable"]
 
@@ -295,10 +296,157 @@ class VisionTransformerScripted(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def rotate_pairs(x: Tensor, ang: Tensor) -> Tensor:
+    """Rotate the interleaved channel pairs ``(x_2t, x_2t+1)`` of ``x [b, h, n, d]`` by ``ang [..., n, d/2]`` in
+    float32 (as `zoo.pe.rope2d.rotate_pairs`, in plain tensor code)."""
+    xf = x.float().reshape(x.shape[0], x.shape[1], x.shape[2], -1, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    cos, sin = ang.cos(), ang.sin()
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(3).to(x.dtype)
+
+
+class AxialScripted(nn.Module):
+    """RoPE-Axial at the build grid: its angles ``[n, d/2]`` (prefix tokens and channels past the rotary dims at 0)
+    as a buffer."""
+
+    def __init__(self, rope: AxialRoPE2d, pos, n: int, device):
+        super().__init__()
+        ang, p = rope._angles(pos, n, device)
+        pairs = rope.head_dim // 2
+        self.register_buffer("ang", F.pad(ang, (0, pairs - ang.shape[-1], p, 0)).clone(), persistent=False)
+
+    def forward(self, q: Tensor, k: Tensor) -> Tuple[Tensor, Tensor]:
+        return rotate_pairs(q, self.ang), rotate_pairs(k, self.ang)
+
+
+class MixedScripted(nn.Module):
+    """RoPE-Mixed of one layer: angles ``col * fx + row * fy`` from the learnable ``freqs[:, layer]`` at each call;
+    the grid coordinates of the build grid are buffers. ``freqs`` stays the model's (``rope.freqs``)."""
+
+    def __init__(self, owner: MixedRoPE2d, layer: int, pos, n: int, device):
+        super().__init__()
+        self.layer, self.head_dim = layer, owner.head_dim
+        grid = pos.grid.to(device)
+        self.register_buffer("rows", grid[:, 0].float().clone(), persistent=False)
+        self.register_buffer("cols", grid[:, 1].float().clone(), persistent=False)
+        self.prefix = int(pos.num_prefix)
+
+    def angles(self, freqs: Tensor) -> Tensor:
+        f = freqs[:, self.layer].float()                                          # [2, h, r/2]
+        ang = self.cols[None, :, None] * f[0][:, None, :] + self.rows[None, :, None] * f[1][:, None, :]
+        return F.pad(ang, (0, self.head_dim // 2 - ang.shape[-1], self.prefix, 0))[None]   # [1, h, n, d/2]
+
+
+class _Freqs(nn.Module):
+    """Holds RoPE-Mixed's learnable ``freqs`` (the model's parameter, under its key ``rope.freqs``)."""
+
+    def __init__(self, freqs: nn.Parameter):
+        super().__init__()
+        self.freqs = freqs
+
+
+class RoPEAttentionScripted(nn.Module):
+    """The model's attention (``qkv``, ``proj``, dropouts) with a 2D RoPE on q and k, then SDPA."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.qkv, self.proj, self.attn_drop, self.proj_drop = attn.qkv, attn.proj, attn.attn_drop, attn.proj_drop
+        self.num_heads = attn.num_heads
+
+    def forward(self, x: Tensor, ang: Tensor) -> Tensor:
+        b, n, c = x.shape[0], x.shape[1], x.shape[2]
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = rotate_pairs(qkv[0], ang), rotate_pairs(qkv[1], ang), qkv[2]
+        drop = self.attn_drop.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+
+class RoPEBlockScripted(nn.Module):
+    """`rope_vit.RoPEBlock` (layer scale as ``gamma_1`` / ``gamma_2``) with the scripted attention."""
+
+    def __init__(self, blk: nn.Module, mixed: Optional[MixedScripted]):
+        super().__init__()
+        self.norm1, self.attn, self.drop_path1 = blk.norm1, RoPEAttentionScripted(blk.attn), blk.drop_path1
+        self.norm2, self.mlp, self.drop_path2 = blk.norm2, blk.mlp, blk.drop_path2
+        self.gamma_1, self.gamma_2 = blk.gamma_1, blk.gamma_2
+        self.mixed = mixed
+
+    def forward(self, x: Tensor, ang: Optional[Tensor], freqs: Optional[Tensor]) -> Tensor:
+        mixed = self.mixed
+        if mixed is not None and freqs is not None:                               # RoPE-Mixed: this layer's angles
+            ang = mixed.angles(freqs)
+        assert ang is not None
+        y = self.attn(self.norm1(x), ang)
+        gamma_1 = self.gamma_1
+        x = x + self.drop_path1(y if gamma_1 is None else gamma_1 * y)
+        y = self.mlp(self.norm2(x))
+        gamma_2 = self.gamma_2
+        return x + self.drop_path2(y if gamma_2 is None else gamma_2 * y)
+
+
+class RoPEVisionTransformerScripted(nn.Module):
+    """The TorchScript form of a `rope_vit.RoPEVisionTransformer` (RoPE-Axial or RoPE-Mixed) at its build grid."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        rope = model.rope
+        if not isinstance(rope, (AxialRoPE2d, MixedRoPE2d)) or model.embed_pe is not None:
+            name = type(model.embed_pe or getattr(model, "pe", None)).__name__
+            raise NotScriptableError(f"torch.jit.script: {name} (pe=) has no scripted form; the built-in 2D RoPEs do")
+        gh, gw = model.grid_size
+        npre = model.num_prefix_tokens
+        n = npre + gh * gw
+        device = model.patch_embed.proj.weight.device
+        pos = model.positions(gh, gw, device)
+        self.mixed = isinstance(rope, MixedRoPE2d)
+        self.axial = None if self.mixed else AxialScripted(rope, pos, n, device)
+        self.rope = _Freqs(rope.freqs) if self.mixed else None                    # rope.freqs
+        self.patch_embed, self.cls_token, self.pos_drop = model.patch_embed, model.cls_token, model.pos_drop
+        self.blocks = nn.ModuleList([RoPEBlockScripted(b, MixedScripted(rope, i, pos, n, device) if self.mixed
+                                                       else None) for i, b in enumerate(model.blocks)])
+        self.norm, self.fc_norm, self.head_drop, self.head = model.norm, model.fc_norm, model.head_drop, model.head
+        self.patch_size: Tuple[int, int] = tuple(model.patch_size)
+        self.grid_size: Tuple[int, int] = (gh, gw)
+        self.in_chans, self.num_prefix_tokens = model.in_chans, npre
+        self.global_pool: str = model.global_pool
+        self.num_classes, self.num_features = model.num_classes, model.num_features
+        self.head_hidden_size = model.num_features
+        self.pretrained_cfg = self.default_cfg = getattr(model, "pretrained_cfg", None)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        patch_grid(x, self.in_chans, self.patch_size[0], self.patch_size[1], self.grid_size[0], self.grid_size[1])
+        x = self.patch_embed(x)
+        cls_token = self.cls_token
+        if cls_token is not None:
+            x = torch.cat([cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.pos_drop(x)
+        axial, rope = self.axial, self.rope
+        ang: Optional[Tensor] = None if axial is None else axial.ang
+        freqs: Optional[Tensor] = None if rope is None else rope.freqs
+        for blk in self.blocks:
+            x = blk(x, ang, freqs)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
 def scriptable(model: nn.Module) -> nn.Module:
     """The TorchScript form of a vision classifier of the zoo (the same parameters; see the module docstring)."""
     from .models import VisionTransformer
+    from .rope_vit import RoPEVisionTransformer
     if isinstance(model, VisionTransformer):
         return VisionTransformerScripted(model)
-    raise NotScriptableError(f"torch.jit.script: {type(model).__name__} has no scripted form yet (the ViT family of "
-                             f"models.VisionTransformer has); use torch.export / ONNX / torch.fx")
+    if isinstance(model, RoPEVisionTransformer):
+        return RoPEVisionTransformerScripted(model)
+    raise NotScriptableError(f"torch.jit.script: {type(model).__name__} has no scripted form yet (the ViT family and "
+                             f"the RoPE-ViTs have); use torch.export / ONNX / torch.fx")

@@ -1,7 +1,7 @@
 """TorchScript of the vision classifiers timm sees. The ViT family (`models.VisionTransformer`: learned table, iRPE
-in every method / mode / placement, RMT decay, CPVT's PEG) scripts into `domains.vision.scripting`'s form, which
-must compute the eager model's logits and gradients with the same parameter objects and state-dict keys; the
-others refuse by name (`NotScriptableError`)."""
+in every method / mode / placement, RMT decay, CPVT's PEG) and the RoPE-ViTs (axial, mixed) script into
+`domains.vision.scripting`'s forms, which must compute the eager model's features, logits and gradients with the
+same parameter objects and state-dict keys; the others refuse by name (`NotScriptableError`)."""
 import warnings
 
 import pytest
@@ -13,11 +13,13 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 import zoo
 from domains.vision.models import VisionTransformer
+from domains.vision.rope_vit import RoPEVisionTransformer
 from timm_test_helpers import timm_models
 from zoo.errors import NotScriptableError
 
 TIMM_MODELS = timm_models()
 SIZE = 48
+SCRIPTED = (VisionTransformer, RoPEVisionTransformer)             # the classes with a scripted form
 
 
 def tiny(name, **kw):
@@ -39,7 +41,7 @@ def script(model):
 @pytest.mark.parametrize("name", TIMM_MODELS)
 def test_script_equals_the_eager_model_or_is_refused_by_name(name, one_thread):
     model = tiny(name).eval()
-    if not isinstance(model, VisionTransformer):
+    if not isinstance(model, SCRIPTED):
         with pytest.raises(NotScriptableError, match=rf"torch\.jit\.script: {type(model).__name__} has no scripted"):
             script(model)
         return
@@ -48,6 +50,8 @@ def test_script_equals_the_eager_model_or_is_refused_by_name(name, one_thread):
     for h, w in sizes:
         x = torch.randn(2, 3, h, w)
         with torch.no_grad():
+            torch.testing.assert_close(scripted.forward_features(x), model.forward_features(x), rtol=1e-5,
+                                       atol=1e-5)
             torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(Exception, match="not divisible by the patch size"):
         scripted(torch.randn(1, 3, 50, 50))
@@ -61,7 +65,9 @@ def test_script_equals_the_eager_model_or_is_refused_by_name(name, one_thread):
     assert set(form.state_dict()) == set(model.state_dict())
 
 
-@pytest.mark.parametrize("name", [n for n in TIMM_MODELS if n.startswith(("vit_irpe_small", "cpvt_tiny", "vit_rmt_tiny"))])
+@pytest.mark.parametrize("name", [n for n in TIMM_MODELS
+                                  if n.startswith(("vit_irpe_small", "cpvt_tiny", "vit_rmt_tiny", "vit_rope_"))
+                                  and "base" not in n])
 def test_scripted_gradients_equal_the_eager_ones(name, one_thread):
     model = tiny(name).train()
     form = model.__prepare_scriptable__()
@@ -75,7 +81,8 @@ def test_scripted_gradients_equal_the_eager_ones(name, one_thread):
         torch.testing.assert_close(p.grad, want[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
-@pytest.mark.parametrize("name", [n for n in TIMM_MODELS if n.startswith(("vit_irpe_tiny", "cpvt_tiny_gap", "vit_rmt"))])
+@pytest.mark.parametrize("name", [n for n in TIMM_MODELS if n.startswith(("vit_irpe_tiny", "cpvt_tiny_gap", "vit_rmt",
+                                                                          "vit_rope_small", "vit_rope_mixed_small"))])
 def test_timm_scriptable_builds_the_form_whose_fx_graph_scripts(name, one_thread):
     """timm's ``set_scriptable(True)`` builds the scripted form; torch.fx traces it and the graph scripts (timm's
     fx + TorchScript contract)."""
