@@ -48,6 +48,16 @@ def patch_grid(x: Tensor, in_chans: int, patch_h: int, patch_w: int, fixed_h: in
 torch.fx.wrap("patch_grid")
 
 
+def pool_tokens(x: Tensor, pool: str, num_prefix: int) -> Tensor:
+    """``[B, N, D] -> [B, D]``: ``'token'`` the cls token, ``'avg'`` the mean of the patch tokens; ``''`` as is
+    (as `layers.TimmClassifierMixin.pool`)."""
+    if pool == "token":
+        return x[:, 0]
+    if pool == "avg":
+        return x[:, num_prefix:].mean(dim=1)
+    return x
+
+
 class _Contextual(nn.Module):
     """One contextual iRPE table (its ``lookup_table_weight``, the model's parameter) and its bucket ids."""
 
@@ -285,11 +295,7 @@ class VisionTransformerScripted(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "token":
-            x = x[:, 0]
-        elif self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        x = self.head_drop(x)
+        x = self.head_drop(pool_tokens(x, self.global_pool, self.num_prefix_tokens))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -429,11 +435,7 @@ class RoPEVisionTransformerScripted(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "token":
-            x = x[:, 0]
-        elif self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        x = self.head_drop(self.fc_norm(x))
+        x = self.head_drop(self.fc_norm(pool_tokens(x, self.global_pool, self.num_prefix_tokens)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
