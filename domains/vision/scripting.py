@@ -26,7 +26,7 @@ from zoo.errors import NotScriptableError
 from zoo.pe.irpe import IRPE, IRPECrossTable
 from zoo.pe.peg import PEG
 from zoo.pe.rmt import ManhattanDecay
-from zoo.pe.rope2d import AxialRoPE2d, MixedRoPE2d, MixedRoPE2dLayer
+from zoo.pe.rope2d import AxialRoPE2d, MixedRoPE2d, _pad_angles
 
 __all__ = ["scriptable"]
 
@@ -146,19 +146,22 @@ class IRPEScripted(nn.Module):
         return rpe_v.values(attn)
 
 
+def manhattan_distance(h: int, w: int, device: torch.device) -> Tensor:
+    """``|Δrow| + |Δcol|`` between the tokens of a row-major ``h x w`` grid, float32 ``[h*w, h*w]``."""
+    rows = torch.arange(h, device=device).repeat_interleave(w)
+    cols = torch.arange(w, device=device).repeat(h)
+    return ((rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()).to(torch.float32)
+
+
 class DecayScripted(nn.Module):
-    """RMT's Manhattan decay ``log γ_h (|Δrow| + |Δcol|)`` for the grid of each call (no parameters)."""
+    """RMT's Manhattan decay ``log γ_h (|Δrow| + |Δcol|)`` on the grid distances of the call (no parameters)."""
 
     def __init__(self, pe: ManhattanDecay):
         super().__init__()
         self.register_buffer("log_decay", pe.log_decay.clone().float(), persistent=False)
 
-    def bias(self, h: int, w: int, npre: int) -> Tensor:
-        device = self.log_decay.device
-        rows = torch.arange(h, device=device).repeat_interleave(w)
-        cols = torch.arange(w, device=device).repeat(h)
-        dist = (rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()
-        grid = self.log_decay[:, None, None] * dist.to(torch.float32)           # [heads, hw, hw]
+    def bias(self, dist: Tensor, npre: int) -> Tensor:
+        grid = self.log_decay[:, None, None] * dist                               # [heads, hw, hw]
         return F.pad(grid, (npre, 0, npre, 0))[None]                            # [1, heads, n, n], 0 at prefix
 
 
@@ -172,7 +175,7 @@ class AttentionScripted(nn.Module):
         self.pe, self.decay = irpe, decay
         self.on_values = irpe is not None and irpe.rpe_v is not None
 
-    def forward(self, x: Tensor, h: int, w: int, npre: int) -> Tensor:
+    def forward(self, x: Tensor, dist: Optional[Tensor], npre: int) -> Tensor:
         b, n, c = x.shape[0], x.shape[1], x.shape[2]
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]                                         # [b, heads, n, d]
@@ -181,8 +184,8 @@ class AttentionScripted(nn.Module):
         if irpe is not None:                  # the grid was checked against its bucket ids (patch_grid)
             bias = irpe.bias(q, k, self.scale)
         decay = self.decay
-        if decay is not None:
-            bias = decay.bias(h, w, npre)
+        if decay is not None and dist is not None:
+            bias = decay.bias(dist, npre)
         if self.on_values and irpe is not None:
             attn = (q * self.scale) @ k.transpose(-2, -1)
             if bias is not None:
@@ -207,8 +210,8 @@ class BlockScripted(nn.Module):
         self.norm1, self.attn, self.ls1, self.drop_path1 = blk.norm1, attn, blk.ls1, blk.drop_path1
         self.norm2, self.mlp, self.ls2, self.drop_path2 = blk.norm2, blk.mlp, blk.ls2, blk.drop_path2
 
-    def forward(self, x: Tensor, h: int, w: int, npre: int) -> Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), h, w, npre)))
+    def forward(self, x: Tensor, dist: Optional[Tensor], npre: int) -> Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), dist, npre)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
@@ -261,6 +264,7 @@ class VisionTransformerScripted(nn.Module):
         self.cls_token, self.pos_embed = model.cls_token, model.pos_embed
         self.pos_drop = model.pos_drop
         self.blocks = nn.ModuleList(blocks)
+        self.has_decay = any(b.attn.decay is not None for b in blocks)
         self.pos_block = nn.ModuleList(pegs)
         self.pos_block_after: List[int] = after
         self.norm, self.head_drop, self.head = model.norm, model.head_drop, model.head
@@ -287,8 +291,10 @@ class VisionTransformerScripted(nn.Module):
             x = x + pos_embed
         x = self.pos_drop(x)
         npre = self.num_prefix_tokens
+        # RMT: the grid distances once per forward, shared by every block's decay
+        dist: Optional[Tensor] = manhattan_distance(h, w, x.device) if self.has_decay else None
         for i, blk in enumerate(self.blocks):
-            x = blk(x, h, w, npre)
+            x = blk(x, dist, npre)
             for j, peg in enumerate(self.pos_block):
                 if self.pos_block_after[j] == i:
                     x = peg(x, h, w, npre)
@@ -318,8 +324,7 @@ class AxialScripted(nn.Module):
     def __init__(self, rope: AxialRoPE2d, pos, n: int, device):
         super().__init__()
         ang, p = rope._angles(pos, n, device)
-        pairs = rope.head_dim // 2
-        self.register_buffer("ang", F.pad(ang, (0, pairs - ang.shape[-1], p, 0)).clone(), persistent=False)
+        self.register_buffer("ang", _pad_angles(ang, p, rope.head_dim // 2).clone(), persistent=False)
 
     def forward(self, q: Tensor, k: Tensor) -> Tuple[Tensor, Tensor]:
         return rotate_pairs(q, self.ang), rotate_pairs(k, self.ang)
