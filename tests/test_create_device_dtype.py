@@ -75,14 +75,15 @@ def test_bad_device_dtype_and_weights_on_meta_are_refused(tmp_path):
 @pytest.mark.parametrize("name", ALL)
 def test_torchscript_compiles_the_scripted_form_or_is_refused_by_name(name):
     """TorchScript cannot compile the zoo's attention (Python objects choose kernels and encodings): scripting a
-    model either compiles its scripted form (the ViT family: tests/vision/test_scripting.py checks its values) or
-    stops before compiling, with an error naming the module and the forms that work (export, fx)."""
+    model either compiles its scripted form (the ViT family, the RoPE-ViTs, LightNet: tests/vision/test_scripting.py
+    checks their values) or stops before compiling, with an error naming the module and the forms that work."""
+    from domains.vision.lightnet import LightNet
     from domains.vision.models import VisionTransformer
     from domains.vision.rope_vit import RoPEVisionTransformer
     from zoo.errors import NotScriptableError
     model = zoo.create(name, device="meta")
-    if isinstance(model, (VisionTransformer, RoPEVisionTransformer)) and model.embed_pe is None \
-            and getattr(model, "pe", None) is None:
+    if isinstance(model, LightNet) or (isinstance(model, (VisionTransformer, RoPEVisionTransformer))
+                                       and model.embed_pe is None and getattr(model, "pe", None) is None):
         assert isinstance(torch.jit.script(model), torch.jit.ScriptModule)
         return
     refusal = r"torch\.jit\.script: \w+ (\(zoo\.[\w.]+\) is not TorchScript|has no scripted form).*torch\.export"

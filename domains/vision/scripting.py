@@ -1,4 +1,5 @@
-"""TorchScript form of the ViT family (`models.VisionTransformer`: learned table, iRPE, RMT decay, CPVT's PEG).
+"""TorchScript forms of the vision classifiers: the ViT family (`models.VisionTransformer`: learned table, iRPE, RMT
+decay, CPVT's PEG), the RoPE-ViTs (axial, mixed) and LightNet (linear attention, MD-LRPE, MD-TPE).
 
 The eager model works from Python objects (`Positions`, per-grid caches, kernels chosen in Python), which
 TorchScript cannot compile. `scriptable(model)` returns a module of plain tensor code that computes the same
@@ -447,13 +448,189 @@ class RoPEVisionTransformerScripted(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+# ---- LightNet ----------------------------------------------------------------------------------------------------
+
+def lrpe_grid_angles(h: int, w: int, theta: Tensor, dim: int) -> Tensor:
+    """MD-LRPE angles of a row-major ``h x w`` grid, float32 ``[h*w, dim]``: channels ``0..e-1`` carry
+    ``row * θ_j``, ``e..2e-1`` ``col * θ_j`` (``e = ceil(dim / 2)``; as `zoo.pe.lrpe.md_lrpe_angles`)."""
+    e = (dim + 1) // 2
+    th = theta[:e].float()
+    rows = torch.arange(h, device=theta.device, dtype=torch.float32).repeat_interleave(w)
+    cols = torch.arange(w, device=theta.device, dtype=torch.float32).repeat(h)
+    return torch.cat([rows[:, None] * th[None, :], cols[:, None] * th[None, :]], dim=-1)[:, :dim]
+
+
+class _Weight(nn.Module):
+    """Holds a parameter of the model under its key ``<name>.weight`` (a layer whose code is inlined here)."""
+
+    def __init__(self, weight: nn.Parameter):
+        super().__init__()
+        self.weight = weight
+
+
+class TpeScripted(nn.Module):
+    """One axis of MD-TPE (`zoo.pe.tpe.Tpe`, its own ``q``, ``k``, ``log_decay``, ``norm``, ``o_proj``) with the
+    decay as one dense ``[H, L, L]`` matrix ``λ^{|t-s|}`` (causal: ``s <= t``) instead of the chunked scan."""
+
+    def __init__(self, tpe: nn.Module, bidirectional: bool):
+        super().__init__()
+        self.q, self.k, self.log_decay = tpe.q, tpe.k, tpe.log_decay
+        self.norm, self.o_proj = _Weight(tpe.norm.weight), tpe.o_proj          # norm.weight: GroupRMSNorm's scale
+        self.num_heads, self.bidirectional = tpe.num_heads, bidirectional
+        self.eps = float(tpe.norm.eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, L, c = x.shape[0], x.shape[1], x.shape[2]
+        hh = self.num_heads
+        xh = x.reshape(b, L, hh, c // hh)                                          # [B, L, H, Dh]
+        ld = F.logsigmoid(self.log_decay).to(x.dtype)
+        i = torch.arange(L, device=x.device, dtype=x.dtype)
+        diff = i[:, None] - i[None, :]
+        if self.bidirectional:
+            mat = torch.exp(ld[:, None, None] * diff.abs())                       # [H, L, L]
+        else:
+            mat = torch.exp(ld[:, None, None] * diff.clamp_min(0)) * (diff >= 0).to(x.dtype)
+        y = torch.einsum("hij,bjhd->bihd", mat, xh)
+        gain = (self.q * self.k).reshape(hh, -1).sum(-1)                          # q_h . k_h
+        y = (y * gain.to(y.dtype)[None, None, :, None]).reshape(b, L, c)
+        yg = y.float().reshape(b, L, hh, c // hh)                                 # GroupRMSNorm, one group a head
+        yg = yg * torch.rsqrt(yg.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        y = (yg.reshape(b, L, c) * self.norm.weight.float()).to(x.dtype)
+        return self.o_proj(y)
+
+
+class MdTpeScripted(nn.Module):
+    """MD-TPE on an ``h x w`` grid of tokens: ``x + Tpe_0(x along the rows) + Tpe_1(x along the columns)``."""
+
+    def __init__(self, tpe: nn.Module):
+        super().__init__()
+        if tpe.num_axes != 2:
+            raise NotScriptableError(f"torch.jit.script: MD-TPE with {tpe.num_axes} axes has no scripted form; "
+                                     f"the 2-axis one does")
+        self.tpes = nn.ModuleList([TpeScripted(t, bool(tpe.bidirectional)) for t in tpe.tpes])
+
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        b, c = x.shape[0], x.shape[2]
+        g = x.reshape(b, h, w, c)
+        mixed = torch.zeros_like(g)
+        for k, tpe in enumerate(self.tpes):
+            if k == 0:                                                            # along h, within each column
+                xk = g.transpose(1, 2).reshape(b * w, h, c)
+                mixed = mixed + tpe(xk).reshape(b, w, h, c).transpose(1, 2)
+            else:                                                                 # along w, within each row
+                mixed = mixed + tpe(g.reshape(b * h, w, c)).reshape(b, h, w, c)
+        return x + mixed.reshape(b, h * w, c)
+
+
+class LinearAttentionScripted(nn.Module):
+    """`zoo.nn.LinearAttention`, non-causal (every token visible): SiLU queries, keys softmax-normalised over the
+    tokens, MD-LRPE cosine ``[x cos, x sin]`` on both when ``ang`` is given, ``q (kᵀ v)``, sigmoid output gate,
+    RMSNorm, ``proj``."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.qkv, self.gate, self.norm, self.proj, self.proj_drop = (attn.qkv, attn.gate, attn.norm, attn.proj,
+                                                                     attn.proj_drop)
+        self.num_heads = attn.num_heads
+
+    def forward(self, x: Tensor, ang: Optional[Tensor]) -> Tensor:
+        b, n, c = x.shape[0], x.shape[1], x.shape[2]
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        qf = F.silu(q.float())
+        wk = torch.softmax(k.float(), dim=-2)                                     # over the tokens, per channel
+        if ang is not None:
+            cos, sin = ang.cos(), ang.sin()
+            qf = torch.cat([qf * cos, qf * sin], dim=-1)
+            wk = torch.cat([wk * cos, wk * sin], dim=-1)
+        out = qf.to(v.dtype) @ (wk.to(v.dtype).transpose(-2, -1) @ v)             # [b, h, n, d]
+        out = out.transpose(1, 2).reshape(b, n, c)
+        gate = self.gate
+        if gate is not None:
+            out = out * torch.sigmoid(gate(x))
+        return self.proj_drop(self.proj(self.norm(out)))
+
+
+class LightNetBlockScripted(nn.Module):
+    """`lightnet.LightNetBlock` with the scripted linear attention."""
+
+    def __init__(self, blk: nn.Module):
+        super().__init__()
+        self.norm1, self.attn, self.drop_path1 = blk.norm1, LinearAttentionScripted(blk.attn), blk.drop_path1
+        self.norm2, self.mlp, self.drop_path2 = blk.norm2, blk.mlp, blk.drop_path2
+
+    def forward(self, x: Tensor, ang: Optional[Tensor]) -> Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x), ang))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class LightNetScripted(nn.Module):
+    """The TorchScript form of a `lightnet.LightNet`; any image size divisible by the patch size, as the model.
+    The MD-LRPE angles are built once per forward for the image's grid and shared by every block."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        from zoo.pe.lrpe import MdLrpeCosine, lrpe_theta
+        pes = [b.attn.pe for b in model.blocks]
+        for i, pe in enumerate(pes):
+            if pe is not None and not isinstance(pe, MdLrpeCosine):
+                raise NotScriptableError(f"torch.jit.script: block {i}'s {type(pe).__name__} has no scripted form; "
+                                         f"MD-LRPE does")
+            if pe is not None and (pe.head_dim, pe.base) != (pes[0].head_dim, pes[0].base):
+                raise NotScriptableError("torch.jit.script: the scripted LightNet shares one MD-LRPE across blocks")
+            if model.blocks[i].attn.causal:
+                raise NotScriptableError("torch.jit.script: the causal LinearAttention has no scripted form")
+        lrpe = pes[0] if pes and pes[0] is not None else None
+        if lrpe is not None and any(pe is None for pe in pes):
+            raise NotScriptableError("torch.jit.script: the scripted LightNet needs MD-LRPE in all blocks or none")
+        device = model.patch_embed.proj.weight.device
+        theta = lrpe_theta(lrpe.head_dim, lrpe.base, device) if lrpe is not None else torch.zeros(0, device=device)
+        self.register_buffer("theta", theta, persistent=False)
+        self.has_lrpe = lrpe is not None
+        self.head_dim = model.embed_dim // model.blocks[0].attn.num_heads if len(model.blocks) else 1
+        self.patch_embed = model.patch_embed
+        self.tpe = MdTpeScripted(model.tpe) if model.tpe is not None else None
+        self.pos_drop = model.pos_drop
+        self.blocks = nn.ModuleList([LightNetBlockScripted(b) for b in model.blocks])
+        self.norm, self.head_drop, self.head = model.norm, model.head_drop, model.head
+        self.patch_size: Tuple[int, int] = tuple(model.patch_size)
+        self.grid_size: Tuple[int, int] = tuple(model.grid_size)
+        self.in_chans, self.num_prefix_tokens = model.in_chans, 0
+        self.global_pool: str = model.global_pool
+        self.num_classes, self.num_features = model.num_classes, model.num_features
+        self.head_hidden_size = model.num_features
+        self.pretrained_cfg = self.default_cfg = getattr(model, "pretrained_cfg", None)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        h, w = patch_grid(x, self.in_chans, self.patch_size[0], self.patch_size[1], -1, -1)
+        x = self.patch_embed(x)                                                   # [B, h*w, D]
+        tpe = self.tpe
+        if tpe is not None:
+            x = tpe(x, h, w)
+        x = self.pos_drop(x)
+        ang: Optional[Tensor] = lrpe_grid_angles(h, w, self.theta, self.head_dim) if self.has_lrpe else None
+        for blk in self.blocks:
+            x = blk(x, ang)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.head_drop(pool_tokens(x, self.global_pool, 0))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
 def scriptable(model: nn.Module) -> nn.Module:
     """The TorchScript form of a vision classifier of the zoo (the same parameters; see the module docstring)."""
     from .models import VisionTransformer
+    from .lightnet import LightNet
     from .rope_vit import RoPEVisionTransformer
+    if isinstance(model, LightNet):
+        return LightNetScripted(model)
     if isinstance(model, VisionTransformer):
         return VisionTransformerScripted(model)
     if isinstance(model, RoPEVisionTransformer):
         return RoPEVisionTransformerScripted(model)
-    raise NotScriptableError(f"torch.jit.script: {type(model).__name__} has no scripted form yet (the ViT family and "
-                             f"the RoPE-ViTs have); use torch.export / ONNX / torch.fx")
+    raise NotScriptableError(f"torch.jit.script: {type(model).__name__} has no scripted form (the ViT family, the "
+                             f"RoPE-ViTs and LightNet have); use torch.export / ONNX / torch.fx")

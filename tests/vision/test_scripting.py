@@ -1,7 +1,8 @@
 """TorchScript of the vision classifiers timm sees. The ViT family (`models.VisionTransformer`: learned table, iRPE
-in every method / mode / placement, RMT decay, CPVT's PEG) and the RoPE-ViTs (axial, mixed) script into
-`domains.vision.scripting`'s forms, which must compute the eager model's features, logits and gradients with the
-same parameter objects and state-dict keys; the others refuse by name (`NotScriptableError`)."""
+in every method / mode / placement, RMT decay, CPVT's PEG), the RoPE-ViTs (axial, mixed) and LightNet (linear
+attention, MD-LRPE, MD-TPE) script into `domains.vision.scripting`'s forms, which must compute the eager model's
+features, logits and gradients with the same parameter objects and state-dict keys; what has no form (a ``pe=``
+encoding, a class outside these families) is refused by name (`NotScriptableError`)."""
 import warnings
 
 import pytest
@@ -12,14 +13,16 @@ from timm.models import get_notrace_functions, get_notrace_modules
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import zoo
+from domains.vision.lightnet import LightNet
 from domains.vision.models import VisionTransformer
+from domains.vision.scripting import scriptable
 from domains.vision.rope_vit import RoPEVisionTransformer
 from timm_test_helpers import timm_models
 from zoo.errors import NotScriptableError
 
 TIMM_MODELS = timm_models()
 SIZE = 48
-SCRIPTED = (VisionTransformer, RoPEVisionTransformer)             # the classes with a scripted form
+SCRIPTED = (VisionTransformer, RoPEVisionTransformer, LightNet)   # the classes with a scripted form
 
 
 def tiny(name, **kw):
@@ -66,7 +69,7 @@ def test_script_equals_the_eager_model_or_is_refused_by_name(name, one_thread):
 
 
 @pytest.mark.parametrize("name", [n for n in TIMM_MODELS
-                                  if n.startswith(("vit_irpe_small", "cpvt_tiny", "vit_rmt_tiny", "vit_rope_"))
+                                  if n.startswith(("vit_irpe_small", "cpvt_tiny", "vit_rmt_tiny", "vit_rope_", "lightnet_tiny"))
                                   and "base" not in n])
 def test_scripted_gradients_equal_the_eager_ones(name, one_thread):
     model = tiny(name).train()
@@ -82,7 +85,8 @@ def test_scripted_gradients_equal_the_eager_ones(name, one_thread):
 
 
 @pytest.mark.parametrize("name", [n for n in TIMM_MODELS if n.startswith(("vit_irpe_tiny", "cpvt_tiny_gap", "vit_rmt",
-                                                                          "vit_rope_small", "vit_rope_mixed_small"))])
+                                                                          "vit_rope_small", "vit_rope_mixed_small",
+                                                                          "lightnet_tiny"))])
 def test_timm_scriptable_builds_the_form_whose_fx_graph_scripts(name, one_thread):
     """timm's ``set_scriptable(True)`` builds the scripted form; torch.fx traces it and the graph scripts (timm's
     fx + TorchScript contract)."""
@@ -101,3 +105,8 @@ def test_an_encoding_without_a_scripted_form_is_named():
     model = zoo.create("vit_ape_tiny", img_size=SIZE, depth=1, num_classes=5, ape=False, pe="rope2d_axial")
     with pytest.raises(NotScriptableError, match="has no scripted form"):
         script(model)
+
+
+def test_a_class_without_a_scripted_form_is_named():
+    with pytest.raises(NotScriptableError, match=r"torch\.jit\.script: Sequential has no scripted form"):
+        scriptable(torch.nn.Sequential(torch.nn.Linear(2, 2)))
