@@ -73,6 +73,16 @@ def eager(module: nn.Module, method: str, *args: Any) -> Any:
 torch.fx.wrap("eager")
 
 
+def tie_params(x: Tensor, *params: Tensor) -> Tensor:
+    """``x``, unchanged. Under torch.fx it records ``params`` as inputs of a node on the path to the output, so that
+    the traced GraphModule owns parameters its leaf modules read through per-layer views (RoPE-Mixed's
+    ``rope.freqs``): ``fx.parameters()`` lists them and an optimiser of the graph trains them."""
+    return x
+
+
+torch.fx.wrap("tie_params")
+
+
 def _register_fx_leaves() -> None:
     """timm's fx helpers (``timm.models.get_notrace_modules`` / ``get_notrace_functions``, which its feature
     extraction and tests pass to torchvision's tracer) keep the attention modules whole: they branch in Python on
@@ -86,6 +96,7 @@ def _register_fx_leaves() -> None:
     for cls in (Attention, LinearAttention):
         register_notrace_module(cls)
     register_notrace_function(eager)
+    register_notrace_function(tie_params)
 
 
 _register_fx_leaves()

@@ -28,6 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 import torch.fx
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from zoo.errors import CheckpointError
 from zoo.nn import Attention, DropPath, Mlp
@@ -39,10 +40,11 @@ from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
 
 from .checkpoint import drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched, unwrap_state_dict
-from .layers import (IMAGENET_MEAN, IMAGENET_STD, PatchEmbed, TimmClassifierMixin, eager,
+from .layers import (IMAGENET_MEAN, IMAGENET_STD, PatchEmbed, TimmClassifierMixin, eager, tie_params,
                      init_linears_and_norms, new_head, patch_geometry, timm_cfg)
 
 torch.fx.wrap("eager")   # one node of a traced model (see layers.eager)
+torch.fx.wrap("tie_params")
 
 __all__ = ["RoPEBlock", "RoPEVisionTransformer", "checkpoint_filter_fn"]
 
@@ -241,6 +243,8 @@ class RoPEVisionTransformer(TimmClassifierMixin, nn.Module):
         pos = eager(self.patch_embed, "positions", h, w, x.device)
         if self.embed_pe is not None:
             x = eager(self.embed_pe, "embed", x, pos)
+        if isinstance(self.rope, MixedRoPE2d) and is_fx_symbolic_tracing():
+            x = tie_params(x, self.rope.freqs)          # the graph owns rope.freqs, which the blocks read via views
         return self.pos_drop(x), pos, (h, w)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

@@ -59,10 +59,6 @@ def test_fx_graph_trains(name, one_thread):
     # the graph holds the model's own parameters (not copies): training it trains the model
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"no gradient reaches {missing}"
-    own = {id(p) for p in model.parameters()}
-    assert all(id(p) in own for p in fx.parameters())
-    # a table the blocks read through per-layer views (mixed RoPE's freqs) is not a submodule of any traced
-    # module, so the graph module does not list it: optimise model.parameters() (documented in README)
-    outside = {n for n, p in model.named_parameters() if id(p) not in {id(q) for q in fx.parameters()}}
-    views = {n for n, m in model.named_modules() if hasattr(m, "layer") and hasattr(m, "freqs")}
-    assert outside == {f"{v}.freqs" for v in views}
+    # and all of them, also a table the blocks read through per-layer views (RoPE-Mixed's rope.freqs): an optimiser
+    # of the graph trains the whole model (timm's test_model_backward_fx counts them)
+    assert {id(p) for p in fx.parameters()} == {id(p) for p in model.parameters()}
