@@ -76,3 +76,12 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = (f"{item.nodeid} reads files of the Debian package(s) {', '.join(undeclared)} but is not "
                            f"marked: add @pytest.mark.debian_data({', '.join(repr(p) for p in undeclared)}) (or a "
                            f"module-level pytestmark)")
+
+
+@pytest.fixture
+def one_thread():
+    # the machines running these tests are shared: one intra-op thread is ~50x faster than two contended ones
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

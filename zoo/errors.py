@@ -15,7 +15,9 @@ __all__ = [
     "CheckpointError",
     "DatasetNotFoundError",
     "ConfigError",
+    "UnknownArgumentError",
     "UnknownModelError",
+    "NotScriptableError",
 ]
 
 
@@ -51,6 +53,11 @@ class ConfigError(ZooError, ValueError):
     """An invalid configuration value or combination of values."""
 
 
+class UnknownArgumentError(ConfigError, TypeError):
+    """A keyword argument a model builder does not take (a `ConfigError`, and a TypeError as Python and timm raise
+    for an unexpected keyword)."""
+
+
 class UnknownModelError(ZooError, KeyError):
     """A model (or pretrained tag) name is not registered."""
 
@@ -59,3 +66,7 @@ class UnknownModelError(ZooError, KeyError):
         if len(self.args) == 1:
             return str(self.args[0])
         return super().__str__()
+
+
+class NotScriptableError(ZooError, NotImplementedError):
+    """``torch.jit.script`` of a zoo model: its attention is not TorchScript code (see `refuse_torchscript`)."""

@@ -11,6 +11,8 @@ Shapes (b = batch, n = tokens):
     boxes     [b, n, 4]   word boxes (x0, y0, x1, y1), normalised to 0..1000
     mask      [b, n]      True where a token is real (False = padding)
     num_prefix int        leading special tokens (cls, registers) that are not on the grid
+    doc_ids   [b, n]      document id of every token of a packed sequence (ints): attention stays inside a document
+                          (`zoo.nn.Attention` adds the block-diagonal mask; ``ids`` then restart at each document)
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class Positions:
     mask: Optional[Tensor] = None
     num_prefix: int = 0
     causal: bool = False
+    doc_ids: Optional[Tensor] = None
 
     # ---- constructors -------------------------------------------------------------------------------------
     @classmethod
@@ -41,6 +44,22 @@ class Positions:
         """1D positions ``offset .. offset+n-1`` for ``batch`` sequences."""
         ids = torch.arange(offset, offset + n, device=device).unsqueeze(0).expand(batch, n)
         return cls(ids=ids, causal=causal)
+
+    @classmethod
+    def packed(cls, doc_ids: Tensor, causal: bool = False) -> "Positions":
+        """Positions of packed sequences from their document ids ``[b, n]`` (or ``[n]``): ``ids`` restart at 0 where
+        a document starts (a change of id along the sequence), ``doc_ids`` kept for the per-document mask."""
+        if not isinstance(doc_ids, Tensor) or doc_ids.ndim not in (1, 2) or doc_ids.dtype.is_floating_point \
+                or doc_ids.dtype == torch.bool:
+            got = type(doc_ids).__name__ if not isinstance(doc_ids, Tensor) else f"{doc_ids.dtype} {tuple(doc_ids.shape)}"
+            raise ValueError(f"doc_ids must be an integer tensor [b, n] (or [n]) of document ids, got {got}")
+        docs = doc_ids if doc_ids.ndim == 2 else doc_ids.unsqueeze(0)
+        b, n = docs.shape
+        idx = torch.arange(n, device=docs.device).expand(b, n)
+        starts = torch.ones_like(docs, dtype=torch.bool)
+        starts[:, 1:] = docs[:, 1:] != docs[:, :-1]                             # first token of each document
+        first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values   # [b, n] start of own doc
+        return cls(ids=idx - first, doc_ids=docs, causal=causal)
 
     @classmethod
     def grid_2d(cls, height: int, width: int, num_prefix: int = 0, device=None) -> "Positions":
@@ -77,7 +96,7 @@ class Positions:
         return replace(self, **out)
 
     # per-token fields and the axis that counts tokens (counted from the end: ids [b?, n], levels [b?, n, l])
-    _TOKEN_AXES = (("ids", -1), ("levels", -2), ("segments", -1), ("boxes", -2), ("mask", -1))
+    _TOKEN_AXES = (("ids", -1), ("levels", -2), ("segments", -1), ("boxes", -2), ("mask", -1), ("doc_ids", -1))
 
     @property
     def num_tokens(self) -> Optional[int]:

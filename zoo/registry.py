@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, UnknownModelError, ZooError
+from .errors import CheckpointError, ConfigError, UnknownArgumentError, UnknownModelError, ZooError
 
 __all__ = ["PretrainedCfg", "register_model", "create", "list_models", "model_info", "load_checkpoint",
            "split_tag"]
@@ -72,6 +72,7 @@ class ModelEntry:
     cfgs: Dict[str, PretrainedCfg]
     filter_fn: Optional[Callable[[dict, nn.Module], dict]]
     paper: Optional[str] = None
+    timm_cfg: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def default_tag(self) -> Optional[str]:
@@ -83,12 +84,15 @@ _REGISTRY: Dict[str, ModelEntry] = {}
 
 def register_model(fn: Optional[Callable] = None, *, name: Optional[str] = None, domain: Optional[str] = None,
                    cfgs: Optional[Dict[str, PretrainedCfg]] = None, filter_fn: Optional[Callable] = None,
-                   paper: Optional[str] = None, timm: Optional[bool] = None):
+                   paper: Optional[str] = None, timm: Optional[bool] = None,
+                   timm_cfg: Optional[Dict[str, Any]] = None):
     """Register an entrypoint. Usable bare (``@register_model``) or with options.
 
     ``domain`` defaults to the name of the plugin whose package holds the entrypoint's module ("core" outside
     every plugin). ``timm`` (default: the plugin's ``timm`` flag) also registers the entrypoint with timm's
-    registry."""
+    registry, with a timm pretrained cfg per tag (`pretrained_cfg_dict`; a model without tags gets one too).
+    ``timm_cfg``: the timm pretrained-cfg fields every tag shares (``input_size``, ``crop_pct``,
+    ``interpolation``, ``first_conv``, ``classifier``, ``fixed_input_size``, ...); a tag's own values win."""
 
     def deco(f: Callable) -> Callable:
         from .plugins import plugin_of_module
@@ -99,7 +103,11 @@ def register_model(fn: Optional[Callable] = None, *, name: Optional[str] = None,
         if model_name in _REGISTRY and _REGISTRY[model_name].fn is not f:
             raise ValueError(f"model name {model_name!r} is already registered by "
                              f"{_REGISTRY[model_name].fn.__module__}")
-        _REGISTRY[model_name] = ModelEntry(model_name, f, dom, dict(cfgs or {}), filter_fn, paper)
+        bad = sorted(set(timm_cfg or {}) - set(TIMM_CFG_FIELDS))
+        if bad:
+            raise ValueError(f"{model_name}: timm_cfg keys {bad} are not timm pretrained-cfg fields")
+        _REGISTRY[model_name] = ModelEntry(model_name, f, dom, dict(cfgs or {}), filter_fn, paper,
+                                           dict(timm_cfg or {}))
         if timm if timm is not None else (plugin is not None and plugin.timm):
             _register_with_timm(model_name)
         return f
@@ -107,9 +115,105 @@ def register_model(fn: Optional[Callable] = None, *, name: Optional[str] = None,
     return deco(fn) if fn is not None else deco
 
 
+#: the fields of timm's ``PretrainedCfg`` (timm 1.0): what ``timm_cfg`` may set and what timm is given
+TIMM_CFG_FIELDS = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "architecture", "tag", "custom_load",
+                   "input_size", "test_input_size", "min_input_size", "fixed_input_size", "interpolation", "crop_pct",
+                   "test_crop_pct", "crop_mode", "mean", "std", "num_classes", "label_offset", "label_names",
+                   "label_descriptions", "pool_size", "test_pool_size", "first_conv", "classifier", "license",
+                   "description", "origin_url", "paper_name", "paper_ids", "notes")
+
+
+def _paper_ids(paper: Optional[str]) -> Optional[str]:
+    """``"arXiv:2012.12877"`` for an arXiv address or id, else the reference as given."""
+    if not paper:
+        return None
+    m = re.search(r"arxiv\.org/(?:abs|pdf)/(\d{4}\.\d{4,5})|arxiv[:\s]*(\d{4}\.\d{4,5})", paper, re.I)
+    return f"arXiv:{m.group(1) or m.group(2)}" if m else paper
+
+
+def pretrained_cfg_dict(name: str) -> Dict[str, Any]:
+    """The pretrained cfg of ``name`` (``model`` or ``model.tag``; no tag: the default tag) as timm writes it: the
+    model's ``timm_cfg`` fields, then the tag's (source, license, paper, classes, input size, mean, std), with
+    ``architecture`` and ``tag``; zoo's own fields (``sha256``, ``metrics``, ``source`` as ``origin_url`` when it is
+    an address) ride along.  A model without tags gets the shared fields and its paper."""
+    return _cfg_dict(_entry(name), split_tag(name)[1])
+
+
+def _cfg_dict(entry: ModelEntry, tag: Optional[str]) -> Dict[str, Any]:
+    """`pretrained_cfg_dict` of a registry entry (no plugin is imported)."""
+    cfg = _resolve_cfg(entry, tag)
+    out: Dict[str, Any] = dict(entry.timm_cfg)
+    out.update(architecture=entry.name, tag=tag or (entry.default_tag if cfg is not None else None))
+    if cfg is not None:
+        own = {"url": cfg.url, "hf_hub_id": cfg.hf_hub_id, "file": cfg.file, "license": cfg.license,
+               "num_classes": cfg.num_classes, "input_size": tuple(cfg.input_size) if cfg.input_size else None,
+               "mean": tuple(cfg.mean) if cfg.mean else None, "std": tuple(cfg.std) if cfg.std else None,
+               "notes": cfg.notes, "sha256": cfg.sha256, "metrics": dict(cfg.metrics) or None}
+        if cfg.hf_hub_id and cfg.filename:
+            own["hf_hub_filename"] = cfg.filename
+        if cfg.source and re.match(r"https?://", cfg.source):
+            own["origin_url"] = cfg.source
+        elif cfg.source:
+            own["description"] = cfg.source
+        out.update({k: v for k, v in own.items() if v is not None})
+    paper = _paper_ids((cfg.paper if cfg is not None else None) or entry.paper)
+    if paper:
+        out.setdefault("paper_ids", paper)
+    return out
+
+
+def _timm_default_cfgs(entry: ModelEntry) -> Dict[str, Dict[str, Any]]:
+    """``{"name.tag": cfg}`` (``{"name": cfg}`` without tags) of timm's fields, for ``generate_default_cfgs``."""
+    tags = list(entry.cfgs) or [None]
+    return {f"{entry.name}.{t}" if t else entry.name:
+            {f: v for f, v in _cfg_dict(entry, t).items() if f in TIMM_CFG_FIELDS and f not in ("architecture", "tag")}
+            for t in tags}
+
+
+def _timm_tag(pretrained_cfg: Any) -> Optional[str]:
+    """The tag in what ``timm.create_model`` passes as ``pretrained_cfg``: a tag str (from ``"model.tag"``), a dict
+    or a timm ``PretrainedCfg``, or None."""
+    if isinstance(pretrained_cfg, str):
+        return pretrained_cfg or None
+    if isinstance(pretrained_cfg, Mapping):
+        return pretrained_cfg.get("tag")
+    return getattr(pretrained_cfg, "tag", None)
+
+
+#: the ``timm.create_model`` keywords that go with ``features_only=True`` (to `_feature_net`, not to the builder)
+_FEATURE_KWARGS = ("out_indices", "feature_cls", "output_fmt", "feature_cfg")
+
+
+def _feature_net(model: nn.Module, name: str, out_indices: Any = 3, feature_cls: Optional[str] = None,
+                 output_fmt: str = "NCHW", feature_cfg: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """``timm.create_model(name, features_only=True)``: timm's ``FeatureGetterNet`` over the model's
+    ``forward_intermediates`` (the blocks after the last index taken are pruned), as timm builds its ViTs."""
+    cfg = dict(feature_cfg or {})
+    out_indices = cfg.pop("out_indices", out_indices)
+    feature_cls = cfg.pop("feature_cls", feature_cls) or "getter"
+    if not hasattr(model, "forward_intermediates"):
+        raise UnknownArgumentError(f"{name}: features_only=True needs a model with forward_intermediates (the "
+                                   f"vision classifiers); {type(model).__name__} has none")
+    if feature_cls != "getter":
+        raise UnknownArgumentError(f"{name}: features_only=True takes feature_cls='getter', got {feature_cls!r}")
+    from timm.models._builder import pretrained_cfg_for_features
+    from timm.models._features import FeatureGetterNet
+    net = FeatureGetterNet(model, out_indices=out_indices, output_fmt=output_fmt, **cfg)
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):  # as timm: the cfg without the classifier's keys
+        net.pretrained_cfg = net.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    return net
+
+
+def _timm_scriptable() -> bool:
+    """timm's ``set_scriptable(True)`` / ``create_model(..., scriptable=True)`` is in force."""
+    from timm.layers import is_scriptable
+    return is_scriptable()
+
+
 def _register_with_timm(model_name: str) -> None:
     try:
         from timm.models import _registry as timm_registry
+        from timm.models import generate_default_cfgs
     except ImportError:  # timm is optional outside vision
         return
     if model_name in timm_registry._model_entrypoints:
@@ -118,7 +222,18 @@ def _register_with_timm(model_name: str) -> None:
         raise ValueError(f"zoo model name {model_name!r} collides with a timm model name")
 
     def entry(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kw):
-        return create(model_name, pretrained=pretrained, **kw)
+        overlay = dict(pretrained_cfg_overlay or {})
+        tag = _timm_tag(pretrained_cfg)
+        if pretrained and overlay.get("file"):              # timm's way to load a local file
+            kw.setdefault("pretrained_file", overlay["file"])
+            pretrained = False
+        model = create(f"{model_name}.{tag}" if tag else model_name, pretrained=pretrained, **kw)
+        if overlay:                                         # a features_only extractor keeps the model as .model
+            for m in (model, model.model) if kw.get("features_only") else (model,):
+                m.pretrained_cfg = m.default_cfg = {**m.pretrained_cfg, **overlay}
+        if not kw.get("features_only") and _timm_scriptable() and hasattr(model, "__prepare_scriptable__"):
+            model = model.__prepare_scriptable__()          # timm's set_scriptable(True): the TorchScript form
+        return model
 
     entry.__name__ = model_name
     entry.__qualname__ = model_name
@@ -127,6 +242,10 @@ def _register_with_timm(model_name: str) -> None:
     if "zoo.timm_models" not in sys.modules:
         import types
         sys.modules["zoo.timm_models"] = types.ModuleType("zoo.timm_models")
+    module = sys.modules["zoo.timm_models"]
+    if not hasattr(module, "default_cfgs"):
+        module.default_cfgs = {}
+    module.default_cfgs.update(generate_default_cfgs(_timm_default_cfgs(_REGISTRY[model_name])))
     timm_registry.register_model(entry)
 
 
@@ -231,7 +350,7 @@ def _build(entry: ModelEntry, kwargs: Dict[str, Any]) -> nn.Module:
             accepted = _accepted_kwargs(entry)
             close = difflib.get_close_matches(m.group(1), re.findall(r"\w+", accepted.partition(":")[2]), n=3)
             hint = (f"; did you mean {', '.join(close)}?" if close else "") + (f"; {accepted}" if accepted else "")
-            raise ConfigError(f"unknown keyword argument {m.group(1)!r} for {entry.name}{hint}") from None
+            raise UnknownArgumentError(f"unknown keyword argument {m.group(1)!r} for {entry.name}{hint}") from None
         if any(re.search(rf"\b{re.escape(k)}\b", str(e)) for k in kwargs):
             raise                                    # the builder's own check, naming the argument already
         args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
@@ -262,7 +381,23 @@ def _check_entries(state_dict: Any, source: str, into: str) -> None:
                                   f"{source} into {into}")
 
 
-def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] = None, **kwargs) -> nn.Module:
+def _device_dtype(name: str, device: Any, dtype: Any):
+    """``(torch.device or None, floating torch.dtype or None)``; ConfigError naming the argument otherwise."""
+    dev = None
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ConfigError(f"device must be a torch.device or a device string such as 'cpu', 'cuda:0' or "
+                              f"'meta' for {name}, got {device!r} ({str(e).splitlines()[0]})") from None
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ConfigError(f"dtype must be a floating torch.dtype (torch.float32, torch.bfloat16, ...) for {name}, "
+                          f"got {dtype!r}")
+    return dev, dtype
+
+
+def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] = None, device: Any = None,
+           dtype: Optional[torch.dtype] = None, **kwargs) -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -271,10 +406,22 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
             the cache only).
         pretrained_file: load weights from a local file or any source ``zoo.hub.resolve`` accepts, through the
             family's checkpoint filter (foreign formats, resampled position tables, dropped mismatched heads).
+        device: build the model there (``"meta"``: shapes only, no memory; weights cannot be loaded into it);
+            every parameter and buffer ends on it. Default: the current default device (CPU).
+        dtype: the floating dtype of every floating parameter and buffer (as ``model.to(dtype)``); weights load
+            cast to it. Positional encodings compute their angles in float32 whatever this is.
         **kwargs: passed to the model builder (e.g. ``img_size``, ``num_classes``, ``depth``); the common integer
-            geometry arguments are checked first, and an unknown keyword raises `ConfigError` naming it.
+            geometry arguments are checked first, and an unknown keyword raises `UnknownArgumentError` (a
+            `ConfigError` and a TypeError) naming it. ``features_only=True`` (with ``out_indices``,
+            ``output_fmt``) returns timm's feature extractor over the model's ``forward_intermediates`` (a model
+            with that method; timm installed), as ``timm.create_model`` does.
     """
     entry = _entry(name)
+    dev, dtype = _device_dtype(entry.name, device, dtype)
+    features_only = kwargs.pop("features_only", False)
+    feature_kw = {k: kwargs.pop(k) for k in _FEATURE_KWARGS if k in kwargs}
+    if feature_kw and not features_only:
+        raise UnknownArgumentError(f"{', '.join(feature_kw)} for {entry.name} only go with features_only=True")
     _, tag = split_tag(name)
     cfg = _resolve_cfg(entry, tag)
     if pretrained not in (True, False):
@@ -283,8 +430,19 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
     if pretrained_file is not None and not isinstance(pretrained_file, (str, os.PathLike)):
         raise ConfigError(f"pretrained_file must be a path or a source string for {entry.name}, got "
                           f"{type(pretrained_file).__name__} {pretrained_file!r}")
-    model = _build(entry, kwargs)
-    model.pretrained_cfg = cfg
+    if dev is not None and dev.type == "meta" and (pretrained or pretrained_file is not None):
+        raise ConfigError(f"cannot load weights into {entry.name} on the meta device (it holds no values): build it "
+                          f"on a real device, or drop pretrained / pretrained_file")
+    if dev is None:
+        model = _build(entry, kwargs)
+    else:
+        with dev:                                     # allocate on the device, not on CPU first
+            model = _build(entry, kwargs)
+        model.to(device=dev)                          # what a builder put on an explicit device
+    if dtype is not None:
+        model.to(dtype=dtype)
+    model.pretrained_cfg = _cfg_dict(entry, tag)               # timm's dict (resolve_data_config reads it)
+    model.default_cfg = model.pretrained_cfg
     model.zoo_name = entry.name
     source = pretrained_file
     sha256 = filename = None
@@ -301,7 +459,7 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
         if entry.filter_fn is not None:
             sd = entry.filter_fn(sd, model)
         load_checkpoint(model, sd, source=str(source))
-    return model
+    return _feature_net(model, entry.name, **feature_kw) if features_only else model
 
 
 def load_checkpoint(model: nn.Module, state_dict: dict, source: str = "checkpoint", strict: bool = True) -> None:
@@ -310,7 +468,8 @@ def load_checkpoint(model: nn.Module, state_dict: dict, source: str = "checkpoin
         raise CheckpointError(f"{source}: expected a state dict (str -> tensor), got {type(state_dict).__name__}")
     _check_entries(state_dict, source, type(model).__name__)
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
+    added = _added_by_attention_options(model)
+    missing = [k for k in own if k not in state_dict and not any(k.startswith(p) for p in added)]
     unexpected = [k for k in state_dict if k not in own]
     shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
@@ -325,7 +484,15 @@ def load_checkpoint(model: nn.Module, state_dict: dict, source: str = "checkpoin
     if problems:
         raise CheckpointError(f"cannot load {source} into {type(model).__name__}: " + " | ".join(problems)
                               + _encoding_hint(model, missing if strict else []))
-    model.load_state_dict(state_dict, strict=strict)
+    keep = {k: v for k, v in own.items() if k not in state_dict and any(k.startswith(p) for p in added)}
+    model.load_state_dict({**state_dict, **keep} if keep else state_dict, strict=strict)
+
+
+def _added_by_attention_options(model: nn.Module) -> List[str]:
+    """Prefixes of the parameters an attention option adds to a trained model (a learned temperature, e.g. the
+    per-head scale trained on top of a frozen model): a checkpoint without them loads, they keep their init."""
+    from .nn.temperature import Temperature
+    return [name + "." for name, m in model.named_modules() if isinstance(m, Temperature) and name]
 
 
 def _encoding_hint(model: nn.Module, missing: List[str]) -> str:

@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["extrapolation", "speed", "EXTRAPOLATION_MODELS", "SPEED_BASELINE", "SPEED_MODELS",
            "DEFAULT_LENGTHS", "run_extrapolation", "run_speed"]
@@ -61,14 +61,19 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
                   root: Optional[str] = None, vocab_size: int = 8192, tokenizer_files: Optional[int] = 400,
                   lr: float = 2e-3, model_kwargs: Optional[Dict[str, Any]] = None, amp: str = "auto",
                   device: str = "auto", seed: int = 0, progress: bool = True,
-                  runs: Optional[Sequence[str]] = None, retrain: bool = False) -> Dict[str, Any]:
+                  runs: Optional[Sequence[str]] = None, retrain: bool = False, extend: str = "none",
+                  longrope_factors: Optional[str] = None) -> Dict[str, Any]:
     """Train every model of ``models`` at ``train_len`` tokens and score it at every length of ``lengths``; writes
     and returns the results (see the module docstring). ``amp="auto"`` is bf16 autocast where the device computes bf16 natively (`zoo.bench.bf16_native`).
 
     ``runs``: finished ``causal_lm`` run folders (e.g. the ``configs/code`` recipes' outputs) to score instead of
     training: each model is scored with its own tokenizer on the test split of ``dataset``; ``models``, ``steps``
     and ``train_len`` then come from the runs.  A model already trained in ``out`` with the same config and
-    tokenizer is reused (scored again, not retrained) unless ``retrain``."""
+    tokenizer is reused (scored again, not retrained) unless ``retrain``.
+
+    ``extend``: training-free context extensions (`zoo.extend`) each model is also scored with: ``"none"``, ``"all"``
+    (every method that fits a model's encoding; LongRoPE when ``longrope_factors`` names a search result) or
+    comma-separated names; a method that does not fit a model is skipped for it (``skipped`` in the result)."""
     from types import SimpleNamespace
 
     from zoo.errors import ConfigError
@@ -94,7 +99,8 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
     amp_mode = used or "off"
     tree = open_source_tree(dataset, root)
     if runs:
-        return _extrapolation_of_runs(runs, lengths, out_dir, eval_tokens, tree, dev, amp_mode, autocast, progress)
+        return _extrapolation_of_runs(runs, lengths, out_dir, eval_tokens, tree, dev, amp_mode, autocast, progress,
+                                      extend, longrope_factors)
 
     # one tokenizer and one test stream for every model
     d = SimpleNamespace(tokenizer=None, vocab_size=vocab_size, tokenizer_files=tokenizer_files)
@@ -106,7 +112,9 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
     stream = {k: v.to(dev) for k, v in stream_tensors(test).items()}
     tok_path = tokenizer.save(out_dir)
 
-    rows, train = [], {}
+    from zoo.extend import resolve_methods
+
+    rows, train, labels, skipped = [], {}, [], {}
     for name in models:
         run_dir = out_dir / "runs" / name
         cfg = {"task": "causal_lm",
@@ -127,35 +135,40 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = 300,
         train[name] = {"eval_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
                        "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir)}
         model, _ = load_run(run_dir, device=dev, allow_longer=True)
-        rows += _score(model, name, stream, lengths, eval_tokens, train_len, tokenizer.pad_id, autocast, progress)
+        new, scored, skip = _score_methods(run_dir, model, name, resolve_methods(extend, model, longrope_factors),
+                                           stream, lengths, eval_tokens, train_len, tokenizer.pad_id, autocast, dev,
+                                           progress)
+        rows += new
+        labels += scored
+        if skip:
+            skipped[name] = skip
         del model
 
     result = {"benchmark": "extrapolation", "domain": "code", "dataset": tree.name, "fingerprint": tree.fingerprint,
               "train_len": train_len, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
               "lengths": lengths, "eval_tokens": eval_tokens, "vocab_size": tokenizer.vocab_size,
-              "device": str(dev), "amp": amp_mode, "models": models, "train": train, "rows": rows}
+              "device": str(dev), "amp": amp_mode, "models": labels, "train": train, "rows": rows,
+              "extend": extend, "skipped": skipped}
     result = _write_result(result, out_dir)
     result["files"]["tokenizer"] = str(tok_path)
     return result
 
 
-def _score(model, name: str, stream, lengths: Sequence[int], eval_tokens: int, train_len: int, pad_id: int,
-           autocast, progress: bool = False) -> List[Dict[str, Any]]:
-    """One row per length: loss / perplexity / token accuracy on the first ``eval_tokens`` tokens of ``stream``."""
-    from tqdm import tqdm
+def _score_methods(run_dir: Path, model, name: str, methods, stream, lengths: Sequence[int], eval_tokens: int,
+                   train_len: int, pad_id: int, autocast, dev, progress: bool) -> Tuple[List[Dict[str, Any]],
+                                                                                       List[str], List[str]]:
+    """`zoo.extrapolation.score_methods` for the run in ``run_dir`` on the token ``stream`` (`lm_metrics`): each
+    extension's cell rebuilds the model from the run with the method's overrides and the trained weights."""
+    from zoo.extrapolation import score_methods
 
-    from domains.code.task import lm_metrics
+    from domains.code.task import lm_metrics, load_run
 
-    rows = []
-    for length in tqdm(lengths, desc=f"score {name}", unit="length", disable=not progress, dynamic_ncols=True):
-        windows = max(1, eval_tokens // length)
-        bs = max(1, min(windows, 16384 // length))
-        t0 = time.perf_counter()
-        m = lm_metrics(model, stream, length, windows, bs, pad_id, autocast)
-        rows.append({"model": name, "length": length, "trained_at": train_len, "loss": m["loss"],
-                     "ppl": m["perplexity"], "token_accuracy": m["token_accuracy"], "tokens": int(m["tokens"]),
-                     "eval_s": round(time.perf_counter() - t0, 3)})
-    return rows
+    def metrics(m, length, windows, batch):
+        return lm_metrics(m, stream, length, windows, batch, pad_id, autocast)
+
+    def rebuild(overrides):
+        return load_run(run_dir, device=dev, allow_longer=True, overrides=overrides)[0]
+    return score_methods(model, name, methods, lengths, train_len, eval_tokens, metrics, rebuild, progress)
 
 
 def _write_result(result: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
@@ -164,8 +177,35 @@ def _write_result(result: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
     return write_result(result, out_dir, format_extrapolation, plot_extrapolation)
 
 
+def _run_labels(runs: Sequence[str]) -> Dict[str, str]:
+    """The row label of each run folder: its model's name, or ``"name (folder)"`` where two runs hold the same model
+    (a run and its fine-tune).  A folder passed twice is refused (ConfigError)."""
+    from zoo.errors import ConfigError
+
+    seen: Dict[Path, str] = {}
+    names: Dict[str, Optional[str]] = {}
+    for run in runs:
+        path = Path(run).expanduser().resolve()
+        if path in seen:
+            raise ConfigError(f"--runs: {run} is passed twice ({seen[path]} is the same folder)")
+        seen[path] = run
+        try:                                                     # unreadable: load_run names the problem later
+            names[run] = json.loads((path / "summary.json").read_text())["model"]
+        except (OSError, ValueError, KeyError, TypeError):
+            names[run] = None
+    counts: Dict[Optional[str], int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    labels = {run: name if counts[name] == 1 else f"{name} ({Path(run).expanduser().resolve().name})"
+              for run, name in names.items()}
+    if len(set(labels.values())) < len(labels):
+        raise ConfigError(f"--runs: runs of one model in folders of one name ({', '.join(runs)}): rename a folder")
+    return labels
+
+
 def _extrapolation_of_runs(runs: Sequence[str], lengths: List[int], out_dir: Path, eval_tokens: int, tree, dev,
-                           amp_mode: str, autocast, progress: bool) -> Dict[str, Any]:
+                           amp_mode: str, autocast, progress: bool, extend: str = "none",
+                           longrope_factors: Optional[str] = None) -> Dict[str, Any]:
     """`extrapolation` on finished run folders (arguments already checked): no training, each model with the
     tokenizer saved in its run, on the test split of ``tree``."""
     import hashlib
@@ -178,15 +218,16 @@ def _extrapolation_of_runs(runs: Sequence[str], lengths: List[int], out_dir: Pat
 
     test_files = tree.split("test")
     streams: Dict[str, Any] = {}                                  # tokenizer digest -> test stream
-    rows, train, models, train_lens, steps = [], {}, [], set(), set()
+    from zoo.extend import resolve_methods
+
+    rows, train, models, train_lens, steps, skipped = [], {}, [], set(), set(), {}
+    run_label = _run_labels(runs)
     for run in runs:
         run_dir = Path(run).expanduser()
         summary_path = run_dir / "summary.json"
         model, tokenizer = load_run(run_dir, device=dev, allow_longer=True)   # checks the run's files
         summary = json.loads(summary_path.read_text())
-        name = summary["model"]
-        if name in train:
-            raise ConfigError(f"--runs: two runs of {name} ({train[name]['run_dir']} and {run_dir}); pass one")
+        name = run_label[run]
         train_len = int((summary.get("data") or {}).get("seq_len") or 0)
         if train_len < 2:
             raise ConfigError(f"{summary_path}: no training length (data.seq_len) in the run summary")
@@ -201,14 +242,19 @@ def _extrapolation_of_runs(runs: Sequence[str], lengths: List[int], out_dir: Pat
         if train_lens and train_len not in train_lens:
             raise ConfigError(f"--runs: {run_dir} was trained at {train_len} tokens, the others at "
                               f"{train_lens.pop()}: compare runs of one training length")
-        models.append(name)
         train_lens.add(train_len)
         steps.add(int(summary.get("steps") or 0))
         train[name] = {"eval_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
                        "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir), "steps": summary.get("steps"),
                        "train_len": train_len, "tokenizer_sha256": digest}
-        rows += _score(model, name, streams[digest], lengths, eval_tokens, train_len, tokenizer.pad_id, autocast,
-                       progress)
+        methods = resolve_methods(extend, model, longrope_factors)
+        new, labels, skip = _score_methods(run_dir, model, name, methods, streams[digest], lengths, eval_tokens,
+                                           train_len, tokenizer.pad_id, autocast, dev, progress)
+        rows += new
+        models += labels
+        if skip:
+            skipped[name] = skip
+            print(f"{name}: {', '.join(skip)} do(es) not fit its encoding; skipped", file=sys.stderr)
         del model
     if len(streams) > 1:
         print(f"note: the runs use {len(streams)} different tokenizers: perplexities per token are not comparable "
@@ -218,7 +264,8 @@ def _extrapolation_of_runs(runs: Sequence[str], lengths: List[int], out_dir: Pat
               "steps": steps.pop() if len(steps) == 1 else sorted(steps), "batch_size": None, "lr": None,
               "seed": None, "lengths": lengths, "eval_tokens": eval_tokens, "vocab_size": None,
               "device": str(dev), "amp": amp_mode, "models": models, "train": train, "rows": rows,
-              "from_runs": [str(r) for r in runs], "tokenizers": len(streams)}
+              "from_runs": [str(r) for r in runs], "tokenizers": len(streams), "extend": extend,
+              "skipped": skipped}
     return _write_result(result, out_dir)
 
 
@@ -382,14 +429,21 @@ def run_extrapolation(args) -> int:
     """``zoo bench extrapolation --domain code`` (arguments from ``zoo bench``, defaults applied)."""
     from zoo.bench import parse_list
 
-    lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
-    result = extrapolation(models=parse_list(getattr(args, "models", None)), steps=args.steps, lengths=lengths,
-                           train_len=args.train_len, runs=parse_list(getattr(args, "runs", None)),
-                           retrain=bool(getattr(args, "retrain", False)),
-                           batch_size=args.batch_size or 16, eval_tokens=args.eval_tokens,
-                           out=args.out or "runs/bench/extrapolation_code", root=args.data_root,
-                           dataset="source_tree" if args.data_root else "cpython_stdlib",
-                           device=args.device, progress=not args.quiet)
+    if getattr(args, "merge", None):
+        from zoo.extrapolation import merge_files
+        result = merge_files(parse_list(args.merge), domain="code")
+        result = _write_result(result, Path(args.out or "runs/bench/extrapolation_code").expanduser())
+    else:
+        lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
+        result = extrapolation(models=parse_list(getattr(args, "models", None)), steps=args.steps, lengths=lengths,
+                               train_len=args.train_len, runs=parse_list(getattr(args, "runs", None)),
+                               retrain=bool(getattr(args, "retrain", False)),
+                               batch_size=args.batch_size or 16, eval_tokens=args.eval_tokens,
+                               out=args.out or "runs/bench/extrapolation_code", root=args.data_root,
+                               dataset="source_tree" if args.data_root else "cpython_stdlib",
+                               device=args.device, progress=not args.quiet,
+                               extend=getattr(args, "extend", None) or "none",
+                               longrope_factors=getattr(args, "longrope_factors", None))
     if getattr(args, "json", None):
         from zoo.io import atomic_write_text
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
@@ -406,6 +460,233 @@ def run_speed(args) -> int:
     return 0
 
 
+def longrope_search(run: str, target_len: int, out: str, eval_tokens: int = 8192, population: int = 16,
+                    generations: int = 6, parents: int = 8, mutations: int = 4, crossovers: int = 4,
+                    dataset: str = "cpython_stdlib", root: Optional[str] = None, split: str = "val",
+                    device: str = "auto", seed: int = 0, progress: bool = True) -> Dict[str, Any]:
+    """LongRoPE's factor search (`zoo.longrope_search.evolution_search`, the paper's seeds and operators, a small
+    budget) for the finished ``causal_lm`` run ``run`` (a plain-RoPE model): the objective is the perplexity at
+    ``target_len`` tokens on the first ``eval_tokens`` tokens of the held-out ``split`` (val: the extrapolation bench
+    scores test), the model rebuilt with ``pe=rope_longrope`` and the trained weights.  Writes the factors to
+    ``out`` (`SearchResult.save`; ``--extend longrope --longrope-factors out`` reads them) and returns a summary."""
+    from zoo.errors import ConfigError
+    from zoo.extend import encoding_of, _plain_rope, _rope_kwargs
+    from zoo.longrope_search import evolution_search
+    from zoo.bench import autocast as _autocast, resolve_device as _resolve_device
+
+    from domains.code.data import tokenize_files
+    from domains.code.task import lm_metrics, load_run, open_source_tree, stream_tensors
+
+    run_dir = Path(run).expanduser()
+    dev = _resolve_device(device)
+    autocast, _ = _autocast("auto", dev)
+    model, tokenizer = load_run(run_dir, device=dev, allow_longer=True)
+    rope = encoding_of(model)
+    if not _plain_rope(rope):
+        raise ConfigError(f"{run_dir}: LongRoPE searches the factors of a plain RoPE; this model's encoding is "
+                          f"{type(rope).__name__}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    train_len = int((summary.get("data") or {}).get("seq_len") or 0)
+    if not train_len or target_len <= train_len:
+        raise ConfigError(f"--target-len ({target_len}) must exceed the run's training length ({train_len})")
+    tree = open_source_tree(dataset, root)
+    held = tokenize_files(tree.split(split), tokenizer, progress=progress, cache_dir=True)
+    if len(held) < target_len + 1:
+        raise ConfigError(f"the {split} split of {tree.name} has {len(held)} tokens, fewer than --target-len + 1")
+    stream = {k: v.to(dev) for k, v in stream_tensors(held).items()}
+    windows = max(1, eval_tokens // target_len)
+    scale = target_len / train_len
+    half = rope.rot_dim // 2
+
+    def objective(factors):
+        spec = {"name": "rope_longrope", "long_factor": list(factors), "short_factor": [1.0] * half,
+                "original_max_position_embeddings": train_len, "factor": scale, **_rope_kwargs(rope)}
+        m, _ = load_run(run_dir, device=dev, allow_longer=True, overrides={"pe": spec})
+        return lm_metrics(m, stream, target_len, windows, 1, tokenizer.pad_id, autocast)["perplexity"]
+
+    t0 = time.perf_counter()
+    result = evolution_search(objective, rope.rot_dim, scale, original_max_position_embeddings=train_len,
+                              population=population, generations=generations, parents=parents, mutations=mutations,
+                              crossovers=crossovers, base=rope.base, seed=seed, progress=progress)
+    path = result.save(out)
+    info = {"run": str(run_dir), "target_len": target_len, "train_len": train_len, "split": split,
+            "eval_tokens": windows * target_len, "perplexity": result.value, "evaluations": result.evaluations,
+            "seconds": round(time.perf_counter() - t0, 1), "factors_file": str(path),
+            "history": result.history}
+    print(f"LongRoPE search on {run_dir.name}: perplexity {result.value:.3f} at {target_len} tokens ({split} "
+          f"split, {info['eval_tokens']} tokens) after {result.evaluations} evaluations; factors in {path}")
+    return info
+
+
+def run_longrope(args) -> int:
+    """``zoo bench longrope --domain code --runs RUN --target-len L --longrope-factors OUT``."""
+    from zoo.bench import parse_list
+    from zoo.errors import ConfigError
+
+    runs = parse_list(getattr(args, "runs", None)) or []
+    if len(runs) != 1 or not args.longrope_factors or not args.target_len:
+        raise ConfigError("zoo bench longrope needs --runs with one finished run, --target-len and "
+                          "--longrope-factors (the output file)")
+    info = longrope_search(runs[0], args.target_len, args.longrope_factors, eval_tokens=args.eval_tokens or 8192,
+                           population=args.population, generations=args.generations,
+                           parents=max(1, args.population // 2), mutations=max(1, args.population // 4),
+                           crossovers=max(1, args.population // 4),
+                           root=args.data_root, dataset="source_tree" if args.data_root else "cpython_stdlib",
+                           device=args.device, progress=not args.quiet)
+    if getattr(args, "json", None):
+        from zoo.io import atomic_write_text
+        atomic_write_text(args.json, json.dumps(info, indent=2) + "\n")
+    return 0
+
+
+PACKING_MODES = ("packed", "padded")
+
+
+def _packing_worker(mode: str, tokenizer: str, model: str, steps: int, warmup: int, batch: int, seq_len: int,
+                    device: str, root: Optional[str], seed: int = 0) -> Dict[str, Any]:
+    """Time ``steps`` training steps (forward, backward, AdamW) of ``model`` on the ``causal_lm`` batches of one
+    ``data.packing`` mode; returns labelled tokens per second and the share of positions that carry no label."""
+    import torch
+
+    import zoo
+    from zoo.finetune.config import build_config
+    from zoo.finetune.engine import _epoch_generator
+
+    from domains.code.task import IGNORE_INDEX, CausalLMTask
+
+    torch.manual_seed(seed)
+    cfg = build_config({"task": "causal_lm", "model": {"name": model},
+                        "data": {"name": "source_tree" if root else "cpython_stdlib", "root": root,
+                                 "seq_len": seq_len, "tokenizer": tokenizer, "packing": mode},
+                        "train": {"steps": steps, "batch_size": batch, "progress": False, "device": device},
+                        "output": {"dir": "unused"}})
+    task = CausalLMTask()
+    task.build_data(cfg)
+    dev = torch.device(device)
+    task.to(dev)
+    m = zoo.create(model, **task.model_kwargs(cfg)).to(dev).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    labelled = positions = 0
+    t0 = None
+    it = task.train_batches(0, _epoch_generator(seed, 0))
+    for i in range(warmup + steps):
+        b = next(it)
+        if i == warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        loss, _ = task.loss(m, b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            keep = b["labels"] != IGNORE_INDEX
+            if task.tokenizer.pad_id is not None:
+                keep &= b["labels"] != task.tokenizer.pad_id
+            labelled += int(keep.sum())
+            positions += b["labels"].numel()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"mode": mode, "steps": steps, "batch": batch, "seq_len": seq_len, "seconds": round(dt, 3),
+            "labelled_tokens_per_s": round(labelled / dt, 1), "steps_per_s": round(steps / dt, 4),
+            "unlabelled_share": round(1 - labelled / max(positions, 1), 4),
+            "train_rows": task.num_train_samples()}
+
+
+def packing(run: str, model: Optional[str] = None, steps: int = 20, warmup: int = 2, batch: int = 16,
+            seq_len: int = 512, rounds: int = 2, device: str = "cpu", root: Optional[str] = None,
+            out: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+    """Training throughput of ``data.packing=packed`` (windows of the stream, masked per file) against ``padded``
+    (one piece of one file per row): each mode in its own subprocess, interleaved over ``rounds``; the tokenizer
+    (and, by default, the model name) of the finished run ``run``.  Reports labelled tokens per second (the
+    tokens a step learns from) and writes ``packing.json`` and ``packing.png`` to ``out``."""
+    from zoo.bench.speed import interleaved
+    from zoo.io import atomic_write, atomic_write_text
+
+    run_dir = Path(run).expanduser()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    model = model or summary["model"]
+    opts = {"tokenizer": str(run_dir), "model": model, "steps": steps, "warmup": warmup, "batch": batch,
+            "seq_len": seq_len, "device": device, "root": root}
+
+    def one(mode):
+        import subprocess
+        proc = subprocess.run([sys.executable, "-m", "domains.code.bench", "_packing", mode, json.dumps(opts)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"packing worker {mode} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    results = interleaved(list(PACKING_MODES), one, rounds, "zoo bench packing", progress)
+    rows = []
+    for mode in PACKING_MODES:
+        best = max(results[mode], key=lambda r: r["labelled_tokens_per_s"])
+        rows.append({**best, "rounds": [r["labelled_tokens_per_s"] for r in results[mode]]})
+    ratio = rows[0]["labelled_tokens_per_s"] / rows[1]["labelled_tokens_per_s"]
+    result = {"benchmark": "packing", "model": model, "run": str(run_dir), "device": device, "rows": rows,
+              "packed_vs_padded": round(ratio, 3)}
+    print(f"zoo bench packing: {model}, {batch} x {seq_len} tokens per step, {steps} timed steps, {device}")
+    print(f"{'mode':8s} {'labelled tok/s':>15s} {'steps/s':>8s} {'unlabelled':>11s} {'rows':>7s}")
+    for r in rows:
+        print(f"{r['mode']:8s} {r['labelled_tokens_per_s']:15.1f} {r['steps_per_s']:8.3f} "
+              f"{r['unlabelled_share']:11.1%} {r['train_rows']:7d}")
+    print(f"packed / padded: x{ratio:.2f} labelled tokens per second")
+    if out:
+        out_dir = Path(out).expanduser()
+        atomic_write_text(out_dir / "packing.json", json.dumps(result, indent=2) + "\n")
+
+        def draw(tmp):
+            import matplotlib
+            matplotlib.use("Agg")
+            from matplotlib.figure import Figure
+            fig = Figure(figsize=(5, 3.2), dpi=110)
+            ax = fig.add_subplot(1, 1, 1)
+            ax.bar([r["mode"] for r in rows], [r["labelled_tokens_per_s"] for r in rows], color=["C0", "C1"])
+            for i, r in enumerate(rows):
+                ax.text(i, r["labelled_tokens_per_s"], f"{r['unlabelled_share']:.0%} unlabelled", ha="center",
+                        va="bottom", fontsize=8)
+            ax.set_ylabel("labelled tokens / s (training)")
+            ax.set_title(f"{model}: packed vs padded ({batch} x {seq_len})", fontsize=9)
+            fig.tight_layout()
+            fig.savefig(tmp, format="png")
+        result["files"] = {"json": str(out_dir / "packing.json"),
+                           "png": str(atomic_write(out_dir / "packing.png", draw))}
+    return result
+
+
+def run_packing(args) -> int:
+    """``zoo bench packing --domain code --runs RUN``."""
+    from zoo.bench import parse_list
+    from zoo.errors import ConfigError
+
+    runs = parse_list(getattr(args, "runs", None)) or []
+    if len(runs) != 1:
+        raise ConfigError("zoo bench packing needs --runs with one finished causal_lm run (its tokenizer is used)")
+    models = parse_list(getattr(args, "models", None)) or [None]
+    result = packing(runs[0], model=models[0], steps=args.iters * 5, warmup=args.warmup,
+                     batch=args.batch_size or 16, seq_len=args.seq_len or 512, rounds=args.rounds,
+                     device="cpu" if args.device == "auto" else args.device, root=args.data_root,
+                     out=args.out or "runs/bench/packing_code", progress=not args.quiet)
+    if getattr(args, "json", None):
+        from zoo.io import atomic_write_text
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_streaming(args) -> int:
+    """``zoo bench streaming --domain code``: `zoo.bench.streaming` over code LMs (default ``code_lm_rope_tiny``)."""
+    from zoo.bench import parse_list, resolve_device
+    from zoo.bench.streaming import streaming_bench
+
+    models = _check_models(parse_list(getattr(args, "models", None)) or ["code_lm_rope_tiny"])
+    streaming_bench(models, tokens=parse_list(args.stream_tokens, int) or (2000, 20000), window=args.window or 1024,
+                    sinks=4 if args.sinks is None else args.sinks, full_cache=bool(args.full_cache),
+                    device=str(resolve_device(args.device)), progress=not args.quiet,
+                    json_path=getattr(args, "json", None))
+    return 0
+
+
 def _register() -> None:
     from zoo.bench import register_bench
     from zoo.extrapolation import OPTIONS as EXTRAPOLATION_OPTIONS
@@ -415,12 +696,29 @@ def _register() -> None:
                    defaults={"steps": 300, "lengths": ",".join(map(str, DEFAULT_LENGTHS)), "train_len": 512,
                              "eval_tokens": 32768},
                    help="code LMs trained at --train-len, perplexity at every length")
+    from zoo.bench.streaming import OPTIONS as STREAMING_OPTIONS
+    register_bench("streaming", run_streaming, variant="code", default=True, options=STREAMING_OPTIONS,
+                   help="generate() over many tokens with a bounded (streaming) and the full KV cache")
+    register_bench("longrope", run_longrope, variant="code", default=True, options=_RUNS_OPTION + [
+        (("--target-len",), dict(type=int, default=None, help="the length the factors are searched for")),
+        (("--eval-tokens",), dict(type=int, default=None, help="held-out tokens scored per candidate")),
+        (("--data-root",), dict(default=None, help="a source tree instead of the CPython stdlib")),
+        (("--population",), dict(type=int, default=16, help="LongRoPE population P (official 64)")),
+        (("--generations",), dict(type=int, default=6, help="LongRoPE generations T (official 40)"))],
+        help="LongRoPE's factor search for a finished RoPE run, written to --longrope-factors")
+    register_bench("packing", run_packing, variant="code", default=True, options=_RUNS_OPTION + SPEED_OPTIONS + [
+        (("--out",), dict(default=None, help="output folder (packing.json, packing.png)")),
+        (("--data-root",), dict(default=None, help="a source tree instead of the CPython stdlib"))],
+        help="training throughput of causal_lm with data.packing=packed vs padded (labelled tokens per second)")
     register_bench("code", run_speed, options=SPEED_OPTIONS,
                    help="code LMs: training throughput vs NoPE, generate() with and without the KV cache")
 
 
 _register()
 
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "_packing":
+    print(json.dumps(_packing_worker(sys.argv[2], **json.loads(sys.argv[3]))))
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "_worker":
     _o = json.loads(sys.argv[3])

@@ -214,6 +214,9 @@ class CodeLM(DecoderLM):
         newline_ids: ids that end a line (see `newline_table`): used to build segments when ``pos`` is not given
             and to advance them during `generate`.
         init_std: normal init of linear and embedding weights; residual projections get ``init_std/sqrt(2*depth)``.
+        attention: attention options (`zoo.nn.options`: window, sinks, block, per_document, temperature,
+            extension), e.g. ``{"extension": {"name": "self_extend", "group": 4, "window": 128}}`` on a model loaded
+            with ``pretrained_file=``; `set_attention` changes them later.
 
     The encoding is shared by all blocks (it has no parameters); BiPE's intra table is ``intra_pe.weight``.
     """
@@ -223,7 +226,7 @@ class CodeLM(DecoderLM):
     def __init__(self, vocab_size: int = 8192, dim: int = 128, depth: int = 4, num_heads: int = 4,
                  mlp_ratio: float = 4.0, pe: str = "nope", pe_kwargs: Optional[dict] = None, max_seq_len: int = 1024,
                  allow_longer: bool = False, max_intra: int = 1024, newline_ids: NewlineIds = None,
-                 qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 attention: Optional[dict] = None, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  norm_eps: float = 1e-5, init_std: float = 0.02):
         check_positive_ints(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, max_seq_len=max_seq_len,
                             max_intra=max_intra)
@@ -232,13 +235,15 @@ class CodeLM(DecoderLM):
         super().__init__(
             vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
             **preset_encodings(pe, pe_kwargs, PE_KINDS, ENCODINGS, max_intra, init_std), max_seq_len=max_seq_len,
-            allow_longer=allow_longer, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path,
+            allow_longer=allow_longer, attention=attention, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path,
             norm_eps=norm_eps, init_std=init_std)
         self.max_intra = max_intra
         spec = pe if isinstance(pe, str) else (any_spec(pe) if spec_label(pe) is not None else None)  # module: None
         self.config = dict(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            pe=spec, pe_kwargs=dict(pe_kwargs or {}),
                            max_seq_len=max_seq_len, max_intra=max_intra)
+        if not self.attention.empty:
+            self.config["attention"] = self.attention.to_dict()
         self.register_buffer("newline_counts", newline_table(newline_ids, vocab_size), persistent=False)  # [vocab]
 
     def default_positions(self, input_ids: Tensor, past: int = 0) -> Positions:

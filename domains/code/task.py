@@ -15,7 +15,16 @@ Training uses ``s = o + i*n`` for ``i < W``, where the offset ``o`` in ``[0, n)`
 ``data.augment`` is on (so each epoch cuts the code at other places) and is 0 otherwise; ``W`` is the number of
 windows that fit for every ``o``.
 
-Exact resume: the epoch generator first draws the offset, then the permutation of the ``W`` windows; micro-batch
+Long context (`zoo.position_sampling`). ``data.positions``: ``contiguous`` (ids 0..n-1), ``pose`` (PoSE: two chunks
+of text, the second one's ids shifted by a skip drawn from ``data.target_len``) or ``randomized`` (n sorted distinct
+ids from ``0 .. data.target_len - 1``); evaluation always uses contiguous ids.  ``data.packing``: ``stream`` (windows
+run across file boundaries, ids continue: how the recipes train), ``packed`` (the same windows carry each token's
+file as ``Positions.doc_ids``: attention stays inside a file, ids restart at each file, a label in the next file is
+ignored) or ``padded`` (one piece of one file per row, at most ``n`` tokens, padded; the baseline packing is measured
+against).
+
+Exact resume: the epoch generator first draws the offset, then the permutation of the ``W`` windows (and, for
+sampled positions, one seed; batch ``i`` draws from a generator seeded with it plus ``i``); micro-batch
 ``i`` is the windows ``perm[i*b:(i+1)*b]``, a pure function of ``(seed, epoch, i)``. On ``--resume`` the tokenizer is
 read back from the run folder rather than trained again, so the token ids cannot change under the checkpoint.
 """
@@ -35,6 +44,7 @@ from zoo.errors import CheckpointError, ConfigError, DatasetNotFoundError
 from zoo.finetune.config import DataCfg, check_at_least
 from zoo.finetune.engine import read_run
 from zoo.finetune.tasks import Task, register_task
+from zoo.position_sampling import check_position_mode, pose_window, randomized_ids
 from zoo.positions import Positions
 from zoo.splits import SPLITS
 
@@ -45,6 +55,7 @@ __all__ = ["CausalLMTask", "CodeData", "SOURCES", "DEFAULT_SEQ_LEN", "DEFAULT_VO
 SOURCES = {"cpython_stdlib": "the CPython standard library (.py)", "go_stdlib": "the Go standard library (.go)",
            "source_tree": "any folder of source files given as data.root"}
 DEFAULT_SEQ_LEN = 512
+PACKINGS = ("stream", "packed", "padded")
 DEFAULT_VOCAB_SIZE = 8192
 IGNORE_INDEX = -100
 # evaluation batches are capped so that the float32 logits stay below this many elements (~256 MiB)
@@ -64,6 +75,9 @@ class CodeData(DataCfg):
     tokenizer_files: Optional[int] = None      # train the tokenizer on the first N training files (null: all)
     languages: Optional[List[str]] = None      # keep files of these languages only (null: all supported)
     augment: bool = True                       # a random window offset per epoch
+    positions: str = "contiguous"              # contiguous | pose | randomized (training windows' position ids)
+    target_len: Optional[int] = None           # pose / randomized: the length whose positions are sampled
+    packing: str = "stream"                    # stream | packed (per-file masks) | padded (one file piece per row)
     cache: bool = True                         # cache tokenized corpora under $ZOO_HOME
     resume_mutable = DataCfg.resume_mutable | {"cache"}      # a resumed run may switch the cache
 
@@ -71,6 +85,14 @@ class CodeData(DataCfg):
     def check(cls, d) -> None:
         super().check(d)
         check_at_least(d, 1, "seq_len", "vocab_size", "tokenizer_files")
+        check_at_least(d, 1, "target_len")
+        check_position_mode(d.positions, d.seq_len, d.target_len)
+        if d.packing not in PACKINGS:
+            raise ConfigError(f"invalid value for config key 'data.packing': {d.packing!r} (one of "
+                              f"{', '.join(PACKINGS)})")
+        if d.positions != "contiguous" and d.packing != "stream":
+            raise ConfigError(f"data.positions={d.positions} samples positions for windows of the stream; use it "
+                              f"with data.packing=stream (got {d.packing})")
         if d.eval_split not in ("val", "test"):
             raise ConfigError(f"invalid value for config key 'data.eval_split': {d.eval_split!r} (code splits by "
                               f"content hash into {', '.join(SPLITS)}; evaluate on val or test)")
@@ -140,11 +162,38 @@ def get_tokenizer(d, train_files, resume_dir: Optional[Path] = None, progress: b
 
 
 def stream_tensors(corpus) -> Dict[str, Tensor]:
-    """A ``TokenizedCorpus`` as the three int tensors windows are cut from."""
-    return {"tokens": corpus.tokens, "levels": corpus.levels, "segments": corpus.segments}
+    """A ``TokenizedCorpus`` as the int tensors windows are cut from (``docs``: each token's file index)."""
+    offsets = corpus.file_offsets.long()
+    docs = torch.repeat_interleave(torch.arange(offsets.numel() - 1, dtype=torch.int32), offsets.diff())
+    return {"tokens": corpus.tokens, "levels": corpus.levels, "segments": corpus.segments, "docs": docs}
 
 
-def gather_windows(stream: Dict[str, Tensor], starts: Tensor, seq_len: int) -> Dict[str, Any]:
+def _windows_at(stream: Dict[str, Tensor], idx: Tensor, ids: Tensor, packed: bool = False,
+                mask: Optional[Tensor] = None) -> Dict[str, Any]:
+    """The batch of the source tokens ``idx`` ``[b, n + 1]`` (inputs: the first ``n``, labels: the last ``n``) with
+    position ids ``ids`` ``[b, n]``; ``packed``: per-file ``doc_ids``, ids restarting per file, labels in another
+    file ignored; ``mask`` ``[b, n]``: real tokens (padding's labels ignored)."""
+    tokens = stream["tokens"]
+    t = tokens[idx].long()                                                     # [b, n+1]
+    levels = stream["levels"][idx[:, :-1]].long()                              # [b, n, 5]
+    segments = stream["segments"][idx[:, :-1]].long()                          # [b, n]
+    b, n = ids.shape
+    labels = t[:, 1:]
+    doc_ids = None
+    if packed:
+        docs = stream["docs"][idx].long()                                      # [b, n+1]
+        doc_ids = docs[:, :-1] - docs[:, :1]
+        ids = Positions.packed(doc_ids).ids
+        labels = labels.masked_fill(docs[:, 1:] != docs[:, :-1], IGNORE_INDEX)   # the next file's first token
+    if mask is not None:
+        labels = labels.masked_fill(~mask, IGNORE_INDEX)
+    pos = Positions(ids=ids, levels=levels - levels[:, :1], segments=segments - segments[:, :1],
+                    mask=torch.ones(b, n, dtype=torch.bool, device=tokens.device) if mask is None else mask,
+                    causal=True, doc_ids=doc_ids)
+    return {"input_ids": t[:, :-1], "labels": labels, "positions": pos}
+
+
+def gather_windows(stream: Dict[str, Tensor], starts: Tensor, seq_len: int, packed: bool = False) -> Dict[str, Any]:
     """Windows of ``seq_len`` tokens starting at ``starts`` ``[b]``: the batch ``collate_windows`` would build from
     ``CodeWindows`` items, gathered in one indexing op (on the stream's device)::
 
@@ -156,14 +205,50 @@ def gather_windows(stream: Dict[str, Tensor], starts: Tensor, seq_len: int) -> D
         raise ValueError(f"window at {int(starts.max())} + {seq_len} + 1 runs past the stream of {tokens.shape[0]} "
                          f"tokens")
     idx = starts[:, None] + torch.arange(seq_len + 1, device=tokens.device)   # [b, n+1]
-    t = tokens[idx].long()                                                     # [b, n+1]
-    levels = stream["levels"][idx[:, :-1]].long()                              # [b, n, 5]
-    segments = stream["segments"][idx[:, :-1]].long()                          # [b, n]
     b = starts.shape[0]
-    pos = Positions(ids=torch.arange(seq_len, device=tokens.device).expand(b, seq_len),
-                    levels=levels - levels[:, :1], segments=segments - segments[:, :1],
-                    mask=torch.ones(b, seq_len, dtype=torch.bool, device=tokens.device), causal=True)
-    return {"input_ids": t[:, :-1], "labels": t[:, 1:], "positions": pos}
+    return _windows_at(stream, idx, torch.arange(seq_len, device=tokens.device).expand(b, seq_len), packed)
+
+
+def pose_windows(stream: Dict[str, Tensor], starts: Tensor, seq_len: int, target_len: int,
+                 generator: torch.Generator) -> Dict[str, Any]:
+    """PoSE windows (`zoo.position_sampling.pose_window`) from the stream positions ``starts`` ``[b]``: the source
+    of a window is the ``min(5 n, what remains)`` tokens from its start (the official code cuts documents at
+    ``5 n``)."""
+    tokens = stream["tokens"]
+    total = tokens.shape[0]
+    rows, ids = [], []
+    for s in starts.tolist():
+        span = min(5 * seq_len, total - 1 - s)
+        text, pos = pose_window(seq_len, span, target_len, generator)
+        rows.append(text + s)
+        ids.append(pos)
+    idx = torch.stack(rows).to(tokens.device)
+    return _windows_at(stream, idx, torch.stack(ids).to(tokens.device))
+
+
+def padded_pieces(stream: Dict[str, Tensor], seq_len: int) -> Tensor:
+    """``[P, 2]`` (start, length) of every piece of every file: files cut into runs of at most ``seq_len`` inputs
+    whose labels stay in the file (a file of ``m`` tokens gives ``m - 1`` predictions)."""
+    docs = stream["docs"].long()
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.nonzero(docs.diff()).flatten() + 1,
+                         torch.tensor([docs.numel()])])
+    out = []
+    for a, e in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        for s in range(a, e - 1, seq_len):
+            out.append((s, min(seq_len, e - 1 - s)))
+    return torch.tensor(out, dtype=torch.long).reshape(-1, 2)
+
+
+def padded_windows(stream: Dict[str, Tensor], pieces: Tensor, seq_len: int) -> Dict[str, Any]:
+    """One piece per row (`padded_pieces` rows ``[b, 2]``), padded to ``seq_len`` (mask False, labels ignored)."""
+    tokens = stream["tokens"]
+    ar = torch.arange(seq_len + 1)
+    length = pieces[:, 1:2]                                                    # [b, 1]
+    idx = pieces[:, :1] + ar[None, :].minimum(length)                          # [b, n+1], past the end: repeats
+    mask = (ar[None, :seq_len] < length).to(tokens.device)                    # [b, n]
+    b = pieces.shape[0]
+    return _windows_at(stream, idx.to(tokens.device), torch.arange(seq_len, device=tokens.device).expand(b, seq_len),
+                       mask=mask)
 
 
 def _labels(batch: Dict[str, Any], pad_id: Optional[int]) -> Tensor:
@@ -247,6 +332,10 @@ class CausalLMTask(Task):
         if self.num_windows < 1:
             raise ConfigError(f"data.seq_len={n} is too long for the training split of {self.tree.name}: "
                               f"{total} tokens in {corpora['train'].num_files} files, fewer than 2 * seq_len")
+        self.packing, self.positions, self.target_len = d.packing, d.positions, d.target_len
+        if d.packing == "padded":
+            self.pieces = padded_pieces(self.train_stream, n)
+            self.num_windows = int(self.pieces.shape[0])
         if d.train_limit is not None:
             self.num_windows = min(self.num_windows, d.train_limit)
         eval_total = len(corpora[d.eval_split])
@@ -261,7 +350,7 @@ class CausalLMTask(Task):
         return self.train_stream, self.eval_stream
 
     def model_kwargs(self, cfg) -> Dict[str, Any]:
-        kwargs = {"vocab_size": self.tokenizer.vocab_size, "max_seq_len": self.seq_len}
+        kwargs = {"vocab_size": self.tokenizer.vocab_size, "max_seq_len": self.target_len or self.seq_len}
         kwargs.update(dict(cfg.model.kwargs))
         if kwargs["vocab_size"] < self.tokenizer.vocab_size:
             raise ConfigError(f"model.kwargs.vocab_size={kwargs['vocab_size']} is smaller than the tokenizer's "
@@ -285,12 +374,27 @@ class CausalLMTask(Task):
     def train_batches(self, epoch: int, generator: torch.Generator, start: int = 0) -> Iterator[Dict[str, Any]]:
         n, bs, nb = self.seq_len, self.cfg.train.batch_size, self.num_train_batches()
         offset = int(torch.randint(0, n, (1,), generator=generator))
-        if not self.cfg.data.augment:
+        if not self.cfg.data.augment or self.packing == "padded":
             offset = 0
         perm = torch.randperm(self.num_windows, generator=generator)
+        base = None if self.positions == "contiguous" else int(torch.randint(0, 2 ** 62, (1,), generator=generator))
         for i in range(start, nb):
-            starts = offset + perm[i * bs:(i + 1) * bs] * n
-            yield gather_windows(self.train_stream, starts, n)
+            rows = perm[i * bs:(i + 1) * bs]
+            if self.packing == "padded":
+                yield padded_windows(self.train_stream, self.pieces[rows], n)
+                continue
+            starts = offset + rows * n
+            if self.positions == "contiguous":
+                yield gather_windows(self.train_stream, starts, n, packed=self.packing == "packed")
+                continue
+            g = torch.Generator().manual_seed(base + i)                       # batch i: a function of (seed, i)
+            if self.positions == "pose":
+                yield pose_windows(self.train_stream, starts, n, self.target_len, g)
+            else:
+                batch = gather_windows(self.train_stream, starts, n)
+                batch["positions"].ids = randomized_ids(len(starts), n, self.target_len, g).to(
+                    batch["input_ids"].device)
+                yield batch
 
     def loss(self, model: nn.Module, batch: Dict[str, Any]) -> Tuple[Tensor, int]:
         logits = model(batch["input_ids"], batch["positions"])                 # [b, n, vocab]
@@ -315,14 +419,18 @@ class CausalLMTask(Task):
                 "languages": list(self.tree.languages), "seq_len": self.seq_len,
                 "vocab_size": self.tokenizer.vocab_size, "tokenizer": self.tokenizer.fingerprint[:16],
                 "files": self.split_files, "tokens": self.split_tokens, "train_windows": self.num_windows,
-                "eval_windows": self.eval_windows, "eval_split": d.eval_split, "augment": bool(d.augment)}
+                "eval_windows": self.eval_windows, "eval_split": d.eval_split, "augment": bool(d.augment),
+                "positions": d.positions, "target_len": d.target_len, "packing": d.packing}
 
 
 # ---- a trained run back as model + tokenizer --------------------------------------------------------------------
 
-def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu", allow_longer: bool = False):
+def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu", allow_longer: bool = False,
+             overrides: Optional[dict] = None):
     """``(model, tokenizer)`` of a finished ``causal_lm`` run folder (``summary.json``, ``model.safetensors``,
-    ``tokenizer.json``); the model is in eval mode and knows its tokenizer's newline tokens (for ``generate``)."""
+    ``tokenizer.json``); the model is in eval mode and knows its tokenizer's newline tokens (for ``generate``).
+    ``overrides``: builder keywords replacing the run's (e.g. ``pe=`` / ``attention=`` of a training-free context
+    extension, `zoo.extend`); the trained weights must still load."""
     import zoo
     from domains.code.tokenizer import TOKENIZER_FILE, CodeTokenizer
 
@@ -333,6 +441,9 @@ def load_run(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu"
     if kwargs.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
         raise CheckpointError(f"{run_dir}: {TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the model only "
                               f"{kwargs['vocab_size']}: the tokenizer does not belong to these weights")
+    if overrides:
+        from zoo.extend import merge_overrides
+        kwargs = merge_overrides(kwargs, overrides)
     model = zoo.create(name, pretrained_file=str(weights), **kwargs)
     if allow_longer and hasattr(model, "allow_longer"):
         model.allow_longer = True

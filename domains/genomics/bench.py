@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -129,9 +128,10 @@ def stream_metrics(model: torch.nn.Module, tokens: torch.Tensor, length: int, nu
             "tokens": count}
 
 
-def load_lm_run(run_dir, device="cpu", allow_longer: bool = False):
+def load_lm_run(run_dir, device="cpu", allow_longer: bool = False, overrides: Optional[Dict[str, Any]] = None):
     """``(model, tokenizer)`` of a finished ``dna_lm`` run folder (``summary.json``, ``model.safetensors``,
-    ``dna_tokenizer.json``), in eval mode."""
+    ``dna_tokenizer.json``), in eval mode; ``overrides``: builder keywords replacing the run's (a context
+    extension's ``pe=`` / ``attention=``, `zoo.extend`)."""
     import zoo
     from zoo.finetune.engine import read_run
 
@@ -141,7 +141,8 @@ def load_lm_run(run_dir, device="cpu", allow_longer: bool = False):
     tok = run_dir / TOKENIZER_FILE
     name, kwargs, weights = read_run(run_dir, "dna_lm", [(tok, "the tokenizer")])
     tokenizer = DNATokenizer.load(tok)
-    model = zoo.create(name, pretrained_file=str(weights), **kwargs)
+    from zoo.extend import merge_overrides
+    model = zoo.create(name, pretrained_file=str(weights), **merge_overrides(kwargs, overrides))
     if allow_longer:
         model.allow_longer = True
     return model.to(device).eval(), tokenizer
@@ -155,14 +156,16 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
                   root: Optional[str] = None, separator: Optional[str] = "<sep>", lr: float = 2e-3,
                   model_kwargs: Optional[Dict[str, Any]] = None, amp: str = "auto", device: str = "auto",
                   seed: int = 0, train_limit: Optional[int] = None, val_windows: int = 64,
-                  progress: bool = True, retrain: bool = False) -> Dict[str, Any]:
+                  progress: bool = True, retrain: bool = False, extend: str = "none",
+                  longrope_factors: Optional[str] = None) -> Dict[str, Any]:
     """Train every model of ``models`` at ``train_len`` bases and score it at every length of ``lengths``; writes
     and returns the results (module docstring).  ``amp="auto"``: bf16 autocast where the device has native bf16,
     else float32 (the engine's rule); ``train_limit`` keeps that many training windows; ``val_windows``
     validation windows are scored at the end of training (``train[model].val_loss_at_train_len``).  A model
-    already trained in ``out`` with the same config is reused (scored again, not retrained) unless ``retrain``."""
-    from tqdm import tqdm
-
+    already trained in ``out`` with the same config is reused (scored again, not retrained) unless ``retrain``.
+    ``extend``: training-free context extensions (`zoo.extend`) each model is also scored with (``"all"``: every
+    method that fits its encoding; else comma-separated names, a name that does not fit a model is skipped for it).
+    Rows carry ``method``; a method's model is rebuilt from the run at each length with its overrides."""
     from zoo.errors import ConfigError
     from zoo.extrapolation import finished_run, write_result
     from zoo.finetune import finetune
@@ -192,7 +195,10 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
     tokens = stream["tokens"].to(dev)
     out_dir = Path(out).expanduser()
 
-    rows, train = [], {}
+    from zoo.extend import resolve_methods
+    from zoo.extrapolation import score_methods
+
+    rows, train, labels, skipped = [], {}, [], {}
     for name in models:
         run_dir = out_dir / "runs" / name
         cfg = {"task": "dna_lm",
@@ -214,21 +220,26 @@ def extrapolation(models: Optional[Sequence[str]] = None, steps: int = DEFAULT_S
         train[name] = {"val_loss_at_train_len": summary["final"].get("loss"), "params": summary["params"],
                        "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir)}
         model, _ = load_lm_run(run_dir, device=dev, allow_longer=True)
-        for length in tqdm(lengths, desc=f"score {name}", unit="length", disable=not progress, dynamic_ncols=True):
-            windows = eval_tokens // length
-            t0 = time.perf_counter()
-            m = stream_metrics(model, tokens, length, windows, max(1, min(windows, 16384 // length)),
-                               stream["separator_id"], autocast)
-            rows.append({"model": name, "length": length, "trained_at": train_len, "loss": m["loss"],
-                         "ppl": m["perplexity"], "token_accuracy": m["token_accuracy"], "tokens": m["tokens"],
-                         "windows": windows, "eval_s": round(time.perf_counter() - t0, 3)})
+
+        def metrics(m, length, windows, batch):
+            return stream_metrics(m, tokens, length, windows, batch, stream["separator_id"], autocast)
+
+        def rebuild(overrides, run_dir=run_dir):
+            return load_lm_run(run_dir, device=dev, allow_longer=True, overrides=overrides)[0]
+        new, scored, skip = score_methods(model, name, resolve_methods(extend, model, longrope_factors), lengths,
+                                          train_len, eval_tokens, metrics, rebuild, progress)
+        rows += new
+        labels += scored
+        if skip:
+            skipped[name] = skip
         del model
 
     result = {"benchmark": "extrapolation", "domain": "genomics", "dataset": "16s_rrna",
               "eval_split": "test", "eval_records": stream["records"], "eval_stream_tokens": int(tokens.shape[0]),
               "separator": separator or None, "tokenizer": tokenizer.kind, "train_len": train_len, "steps": steps,
               "batch_size": batch_size, "lr": lr, "seed": seed, "lengths": lengths, "eval_tokens": eval_tokens,
-              "device": str(dev), "amp": amp_used or "off", "models": models, "train": train, "rows": rows}
+              "device": str(dev), "amp": amp_used or "off", "models": labels, "train": train, "rows": rows,
+              "extend": extend, "skipped": skipped}
     return write_result(result, out_dir, format_extrapolation, plot_extrapolation)
 
 
@@ -261,14 +272,22 @@ def run_extrapolation(args) -> int:
     defaults)."""
     from zoo.bench import parse_list
 
-    lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
-    result = extrapolation(models=parse_list(getattr(args, "models", None)),
-                           steps=args.steps or DEFAULT_STEPS, lengths=lengths,
-                           train_len=args.train_len or DEFAULT_TRAIN_LEN, batch_size=args.batch_size or 16,
-                           eval_tokens=args.eval_tokens or DEFAULT_EVAL_TOKENS,
-                           out=args.out or "runs/bench/extrapolation_genomics", root=args.data_root,
-                           device=args.device, progress=not args.quiet,
-                           retrain=bool(getattr(args, "retrain", False)))
+    if getattr(args, "merge", None):
+        from zoo.extrapolation import merge_files, write_result
+        result = merge_files(parse_list(args.merge), domain="genomics")
+        result = write_result(result, Path(args.out or "runs/bench/extrapolation_genomics").expanduser(),
+                              format_extrapolation, plot_extrapolation)
+    else:
+        lengths = parse_list(getattr(args, "lengths", None), int) or list(DEFAULT_LENGTHS)
+        result = extrapolation(models=parse_list(getattr(args, "models", None)),
+                               steps=args.steps or DEFAULT_STEPS, lengths=lengths,
+                               train_len=args.train_len or DEFAULT_TRAIN_LEN, batch_size=args.batch_size or 16,
+                               eval_tokens=args.eval_tokens or DEFAULT_EVAL_TOKENS,
+                               out=args.out or "runs/bench/extrapolation_genomics", root=args.data_root,
+                               device=args.device, progress=not args.quiet,
+                               retrain=bool(getattr(args, "retrain", False)),
+                               extend=getattr(args, "extend", None) or "none",
+                               longrope_factors=getattr(args, "longrope_factors", None))
     if getattr(args, "json", None):
         from zoo.io import atomic_write_text
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")

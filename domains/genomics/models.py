@@ -129,6 +129,8 @@ class DNATransformer(TransformerEncoder):
         segment_bases: BiPE segment size in bases (used when ``pos`` is built here).
         max_intra: rows of the BiPE intra table (segments hold ``segment_bases`` tokens at most with the nucleotide
             tokenizer; longer ones clip).
+        attention: attention options (`zoo.nn.options`: window, sinks, block, per_document, temperature,
+            extension); `set_attention` changes them later.
     """
 
     positions_hint = (" (build them with domains.genomics.models.dna_positions or model.positions(input_ids, spans, "
@@ -138,7 +140,8 @@ class DNATransformer(TransformerEncoder):
     def __init__(self, vocab_size: int = NUCLEOTIDE_VOCAB, dim: int = 128, depth: int = 4, num_heads: int = 4,
                  mlp_ratio: float = 4.0, pe: str = "nope", causal: bool = False, num_classes: int = 0,
                  pool: Optional[str] = None, pe_kwargs: Optional[dict] = None, max_seq_len: int = 1024,
-                 allow_longer: bool = False, segment_bases: int = 3, max_intra: int = 64, qkv_bias: bool = True,
+                 allow_longer: bool = False, segment_bases: int = 3, max_intra: int = 64,
+                 attention: Optional[dict] = None, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, head_drop: float = 0.0,
                  norm_eps: float = 1e-5, init_std: float = 0.02):
         check_positive_ints(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, max_seq_len=max_seq_len,
@@ -151,7 +154,7 @@ class DNATransformer(TransformerEncoder):
             vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
             **preset_encodings(pe, pe_kwargs, PE_KINDS, ENCODINGS, max_intra, init_std),
             causal=causal, num_classes=num_classes, pool=pool, max_seq_len=max_seq_len, allow_longer=allow_longer,
-            qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path, head_drop=head_drop,
+            attention=attention, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path, head_drop=head_drop,
             norm_eps=norm_eps, init_std=init_std)
         self.segment_bases, self.max_intra = segment_bases, max_intra
 

@@ -38,6 +38,8 @@ from torch import Tensor, nn
 from zoo.errors import ConfigError
 from zoo.finetune.config import DataCfg, check_at_least, check_one_of, invalid_value
 from zoo.finetune.tasks import Task, register_task
+from zoo.position_sampling import check_position_mode, pose_window, randomized_ids
+from zoo.positions import Positions
 
 from .models import dna_positions
 
@@ -92,6 +94,29 @@ class WindowData(GenomicsData):
     def check(cls, d) -> None:
         super().check(d)
         check_at_least(d, 1, "seq_len")
+
+
+@dataclass
+class DNALMData(WindowData):
+    """``data.*`` of ``dna_lm``: `WindowData` plus the long-context options (`zoo.position_sampling`)."""
+
+    positions: str = "contiguous"              # contiguous | pose | randomized (training windows' position ids)
+    target_len: Optional[int] = None           # pose / randomized: the length whose positions are sampled
+    packing: str = "records"                   # records (windows inside a record) | packed (across records, masked)
+
+    @classmethod
+    def check(cls, d) -> None:
+        super().check(d)
+        check_at_least(d, 1, "target_len")
+        check_position_mode(d.positions, d.seq_len, d.target_len)
+        check_one_of(d, "packing", ("records", "packed"))
+        if d.positions != "contiguous" and d.packing != "records":
+            raise ConfigError(f"data.positions={d.positions} samples positions inside one record; use it with "
+                              f"data.packing=records (got {d.packing})")
+        if (d.positions == "pose" or d.packing == "packed") and d.tokenizer is None \
+                and d.tokenizer_kind != "nucleotide":
+            raise ConfigError(f"data.positions=pose and data.packing=packed cut windows at any base: they need "
+                              f"data.tokenizer_kind=nucleotide (one token per base), got {d.tokenizer_kind}")
 
 
 @dataclass
@@ -438,13 +463,128 @@ class MaskedLMTask(_WindowTask):
 @register_task("dna_lm")
 class DNACausalLMTask(_WindowTask):
     """Next-token cross-entropy for decoders (``dna_lm_*``): a window of ``seq_len + 1`` tokens gives inputs
-    ``[:-1]`` and labels ``[1:]``."""
+    ``[:-1]`` and labels ``[1:]``.
+
+    Long context (``data.*``, `zoo.position_sampling`): ``positions=pose`` (PoSE, the official recipe inside one
+    record: the window's second chunk of bases comes from up to ``5 n`` bases on and its position ids are shifted by a
+    skip drawn from ``target_len``) or ``randomized`` (sorted distinct ids from ``0 .. target_len - 1``);
+    ``packing=packed`` cuts the windows from all training records joined, each token carrying its record as
+    ``Positions.doc_ids`` (attention stays inside a record, ids restart, a label in the next record is ignored).
+    Both read the records base by base (nucleotide tokenizer).  Evaluation keeps the plain windows."""
 
     main_metric = "loss"
     main_mode = "min"
     extra = 1
     causal = True
     accuracy_key = "token_accuracy"
+    data_schema = DNALMData
+
+    def build_data(self, cfg):
+        out = super().build_data(cfg)
+        d = cfg.data
+        self.positions, self.target_len, self.packing = d.positions, d.target_len, d.packing
+        if self.positions == "pose" or self.packing == "packed":
+            self._build_stream(d)
+        return out
+
+    def _build_stream(self, d) -> None:
+        """The training records as one token stream (``tokens``, ``docs`` [T]) and the window starts: inside each
+        record (pose: as the plain windows, ``seq_len + 1`` tokens apart) or across records (packed)."""
+        if self.tokenizer.kind != "nucleotide":
+            raise ConfigError(f"data.positions=pose / data.packing=packed need the nucleotide tokenizer, the data "
+                              f"uses {self.tokenizer.kind}")
+        data = _load(d)
+        train_idx, _ = _split(d, data.labels)
+        toks, docs, starts = [], [], []
+        offset, n = 0, self.seq_len
+        for r, i in enumerate(train_idx):
+            ids = torch.from_numpy(np.asarray(self.tokenizer.encode(data.seqs[i]).ids)).long()
+            toks.append(ids)
+            docs.append(torch.full((ids.numel(),), r, dtype=torch.long))
+            if self.packing == "records":
+                starts += [offset + s for s in range(0, ids.numel() - n, n + 1)]   # the plain windows' starts
+            offset += ids.numel()
+        docs = torch.cat(docs)
+        bounds = torch.cumsum(torch.tensor([0] + [t.numel() for t in toks]), 0)   # [R + 1] record offsets
+        self.stream = {"tokens": torch.cat(toks), "docs": docs, "ends": bounds[1:][docs]}   # ends: per token
+        if self.packing == "packed":
+            starts = list(range(0, offset - n - 1, n))
+        self.starts = torch.tensor(starts, dtype=torch.long)
+        if d.train_limit is not None:
+            self.starts = self.starts[torch.from_numpy(_limit(self.starts.numel(), d.train_limit))]
+        if self.starts.numel() == 0:
+            raise ConfigError(f"{d.name}: no training window of {n} + 1 bases (data.seq_len={n})")
+
+    def num_train_samples(self) -> int:
+        if getattr(self, "starts", None) is not None:
+            return int(self.starts.numel())
+        return super().num_train_samples()
+
+    def model_kwargs(self, cfg) -> Dict[str, Any]:
+        kwargs = super().model_kwargs(cfg)
+        if self.target_len and "max_seq_len" not in dict(cfg.model.kwargs):
+            kwargs["max_seq_len"] = self.target_len
+        return kwargs
+
+    def train_batches(self, epoch: int, generator: torch.Generator, start: int = 0) -> Iterator[Dict[str, Tensor]]:
+        if self.positions == "contiguous" and self.packing == "records":
+            yield from super().train_batches(epoch, generator, start)            # the plain windows, as before
+            return
+        bs, nb, n = self.cfg.train.batch_size, self.num_train_batches(), self.seq_len
+        dev = getattr(self, "device", "cpu")
+        if getattr(self, "starts", None) is None:                                # randomized ids, plain windows
+            perm = torch.randperm(self.num_train_samples(), generator=generator)
+            base = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+            for i in range(start, nb):
+                ids = self.ids["train"][perm[i * bs:(i + 1) * bs]]
+                g = torch.Generator().manual_seed(base + i)
+                b = {"inputs": ids[:, :-1], "targets": ids[:, 1:],
+                     "ids": randomized_ids(ids.shape[0], n, self.target_len, g)}
+                yield {k: v.to(dev) for k, v in b.items()}
+            return
+        perm = torch.randperm(self.num_train_samples(), generator=generator)
+        base = int(torch.randint(0, 2 ** 62, (1,), generator=generator)) if self.positions != "contiguous" else 0
+        tokens, docs, ends = self.stream["tokens"], self.stream["docs"], self.stream["ends"]
+        for i in range(start, nb):
+            starts = self.starts[perm[i * bs:(i + 1) * bs]]
+            if self.positions == "pose":
+                g = torch.Generator().manual_seed(base + i)
+                rows, pos = [], []
+                for s in starts.tolist():
+                    end = int(ends[s])                                           # the record's end (exclusive)
+                    text, p = pose_window(n, min(5 * n, end - 1 - s), self.target_len, g)
+                    rows.append(text + s)
+                    pos.append(p)
+                idx = torch.stack(rows)
+                b = {"inputs": tokens[idx[:, :-1]], "targets": tokens[idx[:, 1:]], "ids": torch.stack(pos)}
+            else:                                                                # packed
+                idx = starts[:, None] + torch.arange(n + 1)
+                t, r = tokens[idx], docs[idx]
+                doc_ids = r[:, :-1] - r[:, :1]
+                b = {"inputs": t[:, :-1], "targets": t[:, 1:].masked_fill(r[:, 1:] != r[:, :-1], IGNORE_INDEX),
+                     "ids": Positions.packed(doc_ids).ids, "doc_ids": doc_ids}
+            yield {k: v.to(dev) for k, v in b.items()}
+
+    def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, int]:
+        if "ids" not in batch:
+            return super().loss(model, batch)
+        self._check_model(model)
+        inputs = batch["inputs"]
+        pos = _positions(model, inputs, self.spans[: inputs.shape[1]], None)
+        pos.ids = batch["ids"]
+        if "doc_ids" in batch:
+            pos.doc_ids = batch["doc_ids"]
+            seg = getattr(model, "segment_bases", None)
+            if pos.segments is not None and seg:                                 # BiPE: segments restart too
+                pos.segments = torch.div(batch["ids"], seg, rounding_mode="floor")
+        logits = model(inputs, pos)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE_INDEX,
+                               label_smoothing=float(self.cfg.train.label_smoothing))
+        return loss, int(inputs.shape[0])
+
+    def describe(self) -> Dict[str, Any]:
+        return {**super().describe(), "positions": self.positions, "target_len": self.target_len,
+                "packing": self.packing}
 
     def _make_batch(self, ids: Tensor, seed: int) -> Dict[str, Tensor]:
         return {"inputs": ids[:, :-1], "targets": ids[:, 1:]}

@@ -27,6 +27,7 @@ from zoo.pe.peg import PEG
 from zoo.registry import register_model
 
 from .checkpoint import unwrap_state_dict
+from .layers import timm_cfg
 from .models import VisionTransformer
 from .models import checkpoint_filter_fn as _vit_filter_fn
 
@@ -120,37 +121,37 @@ _SMALL = dict(embed_dim=384, depth=12, num_heads=6)
 _BASE = dict(embed_dim=768, depth=12, num_heads=12)
 
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=CPVT_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=CPVT_PAPER, timm_cfg=timm_cfg(False))
 def cpvt_tiny(**kwargs) -> VisionTransformer:
     """CPVT-Ti/16: DeiT-Tiny with a PEG after block 0 instead of a position table (no released weights)."""
     return _create_cpvt(_TINY, **kwargs)
 
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=CPVT_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=CPVT_PAPER, timm_cfg=timm_cfg(False))
 def cpvt_small(**kwargs) -> VisionTransformer:
     """CPVT-S/16: DeiT-Small with a PEG after block 0 instead of a position table (no released weights)."""
     return _create_cpvt(_SMALL, **kwargs)
 
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=CPVT_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=CPVT_PAPER, timm_cfg=timm_cfg(False))
 def cpvt_base(**kwargs) -> VisionTransformer:
     """CPVT-B/16: DeiT-Base with a PEG after block 0 instead of a position table (no released weights)."""
     return _create_cpvt(_BASE, **kwargs)
 
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=CPVT_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=CPVT_PAPER, timm_cfg=timm_cfg(False))
 def cpvt_tiny_gap(**kwargs) -> VisionTransformer:
     """CPVT-Ti-GAP/16: CPVT-Ti without cls token, mean-pooled patch tokens (no released weights)."""
     return _create_cpvt(dict(_TINY, **_GAP), **kwargs)
 
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=CPVT_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=CPVT_PAPER, timm_cfg=timm_cfg(False))
 def cpvt_small_gap(**kwargs) -> VisionTransformer:
     """CPVT-S-GAP/16: CPVT-S without cls token, mean-pooled patch tokens (no released weights)."""
     return _create_cpvt(dict(_SMALL, **_GAP), **kwargs)
 
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=CPVT_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=CPVT_PAPER, timm_cfg=timm_cfg(False))
 def cpvt_base_gap(**kwargs) -> VisionTransformer:
     """CPVT-B-GAP/16: CPVT-B without cls token, mean-pooled patch tokens (no released weights)."""
     return _create_cpvt(dict(_BASE, **_GAP), **kwargs)

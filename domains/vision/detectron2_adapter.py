@@ -11,7 +11,8 @@ subclasses detectron2's ``Backbone``. Without detectron2 the same class implemen
     size_divisibility             -> p      (detectron2's ImageList pads every batch to a multiple of it)
     padding_constraints           -> {"size_divisibility": p, "square_size": 0}
 
-The features are the ViT's final-norm patch tokens (prefix tokens such as cls dropped) laid back on their grid; the
+The features are the ViT's final-norm patch tokens (prefix tokens such as cls dropped) laid back on their grid (the
+model's ``forward_intermediates``, timm's feature contract); the
 model is built with ``zoo.create(name, dynamic_img_size=True, num_classes=0)``, so any image size works (the
 absolute position table is resampled per size and iRPE reads the grid from ``Positions``).
 """
@@ -61,8 +62,9 @@ class ZooViTBackbone(_BackboneBase):
             model_kwargs.setdefault("num_classes", 0)
             model = zoo.create(name, pretrained=pretrained, dynamic_img_size=True, in_chans=in_chans,
                                **model_kwargs)
-        if not hasattr(model, "forward_features") or not hasattr(model, "patch_size"):
-            raise TypeError(f"ZooViTBackbone wraps a zoo VisionTransformer, got {type(model).__name__}")
+        if not hasattr(model, "forward_intermediates") or not hasattr(model, "patch_size"):
+            raise TypeError(f"ZooViTBackbone wraps a zoo ViT (with forward_intermediates), got "
+                            f"{type(model).__name__}")
         if not getattr(model, "dynamic_img_size", False):
             raise ValueError("the wrapped ViT must be built with dynamic_img_size=True (detectron2 feeds images of "
                              "every size)")
@@ -98,9 +100,9 @@ class ZooViTBackbone(_BackboneBase):
         if hh % self.patch or ww % self.patch:
             raise ValueError(f"image size {hh}x{ww} is not a multiple of the backbone's size_divisibility "
                              f"{self.patch}; pad the batch (detectron2's ImageList.from_tensors does so)")
-        h, w = hh // self.patch, ww // self.patch
-        tokens = self.net.forward_features(images)[:, self.num_prefix:]          # [B, h*w, D]
-        fmap = tokens.transpose(1, 2).reshape(b, -1, h, w)                        # [B, D, h, w]
+        # the last block through the final norm, on its grid: timm's feature contract (forward_intermediates)
+        fmap = self.net.forward_intermediates(images, indices=1, norm=True, output_fmt="NCHW",
+                                              intermediates_only=True)[0]         # [B, D, H/p, W/p]
         return {self.out_feature: fmap}
 
 

@@ -660,14 +660,14 @@ def _create_detr(defaults: Dict[str, Any], **kwargs) -> DETR:
     return DETR(**args)
 
 
-@register_model(cfgs=_detr_irpe_cfg(), filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+@register_model(cfgs=_detr_irpe_cfg(), filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm=False)
 def detr_irpe_r50(**kwargs) -> DETR:
     """DETR-ResNet-50 with contextual product iRPE on keys in the encoder (rpe-1.9-product-ctx-1-k), as released."""
     return _create_detr(dict(backbone="resnet50", num_classes=91, num_queries=100, hidden_dim=256, nheads=8,
                              enc_layers=6, dec_layers=6, dim_feedforward=2048), **kwargs)
 
 
-@register_model(paper=IRPE_PAPER)
+@register_model(paper=IRPE_PAPER, timm=False)
 def detr_irpe_tiny(**kwargs) -> DETR:
     """A CPU-sized DETR-iRPE: 4-stage conv backbone (stride 16), width 64, 2+2 layers, 20 queries; for tests."""
     return _create_detr(dict(backbone="tiny", num_classes=91, num_queries=20, hidden_dim=64, nheads=4,

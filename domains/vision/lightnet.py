@@ -24,6 +24,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
 from zoo.nn import Block, DropPath, Mlp
@@ -33,8 +34,10 @@ from zoo.pe.tpe import MdTpe
 from zoo.positions import Positions
 from zoo.registry import register_model
 
-from .layers import (PatchEmbed, cached_grid_positions, grid_for_images, init_linears_and_norms, new_head,
-                     patch_geometry)
+from .layers import (PatchEmbed, TimmClassifierMixin, eager, init_linears_and_norms,
+                     new_head, patch_geometry, timm_cfg)
+
+torch.fx.wrap("eager")   # one node of a traced model (see layers.eager)
 
 __all__ = ["LightNetBlock", "LightNet", "linear_scaling_bench"]
 
@@ -63,7 +66,7 @@ class LightNetBlock(nn.Module):
         return x
 
 
-class LightNet(nn.Module):
+class LightNet(TimmClassifierMixin, nn.Module):
     """LightNet image classifier (ViT layout, linear attention, MD-LRPE + MD-TPE, mean pooling).
 
     Args:
@@ -80,13 +83,17 @@ class LightNet(nn.Module):
                  in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 192, depth: int = 12,
                  num_heads: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, norm_eps: float = 1e-6, lrpe: bool = True, lrpe_base: float = 10000.0,
-                 tpe: bool = True, output_gate: bool = True, dynamic_img_size: bool = True):
+                 tpe: bool = True, output_gate: bool = True, dynamic_img_size: bool = True,
+                 global_pool: str = "avg"):
         super().__init__()
         self.config: Dict[str, Any] = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm_eps=norm_eps, lrpe=lrpe, lrpe_base=lrpe_base,
-            tpe=tpe, output_gate=output_gate)
+            tpe=tpe, output_gate=output_gate, global_pool=global_pool)
+        if global_pool not in self.POOLS:
+            raise ValueError(f"global_pool must be 'avg' or '' (no pooling; LightNet has no cls token), got "
+                             f"{global_pool!r}")
         if not dynamic_img_size:
             raise ValueError("LightNet has no position table: every image size divisible by the patch size runs; "
                              "dynamic_img_size=False is not supported")
@@ -99,7 +106,7 @@ class LightNet(nn.Module):
         self.in_chans, self.num_classes = in_chans, num_classes
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 0
-        self.global_pool = "avg"
+        self.global_pool = global_pool
 
         self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim)
         self.tpe = MdTpe(embed_dim, num_heads, num_axes=2, bidirectional=True) if tpe else None
@@ -113,44 +120,25 @@ class LightNet(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._pos_cache: Dict[tuple, Positions] = {}
         self.init_weights()
 
     def init_weights(self) -> None:
         """trunc-normal .02 on linears (zero biases), unit norms; the MD-TPE vectors keep their N(0, 1) init."""
         init_linears_and_norms(self)
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
+    POOLS = ("", "avg")                                  # no cls token
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"LightNet pools by the mean of its tokens (no cls token), got "
-                             f"global_pool={global_pool!r}")
-        self.num_classes = num_classes
-        self.head = new_head(self.embed_dim, num_classes)
-
-    def _grid_for(self, x: Tensor) -> Tuple[int, int]:
-        return grid_for_images(x, self.in_chans, self.patch_size)        # any size: no position table
-
-    def positions(self, h: int, w: int, device) -> Positions:
-        """`Positions` of an ``h x w`` patch grid (cached per grid and device)."""
-        return cached_grid_positions(self._pos_cache, h, w, device)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W] -> [B, h*w, D]`` (after the final norm)."""
-        h, w = self._grid_for(x)
+    def _tokens(self, x: Tensor) -> Tuple[Tensor, Positions, Tuple[int, int]]:
+        """``[B, C, H, W]`` -> the tokens entering block 0 ``[B, h*w, D]``, their `Positions` and the patch grid."""
+        h, w = eager(self.patch_embed, "grid", x)                              # any size: no table
         x = self.patch_embed(x)                                                   # [B, h*w, D]
-        pos = self.positions(h, w, x.device)
+        pos = eager(self.patch_embed, "positions", h, w, x.device)
         if self.tpe is not None:
-            x = self.tpe.embed(x, pos)                                            # x + MD-TPE(x)
-        x = self.pos_drop(x)
-        for blk in self.blocks:
-            x = blk(x, pos)
-        return self.norm(x)
+            x = eager(self.tpe, "embed", x, pos)                                  # x + MD-TPE(x)
+        return self.pos_drop(x), pos, (h, w)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean(dim=1))                                         # [B, D]
+        x = self.head_drop(self.pool(x))                                          # [B, D] ('': [B, N, D])
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -226,13 +214,13 @@ def _create_lightnet(variant_kwargs: dict, **kwargs) -> LightNet:
     return LightNet(**args)
 
 
-@register_model(paper=LIGHTNET_PAPER)
+@register_model(paper=LIGHTNET_PAPER, timm_cfg=timm_cfg(False))
 def lightnet_tiny(**kwargs) -> LightNet:
     """LightNet-Tiny/16: 192 wide, 3 heads, 12 blocks; linear attention + MD-LRPE, MD-TPE, mean pooling."""
     return _create_lightnet(dict(embed_dim=192, depth=12, num_heads=3), **kwargs)
 
 
-@register_model(paper=LIGHTNET_PAPER)
+@register_model(paper=LIGHTNET_PAPER, timm_cfg=timm_cfg(False))
 def lightnet_small(**kwargs) -> LightNet:
     """LightNet-Small/16: 384 wide, 6 heads, 12 blocks; linear attention + MD-LRPE, MD-TPE, mean pooling."""
     return _create_lightnet(dict(embed_dim=384, depth=12, num_heads=6), **kwargs)

@@ -18,7 +18,9 @@ import re
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
+import torch.fx
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from zoo.errors import CheckpointError
 from zoo.nn import Block
@@ -31,8 +33,10 @@ from zoo.registry import PretrainedCfg, register_model
 
 from .checkpoint import (adapt_input_conv, drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched,
                          resample_patch_kernel, unwrap_state_dict)
-from .layers import (PatchEmbed, cached_grid_positions, grid_for_images, init_linears_and_norms, new_head,
-                     patch_geometry)
+from .layers import (IMAGENET_MEAN, IMAGENET_STD, PatchEmbed, TimmClassifierMixin, eager, init_linears_and_norms,
+                     new_head, patch_geometry, timm_cfg)
+
+torch.fx.wrap("eager")   # one node of a traced model (see layers.eager)
 
 # PatchEmbed (.layers), resample_patch_kernel and adapt_input_conv (.checkpoint) are re-exported
 __all__ = ["VisionTransformer", "PatchEmbed", "IRPEFactory", "checkpoint_filter_fn", "resample_patch_kernel",
@@ -40,8 +44,8 @@ __all__ = ["VisionTransformer", "PatchEmbed", "IRPEFactory", "checkpoint_filter_
 
 _log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the timm pretrained-cfg fields of the DeiT-style ViTs (fixed size: a learned position table)
+VIT_TIMM = timm_cfg(True)
 IRPE_PAPER = "https://arxiv.org/abs/2107.14222"
 IRPE_ZOO_URL = "https://github.com/wkcn/iRPE-model-zoo/releases/download/1.0/"
 _APE_CACHE_SIZE = 8   # image sizes whose resampled position table is kept (eval only)
@@ -67,7 +71,7 @@ class IRPEFactory:
 
 # ---- model ------------------------------------------------------------------------------------------------------
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(TimmClassifierMixin, nn.Module):
     """ViT / DeiT (Dosovitskiy et al., 2021; Touvron et al., 2021) whose attention takes a positional encoding.
 
     Args:
@@ -114,8 +118,8 @@ class VisionTransformer(nn.Module):
             pos_block_after=tuple(pos_block_after), pe=spec_label(pe) and any_spec(pe))
         if pe is not None and (pe_factory is not None or pos_block_factory is not None):
             raise ValueError("pe= replaces the model's encoding: give it without pe_factory / pos_block_factory")
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool not in self.POOLS:
+            raise ValueError(f"global_pool must be 'token', 'avg' or '' (no pooling), got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
         if in_chans <= 0 or depth < 0 or num_classes < 0:
@@ -127,7 +131,9 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = 1 if class_token else 0
         self.dynamic_img_size = dynamic_img_size
 
-        self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim,
+                                      None if dynamic_img_size else self.img_size,
+                                      " (pretrained position tables are resampled on load)", self.num_prefix_tokens)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         num_tokens = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim)) if ape else None
@@ -154,7 +160,6 @@ class VisionTransformer(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
-        self._pos_cache: Dict[tuple, Positions] = {}
         self._ape_cache: Dict[tuple, Tensor] = {}      # eval-time resampled pos_embed per (h, w, device, dtype)
         self._ape_version: Optional[tuple] = None      # the pos_embed (storage, version) those entries came from
         self.init_weights()
@@ -187,32 +192,17 @@ class VisionTransformer(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         # as the official DeiT-iRPE recipe (timm optimizer): the iRPE tables are weight-decayed
-        return {"pos_embed", "cls_token"}
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = new_head(self.embed_dim, num_classes)
+        return {n for n in ("pos_embed", "cls_token") if getattr(self, n) is not None}
 
     def train(self, mode: bool = True):
         self._ape_cache.clear()
         return super().train(mode)
 
     # ---- geometry ---------------------------------------------------------------------------------------------
-    def _grid_for(self, x: Tensor) -> Tuple[int, int]:
-        return grid_for_images(x, self.in_chans, self.patch_size, None if self.dynamic_img_size else self.img_size,
-                               " (pretrained position tables are resampled on load)")
-
-    def positions(self, h: int, w: int, device) -> Positions:
-        """The `Positions` of an ``h x w`` patch grid after the prefix tokens (cached per grid and device)."""
-        return cached_grid_positions(self._pos_cache, h, w, device, self.num_prefix_tokens)
-
     def _pos_embed_for(self, h: int, w: int) -> Tensor:
         pe = self.pos_embed
+        if isinstance(h, torch.SymInt) or isinstance(w, torch.SymInt):     # torch.export, dynamic shapes
+            return self.patch_embed.resized_pos_embed(pe, h, w, self.grid_size)
         if (h, w) == self.grid_size:
             return pe
         from zoo.pe.learned import resample_abs_pos_embed
@@ -234,30 +224,31 @@ class VisionTransformer(nn.Module):
         return out
 
     # ---- forward ----------------------------------------------------------------------------------------------
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W] -> [B, num_prefix + h*w, D]`` (after the final norm)."""
-        h, w = self._grid_for(x)
+    def _tokens(self, x: Tensor) -> Tuple[Tensor, Positions, Tuple[int, int]]:
+        """``[B, C, H, W]`` -> the tokens entering block 0 ``[B, num_prefix + h*w, D]``, their `Positions` and the
+        patch grid (`TimmClassifierMixin.forward_features` runs the blocks)."""
+        h, w = eager(self.patch_embed, "grid", x)
         x = self.patch_embed(x)                                                   # [B, h*w, D]
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1+h*w, D]
-        if self.pos_embed is not None:
-            x = x + self._pos_embed_for(h, w)
-        pos = self.positions(h, w, x.device)
+        if self.pos_embed is not None:            # traced: no eval cache (h, w are values of the graph)
+            x = x + (eager(self.patch_embed, "resized_pos_embed", self.pos_embed, h, w, self.grid_size)
+                     if is_fx_symbolic_tracing() else self._pos_embed_for(h, w))
+        pos = eager(self.patch_embed, "positions", h, w, x.device)
         if self.embed_pe is not None:
-            x = self.embed_pe.embed(x, pos)
-        x = self.pos_drop(x)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, pos)
-            if str(i) in self.pos_block:
-                x = self.pos_block[str(i)].embed(x, pos)
-        return self.norm(x)
+            x = eager(self.embed_pe, "embed", x, pos)
+        return self.pos_drop(x), pos, (h, w)
+
+    def _after_block(self, i: int, x: Tensor, pos: Positions) -> Tensor:
+        """CPVT's PEG after the blocks named in ``pos_block_after``."""
+        return eager(self.pos_block[str(i)], "embed", x, pos) if str(i) in self.pos_block else x
+
+    def _prune_after(self, max_index: int) -> None:
+        for key in [k for k in self.pos_block if int(k) > max_index]:
+            del self.pos_block[key]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        else:
-            x = x[:, 0]
-        x = self.head_drop(x)
+        x = self.head_drop(self.pool(x))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -421,42 +412,42 @@ def _deit_cfg(url: str, top1: float) -> Dict[str, PretrainedCfg]:
 
 
 @register_model(cfgs=_irpe_cfg("deit_tiny_patch16_224_ctx_product_50_shared_k", 73.7),
-                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_tiny(**kwargs) -> VisionTransformer:
     """DeiT-Tiny/16 with contextual product iRPE on keys (ratio 1.9, 50 shared buckets), learned APE kept."""
     return _create_vit_irpe(dict(embed_dim=192, depth=12, num_heads=3), **kwargs)
 
 
 @register_model(cfgs=_irpe_cfg("deit_small_patch16_224_ctx_product_50_shared_k", 80.9),
-                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_small(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with contextual product iRPE on keys (ratio 1.9, 50 shared buckets), learned APE kept."""
     return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), **kwargs)
 
 
 @register_model(cfgs=_irpe_cfg("deit_base_patch16_224_ctx_product_50_shared_k", 82.3),
-                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_base(**kwargs) -> VisionTransformer:
     """DeiT-Base/16 with contextual product iRPE on keys (ratio 1.9, 50 shared buckets), learned APE kept."""
     return _create_vit_irpe(dict(embed_dim=768, depth=12, num_heads=12), **kwargs)
 
 
 @register_model(cfgs=_irpe_cfg("deit_small_patch16_224_ctx_product_50_shared_qk", 81.0),
-                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_small_qk(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with contextual product iRPE on queries and keys (ratio 1.9, 50 shared buckets)."""
     return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(rpe_on="qk"), **kwargs)
 
 
 @register_model(cfgs=_irpe_cfg("deit_small_patch16_224_ctx_product_50_shared_qkv", 81.2),
-                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_small_qkv(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with contextual product iRPE on queries, keys and values (ratio 1.9, 50 shared buckets)."""
     return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(rpe_on="qkv"), **kwargs)
 
 
 @register_model(cfgs=_irpe_cfg("deit_base_patch16_224_ctx_product_50_shared_qkv", 82.8),
-                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+                filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_base_qkv(**kwargs) -> VisionTransformer:
     """DeiT-Base/16 with contextual product iRPE on queries, keys and values (ratio 1.9, 50 shared buckets)."""
     return _create_vit_irpe(dict(embed_dim=768, depth=12, num_heads=12), dict(rpe_on="qkv"), **kwargs)
@@ -465,33 +456,33 @@ def vit_irpe_base_qkv(**kwargs) -> VisionTransformer:
 # the paper's other methods on keys (official configs deit_small_patch16_224_ctx_{euc_20,quant_51,cross_56}_shared_k,
 # whose weights were not released): the number in the official name counts the buckets used at 14x14 + cls
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_small_euc(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with contextual euclidean iRPE on keys (ratio 20: 82 shared buckets, 20 used at 224)."""
     return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(method="euclidean", ratio=20), **kwargs)
 
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_small_quant(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with contextual quantization iRPE on keys (ratio 33: 134 shared buckets, 51 used at 224)."""
     return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(method="quant", ratio=33), **kwargs)
 
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=IRPE_PAPER, timm_cfg=VIT_TIMM)
 def vit_irpe_small_cross(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with contextual cross iRPE on keys (ratio 20: rows + cols tables of 82 shared buckets)."""
     return _create_vit_irpe(dict(embed_dim=384, depth=12, num_heads=6), dict(method="cross", ratio=20), **kwargs)
 
 
 @register_model(cfgs=_deit_cfg("https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth", 72.2),
-                filter_fn=checkpoint_filter_fn, paper="https://arxiv.org/abs/2012.12877")
+                filter_fn=checkpoint_filter_fn, paper="https://arxiv.org/abs/2012.12877", timm_cfg=VIT_TIMM)
 def vit_ape_tiny(**kwargs) -> VisionTransformer:
     """DeiT-Tiny/16 with a learned absolute position table only (the iRPE paper's baseline)."""
     return _create_vit(dict(embed_dim=192, depth=12, num_heads=3), **kwargs)
 
 
 @register_model(cfgs=_deit_cfg("https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth", 79.8),
-                filter_fn=checkpoint_filter_fn, paper="https://arxiv.org/abs/2012.12877")
+                filter_fn=checkpoint_filter_fn, paper="https://arxiv.org/abs/2012.12877", timm_cfg=VIT_TIMM)
 def vit_ape_small(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with a learned absolute position table only (the iRPE paper's baseline)."""
     return _create_vit(dict(embed_dim=384, depth=12, num_heads=6), **kwargs)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from zoo.pe.rmt import ManhattanDecay
 from zoo.registry import register_model
 
+from .layers import timm_cfg
 from .models import VisionTransformer, checkpoint_filter_fn
 
 __all__ = ["ManhattanDecayFactory", "vit_rmt_tiny", "vit_rmt_small"]
@@ -53,13 +54,13 @@ def _create_vit_rmt(variant_kwargs: dict, **kwargs) -> VisionTransformer:
     return VisionTransformer(**args)
 
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=RMT_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=RMT_PAPER, timm_cfg=timm_cfg(False))
 def vit_rmt_tiny(**kwargs) -> VisionTransformer:
     """DeiT-Tiny/16 with RMT's Manhattan spatial decay on the attention logits, GAP, no APE (no released weights)."""
     return _create_vit_rmt(dict(embed_dim=192, depth=12, num_heads=3), **kwargs)
 
 
-@register_model(filter_fn=checkpoint_filter_fn, paper=RMT_PAPER)
+@register_model(filter_fn=checkpoint_filter_fn, paper=RMT_PAPER, timm_cfg=timm_cfg(False))
 def vit_rmt_small(**kwargs) -> VisionTransformer:
     """DeiT-Small/16 with RMT's Manhattan spatial decay on the attention logits, GAP, no APE (no released weights)."""
     return _create_vit_rmt(dict(embed_dim=384, depth=12, num_heads=6), **kwargs)

@@ -26,7 +26,9 @@ import math
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
+import torch.fx
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from zoo.errors import CheckpointError
 from zoo.nn import Attention, DropPath, Mlp
@@ -38,14 +40,17 @@ from zoo.positions import Positions
 from zoo.registry import PretrainedCfg, register_model
 
 from .checkpoint import drop_blocks_beyond, fit_patch_embed, keep_own_head_if_mismatched, unwrap_state_dict
-from .layers import (PatchEmbed, cached_grid_positions, grid_for_images, init_linears_and_norms, new_head,
-                     patch_geometry)
+from .layers import (IMAGENET_MEAN, IMAGENET_STD, PatchEmbed, TimmClassifierMixin, eager, tie_params,
+                     init_linears_and_norms, new_head, patch_geometry, timm_cfg)
+
+torch.fx.wrap("eager")   # one node of a traced model (see layers.eager)
+torch.fx.wrap("tie_params")
 
 __all__ = ["RoPEBlock", "RoPEVisionTransformer", "checkpoint_filter_fn"]
 
 ROPE_VIT_PAPER = "https://arxiv.org/abs/2403.13298"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: timm's pretrained cfg of the naver RoPE-ViT weights (crop 0.9, bicubic); fixed size like timm's
+ROPE_TIMM = timm_cfg(True, crop_pct=0.9)
 ROPE_KINDS = ("axial", "mixed")
 
 
@@ -84,7 +89,7 @@ class RoPEBlock(nn.Module):
 
 # ---- model ------------------------------------------------------------------------------------------------------
 
-class RoPEVisionTransformer(nn.Module):
+class RoPEVisionTransformer(TimmClassifierMixin, nn.Module):
     """ViT with 2D RoPE in every attention (RoPE-Axial or RoPE-Mixed) and no absolute position table.
 
     Args:
@@ -124,8 +129,8 @@ class RoPEVisionTransformer(nn.Module):
                                  f"(got rope={rope!r}, rope_theta={rope_theta!r})")
         elif rope not in ROPE_KINDS:
             raise ValueError(f"rope must be one of {ROPE_KINDS} (or None with pe=...), got {rope!r}")
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool not in self.POOLS:
+            raise ValueError(f"global_pool must be 'token', 'avg' or '' (no pooling), got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
         if in_chans <= 0 or depth < 0 or num_classes < 0 or embed_dim <= 0 or num_heads <= 0:
@@ -158,7 +163,9 @@ class RoPEVisionTransformer(nn.Module):
 
         # registration order = timm Eva's state-dict order: cls_token, patch_embed, rope, blocks, norm, fc_norm, head
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim,
+                                      None if dynamic_img_size else self.img_size, " (RoPE needs no resampling)",
+                                      self.num_prefix_tokens)
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.embed_pe: Optional[nn.Module] = None
         if pe is not None:
@@ -182,7 +189,6 @@ class RoPEVisionTransformer(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
-        self._pos_cache: Dict[tuple, Positions] = {}
         self.init_weights()
 
     def _encodings(self, spec, depth: int, num_heads: int) -> list:
@@ -226,43 +232,23 @@ class RoPEVisionTransformer(nn.Module):
             return {"cls_token", "pe.freqs"}
         return {"cls_token", "rope.freqs"} if self.rope_kind == "mixed" else {"cls_token"}
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None and global_pool != self.global_pool:
-            raise ValueError("the pooling (and with it the norm placement) is fixed at build time; build the model "
-                             "with global_pool=... instead")
-        self.num_classes = num_classes
-        self.head = new_head(self.embed_dim, num_classes)
-
-    # ---- geometry ---------------------------------------------------------------------------------------------
-    def _grid_for(self, x: Tensor) -> Tuple[int, int]:
-        return grid_for_images(x, self.in_chans, self.patch_size, None if self.dynamic_img_size else self.img_size,
-                               " (RoPE needs no resampling)")
-
-    def positions(self, h: int, w: int, device) -> Positions:
-        """The `Positions` of an ``h x w`` patch grid after the prefix tokens (cached per grid and device)."""
-        return cached_grid_positions(self._pos_cache, h, w, device, self.num_prefix_tokens)
-
     # ---- forward ----------------------------------------------------------------------------------------------
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W] -> [B, num_prefix + h*w, D]`` (after the final norm)."""
-        h, w = self._grid_for(x)
+    def _tokens(self, x: Tensor) -> Tuple[Tensor, Positions, Tuple[int, int]]:
+        """``[B, C, H, W]`` -> the tokens entering block 0 ``[B, num_prefix + h*w, D]``, their `Positions` and the
+        patch grid (`TimmClassifierMixin.forward_features` runs the blocks)."""
+        h, w = eager(self.patch_embed, "grid", x)
         x = self.patch_embed(x)                                                   # [B, h*w, D]
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1+h*w, D]
-        pos = self.positions(h, w, x.device)
+        pos = eager(self.patch_embed, "positions", h, w, x.device)
         if self.embed_pe is not None:
-            x = self.embed_pe.embed(x, pos)
-        x = self.pos_drop(x)
-        for blk in self.blocks:
-            x = blk(x, pos)
-        return self.norm(x)
+            x = eager(self.embed_pe, "embed", x, pos)
+        if isinstance(self.rope, MixedRoPE2d) and is_fx_symbolic_tracing():
+            x = tie_params(x, self.rope.freqs)          # the graph owns rope.freqs, which the blocks read via views
+        return self.pos_drop(x), pos, (h, w)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
-        x = self.head_drop(self.fc_norm(x))
+        x = self.head_drop(self.fc_norm(self.pool(x)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -353,27 +339,29 @@ def _cfg(timm_name: str) -> Dict[str, PretrainedCfg]:
         notes=f"timm's {timm_name} weights; same keys as this model")}
 
 
-@register_model(cfgs=_cfg("vit_small_patch16_rope_224"), filter_fn=checkpoint_filter_fn, paper=ROPE_VIT_PAPER)
+@register_model(cfgs=_cfg("vit_small_patch16_rope_224"), filter_fn=checkpoint_filter_fn, paper=ROPE_VIT_PAPER,
+                timm_cfg=ROPE_TIMM)
 def vit_rope_small(**kwargs) -> RoPEVisionTransformer:
     """ViT-S/16 with RoPE-Axial (theta 100), layer scale 1e-5, no absolute position table (timm-compatible keys)."""
     return _create(_SMALL, "axial", **kwargs)
 
 
 @register_model(cfgs=_cfg("vit_small_patch16_rope_mixed_224"), filter_fn=checkpoint_filter_fn,
-                paper=ROPE_VIT_PAPER)
+                paper=ROPE_VIT_PAPER, timm_cfg=ROPE_TIMM)
 def vit_rope_mixed_small(**kwargs) -> RoPEVisionTransformer:
     """ViT-S/16 with RoPE-Mixed (learnable per-layer, per-head 2D frequencies, init theta 10) (timm-compatible)."""
     return _create(_SMALL, "mixed", **kwargs)
 
 
-@register_model(cfgs=_cfg("vit_base_patch16_rope_224"), filter_fn=checkpoint_filter_fn, paper=ROPE_VIT_PAPER)
+@register_model(cfgs=_cfg("vit_base_patch16_rope_224"), filter_fn=checkpoint_filter_fn, paper=ROPE_VIT_PAPER,
+                timm_cfg=ROPE_TIMM)
 def vit_rope_base(**kwargs) -> RoPEVisionTransformer:
     """ViT-B/16 with RoPE-Axial (theta 100), layer scale 1e-5, no absolute position table (timm-compatible keys)."""
     return _create(_BASE, "axial", **kwargs)
 
 
 @register_model(cfgs=_cfg("vit_base_patch16_rope_mixed_224"), filter_fn=checkpoint_filter_fn,
-                paper=ROPE_VIT_PAPER)
+                paper=ROPE_VIT_PAPER, timm_cfg=ROPE_TIMM)
 def vit_rope_mixed_base(**kwargs) -> RoPEVisionTransformer:
     """ViT-B/16 with RoPE-Mixed (learnable per-layer, per-head 2D frequencies, init theta 10) (timm-compatible)."""
     return _create(_BASE, "mixed", **kwargs)

@@ -1,7 +1,6 @@
 """The causal_lm fine-tune task on real source files (a few small CPython stdlib files) with one-block code LMs."""
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,25 +15,12 @@ from zoo.errors import CheckpointError, ConfigError, DatasetNotFoundError  # noq
 from zoo.finetune import build_config, finetune, load_config  # noqa: E402
 from zoo.finetune.engine import _epoch_generator  # noqa: E402
 
+from code_test_helpers import TINY, built_task, copy_small_tree, lm_cfg  # noqa: E402
 from domains.code import task as code_task  # noqa: E402
-from domains.code.data import CodeWindows, collate_windows, cpython_stdlib, tokenize_files  # noqa: E402
-from domains.code.task import CausalLMTask, gather_windows, load_run, stream_tensors  # noqa: E402
+from domains.code.data import CodeWindows, collate_windows, tokenize_files  # noqa: E402
+from domains.code.task import gather_windows, load_run, stream_tensors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {"dim": 32, "depth": 1, "num_heads": 2}
-
-
-def copy_small_tree(dest, train=10, val=2, test=2):
-    """Copy small stdlib files into ``dest`` keeping their bytes, hence their content-hash split."""
-    want = {"train": train, "val": val, "test": test}
-    for f in cpython_stdlib().files:
-        if 2000 < f.size < 12000 and want[f.split] > 0:
-            want[f.split] -= 1
-            p = dest / f.relpath
-            p.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(f.path, p)
-    assert not any(want.values())
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -42,26 +28,9 @@ def src(tmp_path_factory):
     return copy_small_tree(tmp_path_factory.mktemp("code") / "src")
 
 
-def lm_cfg(src, out, model="code_lm_rope_tiny", **train):
-    t = {"steps": 6, "batch_size": 8, "log_every": 1, "progress": False, "seed": 1, "num_threads": 1,
-         "eval_batch_size": 64}
-    t.update(train)
-    return {"task": "causal_lm", "model": {"name": model, "kwargs": dict(TINY)},
-            "data": {"name": "source_tree", "root": str(src), "seq_len": 32, "vocab_size": 300, "eval_limit": 64},
-            "optim": {"lr": 3e-3, "warmup_steps": 0, "min_lr_ratio": 1.0}, "train": t, "output": {"dir": str(out)}}
-
-
 def train_losses(out):
     rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if r["event"] == "train"}
-
-
-def built_task(src, **data):
-    cfg = lm_cfg(src, "unused")
-    cfg["data"].update(data)
-    task = CausalLMTask()
-    task.build_data(build_config(cfg))
-    return task
 
 
 # ---- a real run ---------------------------------------------------------------------------------------------------

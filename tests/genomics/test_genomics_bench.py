@@ -149,6 +149,20 @@ def test_extrapolation_bench_cli(fasta, tmp_path, capsys):
     assert data["models"] == ["dna_lm_nope_tiny"] and data["lengths"] == [32, 64] and data["steps"] == 1
     assert data["eval_tokens"] == 128 and data["batch_size"] == 2 and len(data["rows"]) == 2
     assert "dna_lm_nope_tiny" in capsys.readouterr().out
+    # a second process scores another model; --merge writes both as one result (table, JSON, PNG)
+    assert main(["bench", "extrapolation", "--domain", "genomics", "--models", "dna_lm_alibi_tiny", "--steps", "1",
+                 "--lengths", "32,64", "--train-len", "32", "--eval-tokens", "128", "--batch-size", "2",
+                 "--data-root", str(fasta), "--device", "cpu", "--out", str(tmp_path / "cli2"), "--quiet"]) == 0
+    other = json.loads((tmp_path / "cli2" / "extrapolation.json").read_text())
+    both = ",".join(str(p / "extrapolation.json") for p in (out, tmp_path / "cli2"))
+    assert main(["bench", "extrapolation", "--domain", "genomics", "--merge", both, "--out",
+                 str(tmp_path / "merged"), "--quiet"]) == 0
+    merged = json.loads((tmp_path / "merged" / "extrapolation.json").read_text())
+    assert merged["models"] == ["dna_lm_nope_tiny", "dna_lm_alibi_tiny"]
+    assert merged["rows"] == data["rows"] + other["rows"]
+    md = (tmp_path / "merged" / "extrapolation.md").read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in md[2:]] == ["`dna_lm_nope_tiny`", "`dna_lm_alibi_tiny`"]
+    assert (tmp_path / "merged" / "extrapolation.png").stat().st_size > 0
 
 
 @pytest.mark.debian_data("microbiomeutil-data")
@@ -179,3 +193,23 @@ def test_long_bench_builds_the_dna_encoder_per_encoding(tmp_path):
     assert [r["model"] for r in rows] == ["dna_nope_tiny", "dna_alibi_tiny"]          # NoPE first: the baseline
     assert all(r["depth"] == 1 and r["tokens"] == 256 for r in rows)
     assert rows[0]["time_vs_nope"] == 1.0 and rows[0]["peak_rss_vs_nope"] == 1.0
+
+
+@pytest.mark.debian_data("microbiomeutil-data")
+@require(RRNA16S_PATH, "microbiomeutil-data")
+def test_extrapolation_bench_scores_training_free_extensions(fasta, tmp_path, one_thread):
+    kw = dict(steps=2, lengths=[32, 64], train_len=32, batch_size=2, out=str(tmp_path / "ext"), eval_tokens=128,
+              root=str(fasta), model_kwargs=TINY, device="cpu", train_limit=16, val_windows=4, progress=False)
+    result = bench.extrapolation(models=["dna_lm_rope_tiny", "dna_lm_kerple_tiny"], extend="none,yarn,self_extend,"
+                                 "log_scale", **kw)
+    assert result["models"] == ["dna_lm_rope_tiny", "dna_lm_rope_tiny +yarn", "dna_lm_rope_tiny +self_extend",
+                                "dna_lm_rope_tiny +log_scale", "dna_lm_kerple_tiny", "dna_lm_kerple_tiny +log_scale"]
+    assert result["skipped"] == {"dna_lm_kerple_tiny": ["yarn", "self_extend"]}
+    ppl = {(r["model"], r["length"]): r for r in result["rows"]}
+    for label in result["models"]:
+        base = label.split(" +")[0]
+        # at the training length every method leaves the model as it is
+        assert ppl[(label, 32)]["ppl"] == pytest.approx(ppl[(base, 32)]["ppl"], rel=1e-5), label
+        assert ppl[(label, 64)]["tokens_per_s"] > 0 and ppl[(label, 64)]["peak_mib"] > 0
+    assert ppl[("dna_lm_rope_tiny +yarn", 64)]["overrides"]["pe"]["name"] == "rope_yarn"
+    assert ppl[("dna_lm_rope_tiny +yarn", 64)]["ppl"] != ppl[("dna_lm_rope_tiny", 64)]["ppl"]

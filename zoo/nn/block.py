@@ -17,11 +17,13 @@ class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, pe: Optional[nn.Module] = None,
                  causal: bool = False, norm_eps: float = 1e-6, init_values: Optional[float] = None,
-                 act_layer=nn.GELU):
+                 act_layer=nn.GELU, **attention):
+        """``attention``: further keywords of `Attention` (``mask``, ``temperature``, ``extension``,
+        ``layer_idx``, ``chunk_size``)."""
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop, pe=pe,
-                              causal=causal)
+                              causal=causal, **attention)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .attention import merge_heads, split_heads
+from .attention import merge_heads, refuse_torchscript, split_heads
 
 __all__ = ["LinearAttention", "lightnet_key_weights", "causal_key_normaliser", "linear_attend", "causal_linear_attend"]
 
@@ -103,6 +103,9 @@ class LinearAttention(nn.Module):
         norm_eps: epsilon of the output RMSNorm.
         chunk: block size of the causal form.
     """
+
+    def __prepare_scriptable__(self):
+        refuse_torchscript(self)
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, proj_drop: float = 0.0,
                  pe: Optional[nn.Module] = None, causal: bool = False, output_gate: bool = True,

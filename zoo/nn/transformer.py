@@ -28,11 +28,13 @@ from torch import Tensor, nn
 
 from ..pe.bipe import segment_intra
 from ..positions import Positions
-from .attention import KVCache
+from ..errors import ConfigError
+from .attention import KVCache, StreamingKVCache
 from .block import Block, shared_encodings
 from .fit import check_fit, needs_of, spec_name
 from .generation import check_generate_args, check_input_ids, check_positions, check_prompt, check_seq_len, decode
 from .layers import init_decoder_weights
+from .options import AttentionOptions, attention_options
 
 __all__ = ["TransformerEncoder", "DecoderLM", "POOLS", "any_spec", "spec_label", "segment_intra",
            "segment_intra_positions", "check_positive_ints", "preset_spec", "preset_encodings"]
@@ -158,6 +160,11 @@ class TransformerEncoder(nn.Module):
             (`zoo.nn.fit.needs_of`: a class's ``reads``, else ``ids``; ``embed_positions.reads`` for ``embed_pe``),
             ``()`` without an encoding.
         pe_kind: the encoding's name in error messages (default: its class name).
+        attention: attention options (`zoo.nn.options`): ``window``, ``sinks``, ``block``, ``per_document`` (a mask
+            on every layer), ``temperature`` and ``extension`` (built once per layer), e.g. ``{"window": 256,
+            "sinks": 4}`` or ``{"extension": {"name": "self_extend", "group": 4, "window": 128}}``; None = plain.
+            `set_attention` changes them on a built or loaded model.  Packed inputs (``Positions.doc_ids``) get the
+            per-document mask without an option.
         init_std: normal init of linear and embedding weights; residual projections get ``init_std/sqrt(2*depth)``.
 
     Class attributes a preset sets: ``positions_hint`` (appended to a missing-positions error: how to build them),
@@ -173,7 +180,7 @@ class TransformerEncoder(nn.Module):
                  embed_positions: Optional[Callable[[Positions, nn.Module], Positions]] = None,
                  causal: bool = False, num_classes: int = 0, pool: Optional[str] = None, max_seq_len: int = 1024,
                  allow_longer: bool = False, needs: Optional[tuple] = None, pe_kind: Optional[str] = None,
-                 qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 attention: Optional[Mapping] = None, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  head_drop: float = 0.0, norm_eps: float = 1e-5, init_std: float = 0.02):
         super().__init__()
         check_positive_ints(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, max_seq_len=max_seq_len)
@@ -217,11 +224,13 @@ class TransformerEncoder(nn.Module):
             needs = tuple(dict.fromkeys(needs_of(pe) + (tuple(embed_needs) if embed_needs is not None
                                                          else needs_of(embed_pe))))
         self.needs = tuple(needs)
+        options = attention_options(attention)
         self.drop = nn.Dropout(drop)
         dpr = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList([
             Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
-                  drop_path=dpr[i], pe=pe, causal=self.causal, norm_eps=norm_eps) for i in range(depth)])
+                  drop_path=dpr[i], pe=pe, causal=self.causal, norm_eps=norm_eps, layer_idx=i)
+            for i in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight                                    # tied
@@ -229,6 +238,30 @@ class TransformerEncoder(nn.Module):
         self.classifier = nn.Linear(dim, num_classes) if num_classes > 0 else None
         init_decoder_weights(self, depth, init_std, skip=".pe.")                  # encodings keep their own init
         nn.init.normal_(self.tok_emb.weight, std=init_std)
+        self.attention = AttentionOptions()
+        self.set_attention(options)                                               # after init: no weights to touch
+
+    def set_attention(self, attention: Optional[Mapping] = None) -> "TransformerEncoder":
+        """Replace the attention options of every layer (see ``attention`` in the class docstring); None = plain
+        attention.  Returns the model.  A learned temperature (``head``) starts from its ``init`` in every layer;
+        everything else is parameter-free, so a trained model's weights stay valid."""
+        options = attention_options(attention)
+        if options.extension is not None and not self.kv_cache_ok:
+            raise ConfigError(f"attention extension {options.extension['name']!r}: the encoding {self.pe_kind!r} "
+                              f"is not causal_ok")
+        for blk in self.blocks:
+            attn = blk.attn
+            attn.set_extension(None)
+            attn.mask = options.mask
+            attn.temperature = options.temperature_for(self.num_heads)
+            attn.set_extension(options.extension_for())
+        self.attention = options
+        config = getattr(self, "config", None)                                   # a preset's rebuild keywords
+        if isinstance(config, dict):
+            config.pop("attention", None)
+            if not options.empty:
+                config["attention"] = options.to_dict()
+        return self
 
     @property
     def embed_pe(self) -> Optional[nn.Module]:
@@ -258,8 +291,9 @@ class TransformerEncoder(nn.Module):
         return self.default_positions(tokens)
 
     # ---- forward ----------------------------------------------------------------------------------------------
-    def make_cache(self) -> List[KVCache]:
-        """An empty KV cache (causal models): one `KVCache` per block."""
+    def make_cache(self, window: Optional[int] = None, sinks: int = 4) -> List[KVCache]:
+        """An empty KV cache (causal models): one `KVCache` per block; with ``window``, a bounded
+        `StreamingKVCache` per block (the first ``sinks`` tokens and the last ``window`` stay)."""
         if not self.causal:
             raise ValueError(f"a KV cache needs a causal model{self.decoder_hint}; an encoder's earlier outputs "
                              f"change with every new token")
@@ -268,6 +302,8 @@ class TransformerEncoder(nn.Module):
                              f"(name).causal_ok: its keys change as the sequence grows), so KV-cache decoding would "
                              f"not give the full forward's outputs; use generate(use_cache=False) or forward on the "
                              f"whole sequence")
+        if window is not None:
+            return [StreamingKVCache(window, sinks) for _ in self.blocks]
         return [KVCache() for _ in self.blocks]
 
     init_cache = make_cache
@@ -294,7 +330,8 @@ class TransformerEncoder(nn.Module):
         nk = past + n
         note = " (BiPE's intra-segment positions clip at max_intra - 1)" \
             if self._embed_positions is segment_intra_positions else ""
-        check_seq_len(n, past, self.max_seq_len, self.allow_longer, note)
+        held = cache[0].size if cache is not None else 0                          # a streaming cache holds fewer
+        check_seq_len(n, held, self.max_seq_len, self.allow_longer, note)
         if pos is None:
             pos = self.default_positions(input_ids, past)
         check_positions(pos, self.needs, b, nk, past, f"{type(self).__name__}(pe={self.pe_kind!r})",
@@ -347,13 +384,16 @@ class TransformerEncoder(nn.Module):
     def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
                  use_cache: bool = True, generator: Optional[torch.Generator] = None,
                  pos_fn: Optional[Callable[[Tensor, Positions], Positions]] = None,
-                 pos: Optional[Positions] = None) -> Tensor:
+                 pos: Optional[Positions] = None, window: Optional[int] = None, sinks: int = 4) -> Tensor:
         """Append ``max_new_tokens`` sampled tokens to ``input_ids`` ``[b, n]``; returns ``[b, n + max_new_tokens]``.
 
         Args:
             temperature: 0 = greedy (argmax); else sample from ``softmax(logits / temperature)``.
             top_k: sample among the ``top_k`` most likely tokens only.
             use_cache: decode one token at a time with a KV cache (else re-run the whole sequence each step).
+            window, sinks: streaming generation (StreamingLLM): the KV cache keeps the first ``sinks`` tokens and the
+                last ``window`` ones (`StreamingKVCache`), so memory stays flat over any number of new tokens; the
+                same tokens as the full cache while ``prompt + new <= sinks + window``.  Needs ``use_cache``.
             generator: a ``torch.Generator`` for reproducible sampling.
             pos_fn: ``pos_fn(tokens [b, m + k], pos of the first m) -> Positions of all m + k``; default
                 `next_positions`.
@@ -372,8 +412,10 @@ class TransformerEncoder(nn.Module):
             # the prompt was checked above; every later id is sampled from this model's own vocabulary
             return self(ids, p, cache, check_ids=False)
 
+        if window is not None and not use_cache:
+            raise ValueError("window= (streaming generation) needs use_cache=True")
         return decode(step, input_ids, pos, pos_fn or self.next_positions, max_new_tokens, temperature, top_k,
-                      self.make_cache() if use_cache else None, generator)
+                      self.make_cache(window, sinks) if use_cache else None, generator)
 
 
 class DecoderLM(TransformerEncoder):

@@ -34,9 +34,18 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..errors import NotScriptableError
 from ..positions import Positions
 
-__all__ = ["PositionalEncoding", "ForwardMemo", "overrides", "check_pos"]
+__all__ = ["PositionalEncoding", "ForwardMemo", "overrides", "check_pos", "no_autocast"]
+
+
+def no_autocast(device: torch.device):
+    """A region where autocast is off on ``device`` (angles and position tables in float32 whatever the autocast
+    dtype); a no-op on a device without autocast (``meta``: a model built or traced there for its shapes)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 # hook -> index of ``pos`` among its arguments after ``self``
 _POS_ARG = {"embed": 1, "rotate": 2, "bias": 2, "bias_rows": 2, "value": 1}
@@ -102,8 +111,23 @@ class ForwardMemo:
         return self._value
 
 
+def refuse_torchscript(module: nn.Module) -> None:
+    """What ``torch.jit.script`` meets in a zoo encoding or attention (their ``__prepare_scriptable__``): a clear
+    refusal before any compiling. They work from Python objects (`Positions`, per-grid caches, kernels chosen in
+    Python), which TorchScript cannot compile. The traced and exported forms work: torch.export,
+    torch.onnx.export(dynamo=True), torch.compile, and torch.fx with timm's notrace lists."""
+    raise NotScriptableError(
+        f"torch.jit.script: {type(module).__name__} ({type(module).__module__}) is not TorchScript code: it works "
+        f"from Python objects (Positions, per-grid caches, kernels chosen in Python). Use torch.export.export / "
+        f"torch.onnx.export(..., dynamo=True) to deploy, torch.compile to speed up, or torch.fx (with timm's "
+        f"get_notrace_modules / get_notrace_functions) to extract features")
+
+
 class PositionalEncoding(nn.Module):
     """Base class. Subclasses override a subset of `embed`, `rotate`, `bias`, `value`."""
+
+    def __prepare_scriptable__(self):
+        refuse_torchscript(self)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

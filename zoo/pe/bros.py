@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
 from .layout import check_boxes
 
@@ -56,7 +56,7 @@ def bros_sinusoid(rel: Tensor, dim_1d: int) -> Tensor:
     """Per-coordinate ``[sin(r * inv), cos(r * inv)]`` concatenated over the last axis: ``[..., c]`` ->
     ``[..., c * dim_1d]`` float32 (coordinate-major: coordinate 0's ``dim_1d`` values first)."""
     inv = bros_inv_freq(dim_1d, rel.device)                                      # [e/2]
-    with torch.autocast(device_type=rel.device.type, enabled=False):
+    with no_autocast(rel.device):
         ang = rel.float()[..., None] * inv                                       # [..., c, e/2]
         emb = torch.cat([ang.sin(), ang.cos()], dim=-1)                          # [..., c, e]
     return emb.flatten(-2)                                                       # [..., c * e]

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
 
 __all__ = ["cope_positions", "cope_interpolate", "CoPE"]
@@ -89,7 +89,7 @@ class CoPE(PositionalEncoding):
             if pos.mask.shape[-1] != nk:
                 raise ValueError(f"CoPE: pos.mask has {pos.mask.shape[-1]} positions but k has {nk}")
             keep = keep & pos.mask.to(device=q.device, dtype=torch.bool)[:, None, None, :]  # [b, 1, nq, nk]
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        with no_autocast(q.device):
             qf = q.float()
             logits = (qf @ k.float().transpose(-2, -1)) * scale                   # [b, h, nq, nk]
             p = cope_positions(logits, self.npos_max, keep)                       # [b, h, nq, nk]

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
 from .relative import query_key_positions
 
@@ -124,7 +124,7 @@ class FIRE(PositionalEncoding):
         pi, pj = query_key_positions(pos, q.shape[-2], k.shape[-2], q.device, by="FIRE", start=start)
         if pj.shape[-1] == 0:                                                    # no keys: nothing to normalise by
             return torch.zeros(1, self.num_heads, q.shape[-2], 0, device=q.device)
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        with no_autocast(q.device):
             # the normaliser reads every key (first / last position), so rows equal those of the full bias
             x = fire_inputs(pi, pj, self.c, self.threshold, self.causal, self.eps)   # [b?, c, nk]
             out = self.mlp_f32(x.unsqueeze(-1)).movedim(-1, -3)                    # [b?, h, c, nk]

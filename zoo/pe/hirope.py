@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
 from .rope import apply_rotary, check_rotary_qk, rope_inv_freq
 
@@ -148,7 +148,7 @@ def hirope_angles(positions: Tensor, inv_freq: Tensor, counts: Sequence[int]) ->
     if positions.shape[-1] != len(counts) or sum(counts) != inv_freq.shape[-1]:
         raise ValueError(f"positions [..., n, {positions.shape[-1]}] / counts {tuple(counts)} / inv_freq "
                          f"[{inv_freq.shape[-1]}] do not agree")
-    with torch.autocast(device_type=positions.device.type, enabled=False):
+    with no_autocast(positions.device):
         p = positions.to(torch.float32)[..., _pair_level(counts, positions.device)]   # [..., n, r/2]
         return p * inv_freq.to(device=positions.device, dtype=torch.float32)
 

@@ -85,6 +85,20 @@ def irpe_num_buckets(method: str, ratio: float = 1.9, skip: int = 0) -> int:
     return n + (1 if skip > 0 else 0)
 
 
+def _ordinary_tensors() -> bool:
+    """False while torch.export, torch.onnx.export or torch.compile trace (their tensors are fake or functional):
+    what is built then must not be cached for later eager calls."""
+    return not torch.compiler.is_compiling()
+
+
+def _bucket_ids(method: str, height: int, width: int, skip: int, ratio: float,
+                device: torch.device) -> Tuple[Tensor, int]:
+    """`irpe_bucket_ids`, cached unless tensors are being traced."""
+    if _ordinary_tensors():
+        return _bucket_ids_cached(method, height, width, skip, ratio, device)
+    return _bucket_ids_cached.__wrapped__(method, height, width, skip, ratio, device)
+
+
 @functools.lru_cache(maxsize=32)
 def _bucket_ids_cached(method: str, height: int, width: int, skip: int, ratio: float,
                        device: torch.device) -> Tuple[Tensor, int]:
@@ -134,13 +148,21 @@ def irpe_bucket_ids(method: str, height: int, width: int, skip: int = 0, ratio: 
     if ratio <= 0:
         raise ValueError(f"ratio must be positive, got {ratio}")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    return _bucket_ids_cached(method, int(height), int(width), int(skip), float(ratio), device)
+    return _bucket_ids(method, int(height), int(width), int(skip), float(ratio), device)
+
+
+def _flat_index(method: str, height: int, width: int, skip: int, ratio: float, table_buckets: int,
+                device: torch.device) -> Tuple[Tensor, Tensor]:
+    """``(ids, flat)`` of `_flat_index_cached`, cached unless tensors are being traced."""
+    if _ordinary_tensors():
+        return _flat_index_cached(method, height, width, skip, ratio, table_buckets, device)
+    return _flat_index_cached.__wrapped__(method, height, width, skip, ratio, table_buckets, device)
 
 
 @functools.lru_cache(maxsize=32)
 def _flat_index_cached(method: str, height: int, width: int, skip: int, ratio: float, table_buckets: int,
                        device: torch.device) -> Tuple[Tensor, Tensor]:
-    ids, _ = _bucket_ids_cached(method, height, width, skip, ratio, device)
+    ids, _ = _bucket_ids(method, height, width, skip, ratio, device)
     n = ids.shape[0]
     with torch.inference_mode(False), torch.no_grad():
         # flat[i*n + j] = i*nb + ids[i, j]: position of (i, bucket[i, j]) in a row-major [n, nb] table, where nb
@@ -283,8 +305,10 @@ class IRPE(PositionalEncoding):
     def grid(self, n: int, pos: Optional[Positions]) -> Tuple[int, int, int]:
         """``(h, w, skip)`` for a sequence of ``n`` tokens, checked against the table."""
         if pos is not None and pos.grid_size is not None:
-            h, w = (int(s) for s in pos.grid_size)
+            h, w = pos.grid_size
             skip = int(pos.num_prefix)
+            if _ordinary_tensors():           # traced (torch.export): the grid may be symbolic; keep it so
+                h, w = int(h), int(w)
             if skip > n:
                 raise ValueError(f"iRPE: Positions.num_prefix={skip} prefix tokens exceed the sequence length {n}")
             if h * w + skip != n:
@@ -302,7 +326,7 @@ class IRPE(PositionalEncoding):
 
     def _index(self, method: str, n: int, pos: Optional[Positions], device) -> Tuple[Tensor, Tensor]:
         h, w, skip = self.grid(n, pos)
-        return _flat_index_cached(method, h, w, skip, self.ratio, self.num_buckets, torch.device(device))
+        return _flat_index(method, h, w, skip, self.ratio, self.num_buckets, torch.device(device))
 
     def _logits(self, table: nn.Module, x: Tensor, pos: Optional[Positions], scale: float = 1.0) -> Tensor:
         n = x.shape[-2]

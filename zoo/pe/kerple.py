@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
 from .relative import query_key_positions
 
@@ -106,7 +106,7 @@ class _Kerple(PositionalEncoding, ABC):
                              f"num_heads={self.num_heads}")
         name = type(self).__name__
         pi, pj = query_key_positions(pos, q.shape[-2], k.shape[-2], q.device, by=name, start=start)
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        with no_autocast(q.device):
             dist = kerple_distance(pi, pj, self.causal).unsqueeze(-3)            # [b?, 1, c, nk]
             p, a = self.effective_params()                                       # [h, 1, 1]
             out = self._kernel(dist, p, a)                                       # [b?, h, c, nk]

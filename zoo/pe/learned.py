@@ -41,7 +41,8 @@ def to_pair(size: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
 
 
 def resample_abs_pos_embed(posemb: Tensor, new_size: Sequence[int], old_size: Optional[Sequence[int]] = None,
-                           num_prefix: int = 1, mode: str = "bicubic", antialias: bool = True) -> Tensor:
+                           num_prefix: int = 1, mode: str = "bicubic", antialias: bool = True,
+                           symbolic: bool = False) -> Tensor:
     """Resample a ViT position table to a new grid (Dosovitskiy et al., 2021, section 3.2; timm's convention).
 
     Args:
@@ -51,6 +52,8 @@ def resample_abs_pos_embed(posemb: Tensor, new_size: Sequence[int], old_size: Op
         num_prefix: leading tokens (cls, registers) that are copied unchanged.
         mode: ``F.interpolate`` mode.
         antialias: antialiased down-sampling (bilinear / bicubic only, as in ``F.interpolate``).
+        symbolic: ``new_size`` may hold symbolic sizes (torch.export with dynamic shapes): they are taken as they
+            are and the table is always resampled (at its own size that is the identity up to rounding).
 
     Returns:
         ``[1, num_prefix + h*w, C]`` in ``posemb.dtype``; ``posemb`` itself when the size does not change.
@@ -62,7 +65,7 @@ def resample_abs_pos_embed(posemb: Tensor, new_size: Sequence[int], old_size: Op
         raise ValueError(f"num_prefix must be in 0..{posemb.shape[1]}, got {num_prefix}")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    new_h, new_w = to_pair(new_size, "new_size")
+    new_h, new_w = tuple(new_size) if symbolic else to_pair(new_size, "new_size")
     num_grid = posemb.shape[1] - num_prefix
     if old_size is None:
         side = math.isqrt(num_grid)
@@ -75,7 +78,7 @@ def resample_abs_pos_embed(posemb: Tensor, new_size: Sequence[int], old_size: Op
         if old_h * old_w != num_grid:
             raise ValueError(f"old_size {old_h}x{old_w} describes {old_h * old_w} grid tokens but posemb has "
                              f"{num_grid} (= {posemb.shape[1]} - num_prefix {num_prefix})")
-    if (old_h, old_w) == (new_h, new_w):
+    if not symbolic and (old_h, old_w) == (new_h, new_w):
         return posemb
 
     b, _, c = posemb.shape

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
 
 __all__ = ["lrpe_theta", "md_lrpe_angles", "lrpe_cosine", "MdLrpeCosine"]
@@ -68,7 +68,7 @@ def md_lrpe_angles(coords: Tensor, theta: Tensor, dim: int, num_prefix: int = 0)
     e = math.ceil(dim / m)
     if theta.ndim != 1 or theta.shape[0] < e:
         raise ValueError(f"{m} axes over {dim} channels need >= {e} frequencies, got theta {tuple(theta.shape)}")
-    with torch.autocast(device_type=coords.device.type, enabled=False):
+    with no_autocast(coords.device):
         th = theta[:e].to(device=coords.device, dtype=torch.float32)
         c = coords.to(torch.float32)
         ang = (c[..., :, None] * th).flatten(-2)[..., :dim]                     # [.., n, m*e] -> [.., n, D]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
 from .layout import check_boxes
 
@@ -163,7 +163,7 @@ def reading_order_embedding(codes: Tensor, dim: int, base: float = 10000.0) -> T
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2:
         raise ValueError(f"dim must be a positive even int, got {dim!r}")
     inv = 1.0 / (float(base) ** (torch.arange(0, dim, 2, dtype=torch.float64, device=codes.device) / dim))
-    with torch.autocast(device_type=codes.device.type, enabled=False):
+    with no_autocast(codes.device):
         ang = codes.float()[..., None] * inv.float()
         return torch.cat([ang.sin(), ang.cos()], dim=-1)
 

@@ -122,6 +122,8 @@ class ManhattanDecay(PositionalEncoding):
         if nq != nk or nk != npre + gh * gw:
             raise ValueError(f"ManhattanDecay: grid {gh}x{gw} plus {npre} prefix token(s) is {npre + gh * gw} "
                              f"tokens, but q has {nq} and k has {nk}")
+        if torch.compiler.is_compiling():     # torch.export / compile: the grid may be symbolic, no cache
+            return manhattan_decay_bias(gh, gw, self._log_decay, npre, device=q.device)
         key = (int(gh), int(gw), int(npre), q.device)
         hit = self._cache.get(key)
         if hit is None:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
 
 __all__ = ["rope_inv_freq", "p_rope_inv_freq", "rope_angles", "apply_rotary", "interleaved_to_half",
@@ -94,7 +94,7 @@ def rope_angles(positions: Tensor, inv_freq: Tensor) -> Tensor:
         raise ValueError("positions and inv_freq must be Tensors")
     if inv_freq.ndim != 1:
         raise ValueError(f"inv_freq must be 1-D [r/2], got shape {tuple(inv_freq.shape)}")
-    with torch.autocast(device_type=positions.device.type, enabled=False):
+    with no_autocast(positions.device):
         return positions.to(torch.float32)[..., None] * inv_freq.to(device=positions.device, dtype=torch.float32)
 
 
@@ -303,7 +303,7 @@ class RoPE(PositionalEncoding):
         """float32 cos, sin at ``positions`` ``[...]`` -> ``[..., r/2]`` each, times the attention factor (as HF does:
         scaled RoPE multiplies both q and k, so logits scale by its square)."""
         inv, factor = self.frequencies(positions.device, seq_len)
-        with torch.autocast(device_type=positions.device.type, enabled=False):
+        with no_autocast(positions.device):
             ang = rope_angles(positions, inv)
             cos, sin = ang.cos(), ang.sin()
             if factor != 1.0:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
 
 __all__ = ["axial_inv_freq", "axial_angles", "mixed_freqs_init", "mixed_angles", "rotate_pairs", "AxialRoPE2d",
@@ -66,7 +66,7 @@ def axial_angles(rows: Tensor, cols: Tensor, inv_freq: Tensor) -> Tensor:
     Returns:
         ``[..., r/2]``: pairs ``0..r/4-1`` from the column, ``r/4..r/2-1`` from the row.
     """
-    with torch.autocast(device_type=rows.device.type, enabled=False):
+    with no_autocast(rows.device):
         f = inv_freq.to(device=rows.device, dtype=torch.float32)
         return torch.cat([cols.float()[..., None] * f, rows.float()[..., None] * f], dim=-1)
 
@@ -102,7 +102,7 @@ def mixed_angles(rows: Tensor, cols: Tensor, freqs: Tensor) -> Tensor:
     """
     if freqs.ndim != 3 or freqs.shape[0] != 2:
         raise ValueError(f"freqs must be [2, heads, r/2], got shape {tuple(freqs.shape)}")
-    with torch.autocast(device_type=rows.device.type, enabled=False):
+    with no_autocast(rows.device):
         f = freqs.to(device=rows.device, dtype=torch.float32)
         x = cols.float()[..., None, :, None]                                      # [(b,) 1, n, 1]
         y = rows.float()[..., None, :, None]

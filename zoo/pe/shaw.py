@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
 from .relative import query_key_positions
 
@@ -108,7 +108,7 @@ class ShawRPE(PositionalEncoding):
             if idx.shape[0] not in (1, b):
                 raise ValueError(f"pos.ids has batch {idx.shape[0]} but q has batch {b}")
             idx = idx[:, None]                                                   # [b, 1, nq, nk]
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        with no_autocast(q.device):
             # (q * scale) @ a^K.T computed as q @ (a^K * scale).T: the scale touches the small table
             lut = q.float() @ (self.relative_keys.float() * scale).t()           # [b, h, nq, 2k+1]
             return torch.gather(lut, -1, idx.expand(b, h, nq, nk))               # [b, h, nq, nk]
@@ -124,7 +124,7 @@ class ShawRPEWithValues(ShawRPE):
         if idx.ndim == 3:
             idx = idx[:, None]                                                   # [b, 1, nq, nk]
         rows = 2 * self.max_relative_position + 1
-        with torch.autocast(device_type=attn.device.type, enabled=False):
+        with no_autocast(attn.device):
             # sum the weights that share a relative bucket, then one matmul: never an [nq, nk, d] gather
             acc = attn.new_zeros(b, h, nq, rows, dtype=torch.float32)
             acc = acc.scatter_add(-1, idx.expand(b, h, nq, nk), attn.float())   # [b, h, nq, 2k+1]

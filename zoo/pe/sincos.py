@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
 
 __all__ = ["sincos_1d", "sincos_2d", "SinCosAPE"]
@@ -62,7 +62,7 @@ def sincos_1d(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
     if not isinstance(positions, Tensor):
         raise ValueError(f"positions must be a Tensor, got {type(positions).__name__}")
     _check_dim(dim, 2)
-    with torch.autocast(device_type=positions.device.type, enabled=False):
+    with no_autocast(positions.device):
         freqs = _frequencies(dim // 2, base, positions.device)                   # [dim/2]
         angles = positions.to(torch.float32)[..., None] * freqs                  # [..., dim/2]
         out = torch.stack([angles.sin(), angles.cos()], dim=-1)                  # [..., dim/2, 2]
@@ -72,7 +72,7 @@ def sincos_1d(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
 def _sincos_2d_at(rows: Tensor, cols: Tensor, dim: int, base: float) -> Tensor:
     """MAE layout at arbitrary (row, col) coordinates.  rows, cols ``[...]`` -> ``[..., dim]`` float32."""
     _check_dim(dim, 4)
-    with torch.autocast(device_type=rows.device.type, enabled=False):
+    with no_autocast(rows.device):
         freqs = _frequencies(dim // 4, base, rows.device)                        # [dim/4]
         ax = cols.to(torch.float32)[..., None] * freqs                           # [..., dim/4]
         ay = rows.to(torch.float32)[..., None] * freqs                           # [..., dim/4]

@@ -56,8 +56,13 @@ def decayed_scan(x: Tensor, log_decay: Tensor, chunk: int = 32, reverse: bool = 
     if reverse:
         return decayed_scan(x.flip(1), log_decay, chunk).flip(1)
     L = x.shape[1]
-    c = max(1, min(chunk, L))
     ld = log_decay.to(x.dtype)
+    if isinstance(L, torch.SymInt):           # a symbolic length (torch.export with dynamic shapes): one block
+        i = torch.arange(L, device=x.device, dtype=x.dtype)
+        diff = i[:, None] - i[None, :]
+        decay_mat = torch.exp(ld[:, None, None] * diff.clamp_min(0)) * (diff >= 0)   # [H, L, L]
+        return torch.einsum("hij,bjhd->bihd", decay_mat, x)
+    c = max(1, min(chunk, L))
     i = torch.arange(c, device=x.device, dtype=x.dtype)
     diff = i[:, None] - i[None, :]                                              # [c, c] = i - j
     # λ^{i-j} for i >= j, else 0: exp of a masked exponent (no λ^{negative} overflow)

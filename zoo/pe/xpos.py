@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..positions import Positions
-from .base import PositionalEncoding
+from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
 from .rope import _check_layout, apply_rotary, check_key_ids, check_rotary_qk, rope_angles, rope_inv_freq
 
@@ -36,7 +36,7 @@ def xpos_zeta(head_dim: int, device=None) -> Tensor:
 
 def xpos_scale(positions: Tensor, zeta: Tensor, scale_base: float, center=0.0) -> Tensor:
     """``zeta^((positions - center) / scale_base)``, float32 (autocast off).  ``[...] -> [..., d/2]``"""
-    with torch.autocast(device_type=positions.device.type, enabled=False):
+    with no_autocast(positions.device):
         power = (positions.to(torch.float32) - center) / scale_base                    # [...]
         return torch.exp(power[..., None] * torch.log(zeta.to(positions.device, torch.float32)))
 
@@ -90,7 +90,7 @@ class XPos(PositionalEncoding):
             if nk == 0:                                                  # no tokens: nothing to rotate
                 return q, k
             ids = ids.to(k.device)
-            with torch.autocast(device_type=k.device.type, enabled=False):
+            with no_autocast(k.device):
                 center = torch.ceil((ids.min().float() + ids.max().float() + 1) / 2)   # a tensor: no host sync
         cos, sin, scale = self.cos_sin_scale(ids, center)                 # [nk, d/2] or [b, nk, d/2]
         if cos.ndim == 3:
