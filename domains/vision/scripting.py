@@ -460,14 +460,6 @@ def lrpe_grid_angles(h: int, w: int, theta: Tensor, dim: int) -> Tensor:
     return torch.cat([rows[:, None] * th[None, :], cols[:, None] * th[None, :]], dim=-1)[:, :dim]
 
 
-class _Weight(nn.Module):
-    """Holds a parameter of the model under its key ``<name>.weight`` (a layer whose code is inlined here)."""
-
-    def __init__(self, weight: nn.Parameter):
-        super().__init__()
-        self.weight = weight
-
-
 class TpeScripted(nn.Module):
     """One axis of MD-TPE (`zoo.pe.tpe.Tpe`, its own ``q``, ``k``, ``log_decay``, ``norm``, ``o_proj``) with the
     decay as one dense ``[H, L, L]`` matrix ``λ^{|t-s|}`` (causal: ``s <= t``) instead of the chunked scan."""
@@ -475,9 +467,8 @@ class TpeScripted(nn.Module):
     def __init__(self, tpe: nn.Module, bidirectional: bool):
         super().__init__()
         self.q, self.k, self.log_decay = tpe.q, tpe.k, tpe.log_decay
-        self.norm, self.o_proj = _Weight(tpe.norm.weight), tpe.o_proj          # norm.weight: GroupRMSNorm's scale
+        self.norm, self.o_proj = tpe.norm, tpe.o_proj                             # GroupRMSNorm, o_proj
         self.num_heads, self.bidirectional = tpe.num_heads, bidirectional
-        self.eps = float(tpe.norm.eps)
 
     def forward(self, x: Tensor) -> Tensor:
         b, L, c = x.shape[0], x.shape[1], x.shape[2]
@@ -493,10 +484,7 @@ class TpeScripted(nn.Module):
         y = torch.einsum("hij,bjhd->bihd", mat, xh)
         gain = (self.q * self.k).reshape(hh, -1).sum(-1)                          # q_h . k_h
         y = (y * gain.to(y.dtype)[None, None, :, None]).reshape(b, L, c)
-        yg = y.float().reshape(b, L, hh, c // hh)                                 # GroupRMSNorm, one group a head
-        yg = yg * torch.rsqrt(yg.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        y = (yg.reshape(b, L, c) * self.norm.weight.float()).to(x.dtype)
-        return self.o_proj(y)
+        return self.o_proj(self.norm(y))
 
 
 class MdTpeScripted(nn.Module):
@@ -533,14 +521,14 @@ class LinearAttentionScripted(nn.Module):
                                                                      attn.proj_drop)
         self.num_heads = attn.num_heads
 
-    def forward(self, x: Tensor, ang: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, cos_sin: Optional[Tuple[Tensor, Tensor]]) -> Tensor:
         b, n, c = x.shape[0], x.shape[1], x.shape[2]
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         qf = F.silu(q.float())
         wk = torch.softmax(k.float(), dim=-2)                                     # over the tokens, per channel
-        if ang is not None:
-            cos, sin = ang.cos(), ang.sin()
+        if cos_sin is not None:
+            cos, sin = cos_sin
             qf = torch.cat([qf * cos, qf * sin], dim=-1)
             wk = torch.cat([wk * cos, wk * sin], dim=-1)
         out = qf.to(v.dtype) @ (wk.to(v.dtype).transpose(-2, -1) @ v)             # [b, h, n, d]
@@ -559,14 +547,15 @@ class LightNetBlockScripted(nn.Module):
         self.norm1, self.attn, self.drop_path1 = blk.norm1, LinearAttentionScripted(blk.attn), blk.drop_path1
         self.norm2, self.mlp, self.drop_path2 = blk.norm2, blk.mlp, blk.drop_path2
 
-    def forward(self, x: Tensor, ang: Optional[Tensor]) -> Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x), ang))
+    def forward(self, x: Tensor, cos_sin: Optional[Tuple[Tensor, Tensor]]) -> Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x), cos_sin))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 class LightNetScripted(nn.Module):
     """The TorchScript form of a `lightnet.LightNet`; any image size divisible by the patch size, as the model.
-    The MD-LRPE angles are built once per forward for the image's grid and shared by every block."""
+    The MD-LRPE angles (their cos and sin) are built once per forward for the image's grid and shared by every
+    block."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -608,9 +597,12 @@ class LightNetScripted(nn.Module):
         if tpe is not None:
             x = tpe(x, h, w)
         x = self.pos_drop(x)
-        ang: Optional[Tensor] = lrpe_grid_angles(h, w, self.theta, self.head_dim) if self.has_lrpe else None
+        cos_sin: Optional[Tuple[Tensor, Tensor]] = None
+        if self.has_lrpe:                                                         # once per forward, every block
+            ang = lrpe_grid_angles(h, w, self.theta, self.head_dim)
+            cos_sin = (ang.cos(), ang.sin())
         for blk in self.blocks:
-            x = blk(x, ang)
+            x = blk(x, cos_sin)
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

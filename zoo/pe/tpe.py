@@ -101,10 +101,9 @@ class GroupRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        xg = x.float().reshape(*shape[:-1], self.num_groups, -1)                 # [.., g, c/g]
+        xg = x.float().unflatten(-1, (self.num_groups, -1))                      # [.., g, c/g] (TorchScript too)
         xg = xg * torch.rsqrt(xg.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (xg.reshape(shape) * self.weight.float()).to(x.dtype)
+        return (xg.flatten(-2) * self.weight.float()).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, num_groups={self.num_groups}, eps={self.eps}"
