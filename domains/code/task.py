@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from zoo.errors import CheckpointError, ConfigError, DatasetNotFoundError
 from zoo.finetune.config import DataCfg, check_at_least
 from zoo.finetune.engine import read_run
-from zoo.finetune.tasks import Task, register_task
+from zoo.finetune.tasks import Task, register_task, token_mean
 from zoo.position_sampling import check_position_mode, pose_window, randomized_ids
 from zoo.positions import Positions
 from zoo.splits import SPLITS
@@ -398,9 +398,10 @@ class CausalLMTask(Task):
 
     def loss(self, model: nn.Module, batch: Dict[str, Any]) -> Tuple[Tensor, int]:
         logits = model(batch["input_ids"], batch["positions"])                 # [b, n, vocab]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), _labels(batch, self.tokenizer.pad_id).flatten(),
-                               ignore_index=IGNORE_INDEX, label_smoothing=float(self.cfg.train.label_smoothing))
-        return loss, int(batch["input_ids"].shape[0])
+        labels = _labels(batch, self.tokenizer.pad_id).flatten()
+        losses = F.cross_entropy(logits.float().flatten(0, 1), labels, ignore_index=IGNORE_INDEX, reduction="none",
+                                 label_smoothing=float(self.cfg.train.label_smoothing))
+        return token_mean(losses, labels != IGNORE_INDEX)                     # over the predicted tokens
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int = 512) -> Dict[str, float]:

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from zoo.errors import ConfigError, ZooError
 from zoo.finetune.config import DataCfg, check_at_least, check_one_of, invalid_value
-from zoo.finetune.tasks import Task, register_task
+from zoo.finetune.tasks import Task, register_task, token_mean
 from zoo.positions import Positions
 
 __all__ = ["WordLabellingTask", "EntityLinkingTask", "DocumentData", "WordLabellingData", "EntityLinkingData",
@@ -267,10 +267,10 @@ class WordLabellingTask(_DocumentTask):
         return logits.float()
 
     def loss(self, model: nn.Module, batch: Dict[str, Any]) -> Tuple[Tensor, int]:
-        logits = self._logits(model, batch)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE,
-                               label_smoothing=float(self.cfg.train.label_smoothing))
-        return loss, int(batch["input_ids"].shape[0])
+        logits, labels = self._logits(model, batch), batch["labels"].flatten()
+        losses = F.cross_entropy(logits.flatten(0, 1), labels, ignore_index=IGNORE, reduction="none",
+                                 label_smoothing=float(self.cfg.train.label_smoothing))
+        return token_mean(losses, labels != IGNORE)                              # over the labelled words
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int = 512) -> Dict[str, float]:
@@ -451,8 +451,10 @@ class EntityLinkingTask(_DocumentTask):
             return logits.sum() * 0.0
         return F.binary_cross_entropy_with_logits(logits[valid], b["link_matrix"][valid].float(), reduction=reduction)
 
-    def loss(self, model: nn.Module, batch: Dict[str, Any]) -> Tuple[Tensor, int]:
-        return self._pair_loss(self._logits(model, batch), batch), int(batch["input_ids"].shape[0])
+    def loss(self, model: nn.Module, batch: Dict[str, Any]) -> Tuple[Tensor, Tensor]:
+        logits, valid = self._logits(model, batch), batch["valid_pairs"]
+        n = valid.sum()                                                          # over the entity pairs
+        return self._pair_loss(logits, batch, reduction="sum") / n.clamp(min=1), n
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int = 512) -> Dict[str, float]:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from zoo.errors import ConfigError
 from zoo.finetune.config import DataCfg, check_at_least, check_one_of, invalid_value
-from zoo.finetune.tasks import Task, register_task
+from zoo.finetune.tasks import Task, register_task, token_mean
 from zoo.position_sampling import check_position_mode, pose_window, randomized_ids
 from zoo.positions import Positions
 
@@ -413,13 +413,13 @@ class _WindowTask(_GenomicsTask):
                               f"{tuple(logits.shape)}: build it with num_classes=0")
         logits = logits.float().flatten(0, 1)
         flat = targets.flatten()
-        loss = F.cross_entropy(logits, flat, ignore_index=IGNORE_INDEX, label_smoothing=smoothing)
-        return loss, logits, flat
+        losses = F.cross_entropy(logits, flat, ignore_index=IGNORE_INDEX, reduction="none", label_smoothing=smoothing)
+        return losses, logits, flat
 
-    def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, int]:
-        loss, _, _ = self._token_loss(model, batch["inputs"], batch["targets"],
-                                      float(self.cfg.train.label_smoothing))
-        return loss, int(batch["inputs"].shape[0])
+    def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        losses, _, flat = self._token_loss(model, batch["inputs"], batch["targets"],
+                                           float(self.cfg.train.label_smoothing))
+        return token_mean(losses, flat != IGNORE_INDEX)                          # over the predicted tokens
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int = 512) -> Dict[str, float]:
@@ -578,9 +578,10 @@ class DNACausalLMTask(_WindowTask):
             if pos.segments is not None and seg:                                 # BiPE: segments restart too
                 pos.segments = torch.div(batch["ids"], seg, rounding_mode="floor")
         logits = model(inputs, pos)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE_INDEX,
-                               label_smoothing=float(self.cfg.train.label_smoothing))
-        return loss, int(inputs.shape[0])
+        targets = batch["targets"].flatten()
+        losses = F.cross_entropy(logits.float().flatten(0, 1), targets, ignore_index=IGNORE_INDEX, reduction="none",
+                                 label_smoothing=float(self.cfg.train.label_smoothing))
+        return token_mean(losses, targets != IGNORE_INDEX)
 
     def describe(self) -> Dict[str, Any]:
         return {**super().describe(), "positions": self.positions, "target_len": self.target_len,

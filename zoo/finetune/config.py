@@ -27,9 +27,10 @@ from ..errors import ConfigError
 
 __all__ = ["ModelCfg", "DataCfg", "OptimCfg", "TrainCfg", "OutputCfg", "FinetuneCfg", "load_config",
            "build_config", "saved_config", "valid_keys", "data_schema", "invalid_value", "check_at_least",
-           "check_one_of", "FREE_FORM_KEYS", "AMP_MODES"]
+           "check_one_of", "FREE_FORM_KEYS", "AMP_MODES", "PARALLEL_MODES"]
 
 AMP_MODES = ("auto", "off", "bf16")
+PARALLEL_MODES = ("ddp", "fsdp")             # under torchrun: DistributedDataParallel or FSDP2 fully_shard
 # mappings whose keys are not checked against the schema (passed through to user code)
 FREE_FORM_KEYS = ("model.kwargs",)
 
@@ -106,7 +107,7 @@ class OptimCfg:
 class TrainCfg:
     epochs: Optional[int] = 1
     steps: Optional[int] = None                # optimizer steps; overrides epochs when set
-    batch_size: int = 128                      # per micro-batch
+    batch_size: int = 128                      # per micro-batch, global: under torchrun split across the ranks
     accumulation: int = 1                      # micro-batches per optimizer step
     eval_every: Optional[int] = None           # steps; null = at the end of each epoch
     eval_batch_size: int = 512
@@ -119,6 +120,9 @@ class TrainCfg:
     progress: bool = True                      # tqdm progress bar
     log_every: int = 10                        # steps between metrics.jsonl lines
     save_every: Optional[int] = None           # steps between checkpoints (always at epoch end and at the end)
+    parallel: str = "ddp"                      # under torchrun: ddp | fsdp (FSDP2 fully_shard per block)
+    dist_timeout_s: float = 600.0              # under torchrun: a collective waiting longer fails the run
+    find_unused_parameters: bool = False       # DDP: for models whose forward skips parameters
 
 
 @dataclass
@@ -330,6 +334,10 @@ def _validate(cfg: DictConfig, schema: type, where: str) -> None:
         t.amp = "off"
     if t.amp not in AMP_MODES:
         raise bad("train.amp", t.amp, f"one of {', '.join(AMP_MODES)}")
+    if t.parallel not in PARALLEL_MODES:
+        raise bad("train.parallel", t.parallel, f"one of {', '.join(PARALLEL_MODES)}")
+    if t.dist_timeout_s <= 0:
+        raise bad("train.dist_timeout_s", t.dist_timeout_s, "must be > 0 (seconds)")
     if not (0.0 <= t.label_smoothing < 1.0):
         raise bad("train.label_smoothing", t.label_smoothing, "must be in [0, 1)")
     if o.lr <= 0:

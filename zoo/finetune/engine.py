@@ -11,6 +11,10 @@ Everything a run writes lives in ``output.dir``:
     summary.json         final and best metrics, steps, wall time, params, throughput
     (task artifacts)     what the weights need besides themselves, e.g. tokenizer.json (Task.save_artifacts)
 
+Under ``torchrun`` (`zoo.finetune.distributed`) every rank runs this loop on its share of each global batch; the
+loss is weighted by the global number of terms, every per-step decision (stop, NaN) is taken on all-reduced values,
+and rank 0 alone writes.
+
 Exact resume: the data order and augmentation of an epoch are drawn from a generator seeded by (seed, epoch),
 the checkpoint stores the micro-batch position inside the epoch and the global RNG states (dropout), so the steps
 after ``--resume`` compute the same losses as an uninterrupted run; the checkpoint also carries the running sums of
@@ -46,6 +50,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, ZooError
 from ..io import atomic_write, atomic_write_text, remove_stale_temp_files
+from . import distributed as dist
 from .config import build_config, data_schema, load_config, saved_config
 from .tasks import Task, get_task
 
@@ -59,6 +64,7 @@ CHECKPOINT_FORMAT = "zoo.finetune/1"
 RESUME_MUTABLE_KEYS = frozenset({
     "train.epochs", "train.steps", "train.eval_every", "train.eval_batch_size", "train.device", "train.amp",
     "train.num_threads", "train.progress", "train.log_every", "train.save_every", "output.dir", "output.overwrite",
+    "train.parallel", "train.dist_timeout_s", "train.find_unused_parameters",
 })
 
 
@@ -312,8 +318,9 @@ class _GracefulInterrupt:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, say) -> None:
+    def __init__(self, say, escalate: bool = True) -> None:
         self.requested = False
+        self._escalate = escalate          # under torchrun the agent owns the second signal and the hard kill
         self._say = say
         self._previous: Dict[int, Any] = {}
         self._deferring = 0
@@ -324,7 +331,8 @@ class _GracefulInterrupt:
             self.requested = True
             self._say(f"{name}: writing the checkpoint; stopping when it is written")
         elif self.requested:
-            raise KeyboardInterrupt
+            if self._escalate:
+                raise KeyboardInterrupt
         else:
             self.requested = True
             self._say(f"{name}: stopping after this step and saving a checkpoint ({name} again to stop now)")
@@ -443,6 +451,48 @@ def finetune(cfg: Any, resume: bool = False, resume_command: Optional[str] = Non
     if resume_command is None:
         resume_command = f"zoo finetune <config> output.dir={shlex.quote(str(out_dir))} --resume"
 
+    info = dist.env_info()
+    created = False
+    if info.enabled:
+        device, created = dist.setup(info, t_cfg.device, t_cfg.dist_timeout_s)
+    try:
+        ckpt = _agreed(info, lambda: _check_run_dir(cfg, resolved, out_dir, ckpt_path, resume))
+        if not info.enabled:
+            device = _resolve_device(t_cfg.device)
+        threads_before = torch.get_num_threads()
+        if t_cfg.num_threads:
+            torch.set_num_threads(t_cfg.num_threads)
+        try:
+            return _run(cfg, resume, ckpt, device, resume_command, t_start, info)
+        finally:
+            torch.set_num_threads(threads_before)     # a library call leaves the process as it found it
+    finally:
+        dist.teardown(created)
+
+
+def _agreed(info: "dist.DistInfo", fn):
+    """``fn()``; under torchrun a ZooError on any rank is raised on every rank (no rank waits for one that
+    stopped)."""
+    if not info.enabled:
+        return fn()
+    result, error = None, None
+    try:
+        result = fn()
+    except ZooError as e:
+        error = e
+    with dist.collective(info, "the start of the run"):
+        errors = dist.all_gather_objects(None if error is None else (type(error).__name__, str(error)), info)
+    if error is not None:
+        raise error
+    for found in errors:
+        if found is not None:
+            raise ConfigError(f"another rank stopped the run: {found[1]}")
+    return result
+
+
+def _check_run_dir(cfg: DictConfig, resolved: Dict[str, Any], out_dir: Path, ckpt_path: Path,
+                   resume: bool) -> Optional[Dict[str, Any]]:
+    """Check ``output.dir`` (and read the checkpoint on resume) before any data is read; returns the checkpoint."""
     _check_output_dir(out_dir)
     ckpt = None
     if resume:
@@ -461,19 +511,29 @@ def finetune(cfg: Any, resume: bool = False, resume_command: Optional[str] = Non
             raise ConfigError(f"{out_dir} already holds a run ({', '.join(found)}); "
                               + ("continue it with --resume, or " if ckpt_path.name in found else "")
                               + "pass output.overwrite=true to replace it, or choose another output.dir=...")
+    return ckpt
 
-    device = _resolve_device(t_cfg.device)
-    threads_before = torch.get_num_threads()
-    if t_cfg.num_threads:
-        torch.set_num_threads(t_cfg.num_threads)
-    try:
-        return _run(cfg, resume, ckpt, device, resume_command, t_start)
-    finally:
-        torch.set_num_threads(threads_before)     # a library call leaves the process as it found it
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The torch seed of rank ``rank`` > 0 (dropout, stochastic depth): independent of the other ranks'."""
+    state = np.random.SeedSequence([seed, rank, 0x5EED]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+def _weights_finite(model: nn.Module, info: "dist.DistInfo") -> bool:
+    """Whether every weight is finite (FSDP2: every rank's shards, all-reduced)."""
+    params = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    ok = torch.stack([torch.isfinite(p).all() for p in params if p.numel()]).all() if params else torch.tensor(True)
+    if info.enabled and any(hasattr(p, "to_local") for p in model.parameters()):
+        flag = (~ok).double().reshape(1)
+        with dist.collective(info, "the weight check"):
+            dist.all_reduce_sum(flag)
+        return bool(flag.item() == 0)
+    return bool(ok)
 
 
 def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: torch.device,
-         resume_command: str, t_start: float) -> Dict[str, Any]:
+         resume_command: str, t_start: float, info: "dist.DistInfo" = dist.DistInfo()) -> Dict[str, Any]:
     t_cfg, o_cfg = cfg.train, cfg.optim
     out_dir = Path(cfg.output.dir).expanduser()
     ckpt_path, metrics_path = out_dir / "last.pt", out_dir / "metrics.jsonl"
@@ -507,6 +567,14 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     except ConfigError as e:              # a builder argument: say which config section it came from
         raise ConfigError(f"model.name={cfg.model.name!r} with model.kwargs {_plain(cfg.model.kwargs)}: {e}") from None
     task.to(device)
+    main = info.is_main                   # rank 0 alone writes and prints
+    if ckpt is not None:
+        zoo.load_checkpoint(model, ckpt["model"], source=str(ckpt_path))
+    train_model = model
+    if info.enabled:                      # every rank built the same weights from the same seed
+        train_model = dist.wrap_model(model, info, t_cfg.parallel, device, t_cfg.find_unused_parameters)
+        if info.rank:
+            torch.manual_seed(_rank_seed(t_cfg.seed, info.rank))
     optimizer = torch.optim.AdamW(param_groups(model, o_cfg.weight_decay), lr=o_cfg.lr,
                                   betas=tuple(o_cfg.betas), eps=o_cfg.eps)
 
@@ -524,8 +592,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     saved_step: Optional[int] = None      # the step of the checkpoint on disk (the last good one)
     window: Dict[str, Any] = {}
     if ckpt is not None:
-        zoo.load_checkpoint(model, ckpt["model"], source=str(ckpt_path))
-        optimizer.load_state_dict(ckpt["optimizer"])
+        dist.load_optimizer_state(train_model, optimizer, ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         # the schedule may have a new horizon (train.steps changed): recompute the lr of the next step
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
@@ -536,23 +603,31 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
         elapsed_before, train_time_before = ckpt.get("elapsed_s", 0.0), ckpt.get("train_time_s", 0.0)
         samples_before = ckpt.get("samples", 0)
         window = dict(ckpt.get("log_window") or {})
-        _set_rng_state(ckpt["rng"])
+        rngs = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if len(rngs) == info.world_size:          # each rank continues its own streams
+            _set_rng_state(rngs[info.rank])
+        else:                                     # another number of ranks: rank 0's, fresh dropout streams elsewhere
+            _set_rng_state(ckpt["rng"])
+            if info.rank:
+                torch.manual_seed(_rank_seed(t_cfg.seed + step, info.rank))
         if batch_pos >= nb:
             raise CheckpointError(f"{ckpt_path}: position {batch_pos} in an epoch of {nb} micro-batches; "
                                   "the training data changed since the checkpoint")
 
-    with _writing(out_dir, "the run folder"):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(out_dir)           # left by a save that was killed (kill -9, power loss)
-        if ckpt is None:
-            for p in (metrics_path, summary_path, weights_path, ckpt_path):   # output.overwrite: a clean slate
-                if p.exists():
-                    p.unlink()
-    with _writing(out_dir / "config.yaml", "the config"):
-        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    with _writing(out_dir, "the task's files into"):
-        artifacts = [str(a) for a in (task.save_artifacts(out_dir) or [])]
-    if ckpt is not None and metrics_path.exists():
+    artifacts: List[str] = []
+    if main:
+        with _writing(out_dir, "the run folder"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(out_dir)           # left by a save that was killed (kill -9, power loss)
+            if ckpt is None:
+                for p in (metrics_path, summary_path, weights_path, ckpt_path):   # output.overwrite: a clean slate
+                    if p.exists():
+                        p.unlink()
+        with _writing(out_dir / "config.yaml", "the config"):
+            atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        with _writing(out_dir, "the task's files into"):
+            artifacts = [str(a) for a in (task.save_artifacts(out_dir) or [])]
+    if main and ckpt is not None and metrics_path.exists():
         # drop lines logged after the checkpoint by a run that was killed: they are about to be redone
         keep = [ln for ln in metrics_path.read_text().splitlines() if _logged_step(ln) <= step]
         with _writing(metrics_path, "the metrics"):
@@ -561,24 +636,30 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     bar = None
-    if t_cfg.progress:
+    if t_cfg.progress and main:
         from tqdm import tqdm
         bar = tqdm(total=total_steps, initial=step, desc=f"finetune {cfg.model.name}", dynamic_ncols=True,
                    unit="step", disable=not t_cfg.progress)
 
     def say(msg: str) -> None:
+        if not main:
+            return
         if bar is not None:
             bar.write(msg)
         else:
             print(msg, flush=True)
 
-    with _writing(metrics_path, "the metrics"):
-        metrics_file = open(metrics_path, "a", encoding="utf-8")
+    metrics_file = None
+    if main:
+        with _writing(metrics_path, "the metrics"):
+            metrics_file = open(metrics_path, "a", encoding="utf-8")
 
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - t_start
 
     def log(event: str, **fields: Any) -> None:
+        if metrics_file is None:
+            return
         rec = {"event": event, "step": step, "epoch": round(step / steps_per_epoch, 4), **fields,
                "elapsed_s": round(elapsed(), 3)}
         with _writing(metrics_path, "the metrics"):
@@ -590,7 +671,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
         bad_step = int(first_bad.item())              # the one device sync, at log steps, evals and saves
         if bad_step >= 0:
             what = f"the training loss is not finite (nan or inf) at step {bad_step}"
-        elif weights and not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+        elif weights and not _weights_finite(model, info):
             what = f"the weights are not finite (nan or inf) after step {step}, though the loss was: the " \
                    f"gradients overflowed"
         else:
@@ -603,9 +684,18 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     def save(rng: Dict[str, Any]) -> None:
         nonlocal saved_step
         check_finite(weights=True)                     # a diverged run never replaces the last good checkpoint
-        state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        if info.enabled:                               # gathered on every rank (FSDP2 shards, each rank's RNG)
+            with dist.collective(info, f"the checkpoint of step {step}"):
+                model_sd, optim_sd = dist.model_state(train_model), dist.optimizer_state(train_model, optimizer)
+                rngs = dist.all_gather_objects(rng, info)
+        else:
+            model_sd, optim_sd, rngs = model.state_dict(), optimizer.state_dict(), [rng]
+        if not main:
+            saved_step = step
+            return
+        state = {"format": CHECKPOINT_FORMAT, "model": model_sd, "optimizer": optim_sd,
                  "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_pos,
-                 "rng": rng, "config": resolved, "model_kwargs": _plain(model_kwargs), "best": best,
+                 "rng": rngs[0], "rng_ranks": rngs, "world_size": info.world_size, "config": resolved, "model_kwargs": _plain(model_kwargs), "best": best,
                  "last_eval": last_eval, "elapsed_s": elapsed(), "train_time_s": train_time, "samples": samples,
                  "data_fingerprint": data_fingerprint,
                  # the logging window so far: the resumed run logs the same means as an uninterrupted one
@@ -619,9 +709,10 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
         nonlocal best, last_eval
         check_finite(weights=True)
         t0 = time.perf_counter()
-        with autocast():
-            metrics = task.evaluate(model, batch_size=t_cfg.eval_batch_size)
-        model.train()
+        with autocast(), dist.collective(info, f"the evaluation at step {step}"):
+            # every rank evaluates the whole split (FSDP2 needs every rank in each forward)
+            metrics = task.evaluate(dist.unwrap(train_model), batch_size=t_cfg.eval_batch_size)
+        train_model.train()
         metrics = {k: float(v) for k, v in metrics.items()}
         last_eval = {"step": step, **metrics}
         key, mode = task.main_metric, task.main_mode
@@ -641,9 +732,14 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     in_update = False
     rng_boundary = _rng_state()
     clip = o_cfg.clip_grad
-    model.train()
+    train_model.train()
     batches = None
-    with _GracefulInterrupt(say) as stop:
+    weigh = accum > 1 or info.enabled        # gradients as sums over terms, divided by the global count
+    stop_all = False                         # the all-reduced stop flag (under torchrun)
+    def say_any_rank(msg: str) -> None:             # a signal may reach any rank: it says so on its own
+        say(msg) if main else print(f"rank {info.rank}: {msg}", flush=True)
+
+    with _GracefulInterrupt(say_any_rank, escalate=not info.enabled) as stop:
         try:
             while step < total_steps:
                 if batches is None:
@@ -652,17 +748,35 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                 k = min(accum, nb - batch_pos)
                 optimizer.zero_grad(set_to_none=True)
                 step_loss = torch.zeros((), dtype=torch.float64, device=device)
-                step_n = 0
-                for _ in range(k):
-                    with autocast():
-                        loss, n = task.loss(model, next(batches))
-                    (loss * n if k > 1 else loss).backward()
+                step_n = torch.zeros((), dtype=torch.float64, device=device)
+                step_samples = 0
+                for j in range(k):
+                    batch, has_rows = next(batches), True
+                    step_samples += task.batch_samples(batch)
+                    if info.enabled:
+                        batch, has_rows = task.shard(batch, info.rank, info.world_size)
+                    with dist.grad_sync(train_model, sync=j == k - 1), \
+                            dist.collective(info, f"step {step + 1}"):      # inner micro-batches: no all-reduce
+                        with autocast():
+                            loss, n = task.loss(train_model, batch)
+                        if not has_rows:
+                            n = n * 0                   # a rank without rows: weight 0, still in the all-reduce
+                        (loss * n if weigh else loss).backward()
                     step_loss += loss.detach().double() * n
                     step_n += n
-                if k > 1:
+                if info.enabled:                        # one all-reduce: loss, terms, and whether any rank stops
+                    flags = torch.stack([step_loss, step_n, step_loss.new_tensor(float(stop.requested))])
+                    with dist.collective(info, f"step {step + 1}"):
+                        dist.all_reduce_sum(flags)
+                    step_loss, step_n, stop_all = flags[0], flags[1], bool(flags[2] > 0)
+                if weigh:                               # DDP / FSDP2 averaged over ranks: x world / global terms
+                    scale = info.world_size / max(float(step_n), 1.0) if info.enabled else step_n.clamp(min=1)
                     for p in model.parameters():
                         if p.grad is not None:
-                            p.grad.div_(step_n)
+                            if info.enabled:
+                                p.grad.mul_(scale)
+                            else:
+                                p.grad.div_(scale)
                 grad_norm = None
                 if clip is not None:
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -672,7 +786,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                 scheduler.step()
                 step += 1
                 batch_pos += k
-                samples += step_n
+                samples += step_samples
                 epoch_end = batch_pos >= nb
                 if epoch_end:
                     epoch, batch_pos, batches = epoch + 1, 0, None
@@ -680,9 +794,9 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                 rng_boundary = _rng_state()
                 # no sync: remember the first non-finite step on the device, look at it when the host needs to
                 first_bad.masked_fill_((first_bad < 0) & ~torch.isfinite(step_loss), step)
-                loss_sum += step_loss / step_n
+                loss_sum += step_loss / step_n.clamp(min=1)
                 loss_steps += 1
-                log_samples += step_n
+                log_samples += step_samples
                 dt = time.perf_counter() - t0
                 train_time += dt
                 log_time += dt
@@ -704,7 +818,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                     run_eval()
                 if (t_cfg.save_every and step % t_cfg.save_every == 0) or epoch_end:
                     save(rng_boundary)
-                if stop.requested:
+                if stop_all if info.enabled else stop.requested:    # every rank stops after the same step
                     raise _Stop
             if last_eval.get("step") != step:
                 run_eval()
@@ -714,7 +828,8 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
         finally:
             if bar is not None:
                 bar.close()
-            metrics_file.close()
+            if metrics_file is not None:
+                metrics_file.close()
 
         with stop.deferred():                # from here on a signal waits: the run is being written out
             if interrupted:
@@ -728,8 +843,11 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
             else:
                 save(rng_boundary)
                 from ..hub import save_state_dict
-                with _writing(weights_path, "the weights"):
-                    save_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights_path)
+                with dist.collective(info, "gathering the final weights"):
+                    final = dist.model_state(train_model) if info.enabled else model.state_dict()
+                if main:
+                    with _writing(weights_path, "the weights"):
+                        save_state_dict({k: v.detach().cpu() for k, v in final.items()}, weights_path)
 
             wall = elapsed()
             summary = {
@@ -742,13 +860,16 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                 "train_time_s": round(train_time, 3),
                 "samples_per_s": round((samples - samples_before) / max(train_time - train_time_before, 1e-9), 2),
                 "device": str(device), "amp": amp_name or "off", "interrupted": interrupted,
+                "world_size": info.world_size, "parallel": t_cfg.parallel if info.enabled else None,
+                "batch_size": t_cfg.batch_size, "per_rank_batch": math.ceil(t_cfg.batch_size / info.world_size),
                 "output_dir": str(out_dir), "checkpoint": str(ckpt_path),
                 "weights": None if interrupted else str(weights_path), "artifacts": artifacts,
             }
             if interrupted:
                 summary["resume_command"] = resume_command
-            with _writing(summary_path, "the run summary"):
-                atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+            if main:
+                with _writing(summary_path, "the run summary"):
+                    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, say)
     return summary
 
@@ -775,7 +896,8 @@ def _print_summary(s: Dict[str, Any], say) -> None:
     head = "interrupted" if s["interrupted"] else "done"
     lines = [f"{head}: {s['model']} on {s['data'].get('dataset', '?')}, step {s['steps']}/{s['total_steps']} "
              f"({s['epochs']} epochs), {s['params']:,} params, {s['wall_time_s']:.1f} s wall, "
-             f"{s['samples_per_s']:.0f} samples/s on {s['device']}"]
+             f"{s['samples_per_s']:.0f} samples/s on {s['device']}"
+             + (f" x {s['world_size']} ranks ({s['parallel']})" if s.get("world_size", 1) > 1 else "")]
     if s["final"]:
         lines.append("  final (step {}): {}".format(s["final_step"], ", ".join(
             f"{k} {v:.4f}" for k, v in s["final"].items())))
@@ -793,6 +915,18 @@ def run_from_cli(config_path: str, overrides: Iterable[str] = (), resume: bool =
     (``summary["interrupted"]`` is True after Ctrl-C; the CLI exits 130 then)."""
     overrides = list(overrides)
     cfg = load_config(config_path, overrides)
-    command = " ".join(["zoo", "finetune", shlex.quote(str(config_path)), *map(shlex.quote, overrides),
+    command = " ".join([*_launcher(), "finetune", shlex.quote(str(config_path)), *map(shlex.quote, overrides),
                         "--resume"])
     return finetune(cfg, resume=resume, resume_command=command)
+
+
+def _launcher() -> List[str]:
+    """How this process was started, for the resume command: ``zoo``, or torchrun with its process counts."""
+    info = dist.env_info()
+    if not info.enabled:
+        return ["zoo"]
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or info.world_size)
+    if local >= info.world_size:
+        return ["torchrun", "--standalone", f"--nproc_per_node={info.world_size}", "-m", "zoo"]
+    return ["torchrun", f"--nnodes={info.world_size // max(local, 1)}", f"--nproc_per_node={local}",
+            "<rendezvous options as before>", "-m", "zoo"]

@@ -27,7 +27,8 @@ The engine drives a task like this::
     task.to(device)
     task.save_artifacts(run_dir)                    # once per run: what the weights need (a tokenizer)
     for batch in task.train_batches(epoch, generator, start=k):   # deterministic given (seed, epoch)
-        loss, n = task.loss(model, batch)
+        part, has_rows = task.shard(batch, rank, world_size)       # under torchrun: this rank's rows
+        loss, n = task.loss(model, part)            # mean over n terms (samples, predicted tokens, pairs)
     metrics = task.evaluate(model)                  # over the whole eval split, no grad, eval mode
 
 ``train_batches`` must draw all of its randomness (order, augmentation) from ``generator`` and must be able to
@@ -41,7 +42,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +50,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .config import DataCfg
 
-__all__ = ["Task", "register_task", "get_task", "list_tasks", "task_module"]
+__all__ = ["Task", "register_task", "get_task", "list_tasks", "task_module", "token_mean"]
 
 _TASKS: Dict[str, Type["Task"]] = {}
 
@@ -89,8 +90,28 @@ class Task(ABC):
         """Micro-batches of epoch ``epoch`` from index ``start`` on; all randomness from ``generator``."""
 
     @abstractmethod
-    def loss(self, model: nn.Module, batch: Any) -> Tuple[Tensor, int]:
-        """Mean loss over the batch (a scalar tensor with grad) and the number of samples it averages."""
+    def loss(self, model: nn.Module, batch: Any) -> Tuple[Tensor, Union[int, Tensor]]:
+        """``(mean, n)``: the mean loss over the batch (a scalar tensor with grad) and the number of terms it
+        averages (samples, predicted tokens, labelled words, pairs: an int or a 0-dim tensor). The engine weighs
+        micro-batches and ranks by ``n``, so that every term of a global batch counts alike."""
+
+    def batch_samples(self, batch: Any) -> int:
+        """The samples (rows) in a micro-batch, for throughput. Default: `distributed.batch_rows`."""
+        from .distributed import batch_rows
+        return batch_rows(batch)
+
+    def shard(self, batch: Any, rank: int, world_size: int) -> Tuple[Any, bool]:
+        """``(part, has_rows)``: rank ``rank``'s contiguous share of the rows of a global micro-batch (the first
+        ``rows % world_size`` ranks take one row more). A rank left without rows gets the first row and
+        ``has_rows=False``: it computes a loss of weight 0, so that every rank takes part in each gradient
+        all-reduce. Default: `distributed.shard_rows` (per-row tensors, the batched fields of `Positions`, lists of
+        samples, nested in tuples and dicts); override it for a batch whose rows are not on dim 0."""
+        from .distributed import rank_slice, shard_rows
+        rows = self.batch_samples(batch)
+        lo, hi = rank_slice(rows, rank, world_size)
+        if hi <= lo:
+            return shard_rows(batch, 0, 1, rows), False
+        return shard_rows(batch, lo, hi, rows), True
 
     @abstractmethod
     def evaluate(self, model: nn.Module, batch_size: int = 512) -> Dict[str, float]:
@@ -104,6 +125,15 @@ class Task(ABC):
     def describe(self) -> Dict[str, Any]:
         """A few facts about the data, for the run summary."""
         return {}
+
+
+def token_mean(losses: Tensor, keep: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(mean, n)`` of the per-term ``losses`` where ``keep`` is True (``n`` a 0-dim tensor: no host sync); the
+    mean is 0 (with grad) where no term is kept."""
+    keep = keep.reshape(losses.shape)
+    n = keep.sum()
+    total = torch.where(keep, losses, torch.zeros_like(losses)).sum()
+    return total / n.clamp(min=1).to(total.dtype), n
 
 
 def register_task(name: str):
