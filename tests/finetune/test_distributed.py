@@ -154,3 +154,17 @@ def test_a_rank_that_dies_makes_the_other_exit_with_an_error_not_a_hang(tmp_path
     assert time.monotonic() - t0 < 90
     assert "rank 0 of 2" in err0 and "another rank has stopped" in err0
     assert "Traceback" not in err0
+
+
+def test_zoo_bench_ddp_reports_the_ratio_of_the_same_run(tmp_path):
+    cfg_path = write_config(tmp_path / "c.yaml", config(tmp_path / "unused"))
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "zoo", "bench", "ddp", "--config", str(cfg_path), "--steps", "3",
+                        "--repeats", "1", "--quiet", "--json", str(out)], cwd=ROOT, env=env(), capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert (result["nproc"], result["steps"], result["per_rank_batch"], len(result["runs"])) == (2, 3, 8, 1)
+    run = result["runs"][0]
+    assert run["ratio"] == pytest.approx(run["ranks_samples_per_s"] / run["one_process_samples_per_s"], rel=1e-2)
+    assert result["max_rel_loss_diff"] <= RTOL                   # both runs computed the same three steps

@@ -68,6 +68,9 @@ def register_bench(suite: str, run: Callable[[argparse.Namespace], int], *, vari
 
 def _load() -> Dict[str, Dict[Optional[str], Bench]]:
     from ..plugins import import_benches
+    from . import ddp
+    if "ddp" not in _BENCHES:                 # the core's own suite: torchrun against one process
+        ddp.register()
     import_benches()
     return _BENCHES
 
