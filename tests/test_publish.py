@@ -203,6 +203,21 @@ def test_vision_export_loads_with_timm_and_describes_its_input(tmp_path_factory,
     assert e.config["zoo"]["repo_id"] == "zoo-models/vit_irpe_tiny_fmnist"
     assert e.config["zoo"]["recipe"]["path"] == VISION_RECIPE
     assert e.config["num_classes"] == 10 and e.config["num_features"] == 32 and e.config["global_pool"] == "token"
+    # an architecture-changing argument goes through the family's filter: a new head, the rest of the weights kept
+    five = zoo.create(f"local-dir:{e.out}", num_classes=5)
+    assert five.head.out_features == 5 and five.pretrained_cfg["num_classes"] == 5
+    kept = {k: v for k, v in _run_model(e).state_dict().items() if not k.startswith("head.")}
+    assert all(torch.equal(five.state_dict()[k], v) for k, v in kept.items())
+
+
+def test_an_override_the_family_cannot_take_names_the_keys(tmp_path_factory):
+    e = exported("code", tmp_path_factory)
+    with pytest.raises(CheckpointError, match=r"model.safetensors into .*shape mismatch"):
+        zoo.create(f"local-dir:{e.out}", dim=48)
+    with pytest.raises(ConfigError, match="a published folder brings its own weights"):
+        zoo.create(f"local-dir:{e.out}", pretrained_file=str(e.run / "model.safetensors"))
+    with pytest.raises(ConfigError, match=r"local-dir:.*nowhere.* is not a folder"):
+        zoo.create(f"local-dir:{e.out.parent / 'nowhere'}")
 
 
 def _hf_cache(root: Path, repo_id: str, folder: Path) -> str:

@@ -508,6 +508,12 @@ def load(source: str, pretrained: bool = True, architecture: Optional[str] = Non
     pcfg = {**entry.timm_cfg, "architecture": arch, "tag": None, **config.get("pretrained_cfg", {})}
     for k in ("url", "file", "hf_hub_id", "hf_hub_filename"):     # where it came from is said below
         pcfg.pop(k, None)
+    if kwargs:                                          # what the arguments given here changed
+        if isinstance(getattr(model, "num_classes", None), int):
+            pcfg["num_classes"] = model.num_classes
+        size = _input_size(args, {})
+        if size is not None:
+            pcfg["input_size"] = size
     if source.startswith("hf-hub:"):
         pcfg.update(source="hf-hub", hf_hub_id=source[len("hf-hub:"):])
     else:
