@@ -335,6 +335,12 @@ def test_card_metadata_is_hub_metadata_with_the_runs_metrics(domain, tmp_path_fa
     assert set(meta["metrics"]) == set(e.summary["final"])
     card = (e.out / "README.md").read_text()
     assert e.summary["commit"] in card
+    # huggingface_hub's own parser reads the metadata and the evaluation results
+    from huggingface_hub import ModelCard
+    data = ModelCard(card, ignore_metadata_errors=False).data
+    assert (data.library_name, data.license, data.datasets) == ("zoo", "apache-2.0", [e.summary["data"]["dataset"]])
+    assert {r.metric_type: r.metric_value for r in data.eval_results} == e.summary["final"]
+    assert {r.dataset_split for r in data.eval_results} == {e.summary["data"].get("eval_split")}
 
 
 def test_a_run_without_a_recorded_commit_gets_the_exporting_checkout_and_says_so(tmp_path_factory, tmp_path):

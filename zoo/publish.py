@@ -436,7 +436,7 @@ def export(run_dir: PathLike, out_dir: PathLike, overwrite: bool = False, repo_i
 # ---- loading a published folder --------------------------------------------------------------------------------------
 
 def _check_repo_id(repo_id: Any, what: str) -> None:
-    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", repo_id):
+    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w.-]+)?", repo_id):
         raise ConfigError(f"{what} must be a Hugging Face repository id org/name[@revision], got {repo_id!r}")
 
 

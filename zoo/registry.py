@@ -213,15 +213,15 @@ def _timm_tag(pretrained_cfg: Any) -> Optional[str]:
 def _timm_folder(pretrained_cfg: Any) -> Optional[str]:
     """``"local-dir:DIR"`` / ``"hf-hub:org/name[@rev]"`` when timm read ``pretrained_cfg`` from a published folder's
     ``config.json`` (``timm.create_model("local-dir:DIR")``: timm's ``source`` field says which), else None."""
-    get = pretrained_cfg.get if isinstance(pretrained_cfg, Mapping) else (
-        lambda k, d=None: getattr(pretrained_cfg, k, d))
     if pretrained_cfg is None or isinstance(pretrained_cfg, str):
         return None
-    source = get("source", None)
-    if source == "local-dir" and get("file", None):
-        return f"local-dir:{get('file')}"
-    if source == "hf-hub" and get("hf_hub_id", None):
-        return f"hf-hub:{get('hf_hub_id')}"
+    fields = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else {
+        k: getattr(pretrained_cfg, k, None) for k in ("source", "file", "hf_hub_id")}
+    source = fields.get("source")
+    if source == "local-dir" and fields.get("file"):
+        return f"local-dir:{fields['file']}"
+    if source == "hf-hub" and fields.get("hf_hub_id"):
+        return f"hf-hub:{fields['hf_hub_id']}"
     return None
 
 
@@ -273,7 +273,6 @@ def _register_with_timm(model_name: str) -> None:
         if folder is not None:                              # timm.create_model("local-dir:DIR" / "hf-hub:org/name")
             from .publish import load
             model = load(folder, pretrained=bool(pretrained), architecture=model_name, **kw)
-            tag = None
         else:
             tag = _timm_tag(pretrained_cfg)
             if pretrained and overlay.get("file"):          # timm's way to load a local file
