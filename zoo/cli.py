@@ -1,4 +1,4 @@
-"""Command line: ``zoo list | pe | info | finetune | bench | results``."""
+"""Command line: ``zoo list | pe | info | finetune | export | push | bench | results``."""
 from __future__ import annotations
 
 import argparse
@@ -26,8 +26,12 @@ def models_markdown() -> str:
         e = _REGISTRY[name]
         params = count_params(e)
         doc = (e.fn.__doc__ or "").strip().splitlines()
-        tags = ", ".join(f"`{name}.{t}`" for t, c in e.cfgs.items() if c.has_weights) or "-"
-        measured = "; ".join(f"{k}: {v}" for c in e.cfgs.values() for k, v in c.metrics.items())
+        tags = ", ".join([f"`{name}.{t}`" for t, c in e.cfgs.items() if c.has_weights]
+                         + [f"`{name}.{t}` (unpublished)" for t, c in e.cfgs.items()
+                            if c.has_source and not c.published]) or "-"
+        with_metrics = [(t, c) for t, c in e.cfgs.items() if c.metrics]
+        measured = "; ".join((f"`{t}` " if len(with_metrics) > 1 else "") + f"{k}: {v}"
+                             for t, c in with_metrics for k, v in c.metrics.items())
         lines.append(f"| `{name}` | {e.domain} | {params / 1e6:.2f}M | {doc[0] if doc else ''} | {tags} | "
                      f"{measured or '-'} |")
     results = _results_section()
@@ -86,7 +90,17 @@ def _cmd_list(args) -> int:
     if args.markdown:
         sys.stdout.write(models_markdown())
         return 0
-    for name in list_models(args.pattern, pretrained=args.pretrained):
+    if args.pretrained:                     # the tags whose weights cannot be fetched yet are marked
+        from .registry import _entry
+        available = set(list_models(args.pattern, pretrained=True))
+        for name in list_models(args.pattern, pretrained=True, unpublished=True):
+            if name in available:
+                print(name)
+            else:
+                cfg = _entry(name).cfgs[name.partition(".")[2]]
+                print(f"{name}  (unpublished: `zoo finetune {cfg.recipe}` then `zoo export`)")
+        return 0
+    for name in list_models(args.pattern):
         print(name)
     return 0
 
@@ -117,6 +131,22 @@ def _cmd_finetune(args) -> int:
     return 130 if summary.get("interrupted") else 0
 
 
+def _cmd_export(args) -> int:
+    from .publish import export
+
+    out = export(args.run_dir, args.out_dir, overwrite=args.overwrite, repo_id=args.repo_id, license=args.license)
+    print(f"exported {args.run_dir} to {out}")
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from .publish import push
+
+    url = push(args.out_dir, args.repo_id, private=args.private, revision=args.revision)
+    print(f"pushed {args.out_dir} to {args.repo_id}: {url}")
+    return 0
+
+
 def _cmd_results(args) -> int:
     from .results import run_results_command
 
@@ -135,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("list", help="list registered models")
     pl.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'vit_*irpe*'")
-    pl.add_argument("--pretrained", action="store_true", help="only models with released weights (name.tag)")
+    pl.add_argument("--pretrained", action="store_true", help="only models with released weights (name.tag); "
+                    "tags registered ahead of their upload are marked unpublished")
     pl.add_argument("--markdown", action="store_true", help="print MODELS.md")
     pl.set_defaults(func=_cmd_list)
 
@@ -153,6 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=1")
     pf.add_argument("--resume", action="store_true", help="continue from <output.dir>/last.pt")
     pf.set_defaults(func=_cmd_finetune)
+
+    px = sub.add_parser("export", help="write a finished run as a published folder (config.json, "
+                        "model.safetensors, artifacts, README.md model card)")
+    px.add_argument("run_dir", help="the run's output folder (holds summary.json and model.safetensors)")
+    px.add_argument("out_dir", help="the folder to write (must not exist or be empty, unless --overwrite)")
+    px.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    px.add_argument("--repo-id", default=None, help="org/name the card loads from (default: the recipe's "
+                    "registered repository, else the local folder)")
+    px.add_argument("--license", default=None, help="the card's license (default apache-2.0)")
+    px.set_defaults(func=_cmd_export)
+
+    pu = sub.add_parser("push", help="validate a published folder and upload it to the Hugging Face Hub")
+    pu.add_argument("out_dir", help="a folder written by zoo export")
+    pu.add_argument("repo_id", help="org/name (the --repo-id it was exported with)")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.add_argument("--revision", default=None, help="a branch to push to (created if needed)")
+    pu.set_defaults(func=_cmd_push)
 
     pb = sub.add_parser("bench", help="speed and memory as ratios against a baseline in the same run; "
                         "'extrapolation': quality beyond the training length")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, UnknownArgumentError, UnknownModelError, ZooError
+from .errors import CheckpointError, ConfigError, UnknownArgumentError, UnknownModelError, WeightsError, ZooError
 
 __all__ = ["PretrainedCfg", "register_model", "create", "list_models", "model_info", "load_checkpoint",
            "split_tag"]
@@ -32,7 +32,14 @@ __all__ = ["PretrainedCfg", "register_model", "create", "list_models", "model_in
 class PretrainedCfg:
     """Where a pretrained checkpoint lives and what it is.
 
-    ``url`` / ``hf_hub_id`` (+ ``filename``) / ``file`` are sources; ``sha256`` is verified when given."""
+    ``url`` / ``hf_hub_id`` (+ ``filename``) / ``file`` are sources; ``sha256`` is verified when given. An
+    ``hf_hub_id`` without ``filename`` names a folder published by ``zoo export`` / ``zoo push`` (``config.json`` +
+    ``model.safetensors``): ``pretrained=True`` rebuilds the model from its ``config.json`` (`zoo.publish`).
+
+    ``published=False`` marks weights that are registered ahead of their upload (a recipe's run, `zoo.publish`):
+    the source says where they will be, but nothing can be fetched yet, so ``has_weights`` is False, the tag is
+    left out of ``list_models(pretrained=True)`` and ``pretrained=True`` says how to produce the weights.
+    ``recipe``: the fine-tune recipe that trains them (``configs/<domain>/<recipe>.yaml``)."""
     url: Optional[str] = None
     hf_hub_id: Optional[str] = None
     filename: Optional[str] = None
@@ -47,10 +54,23 @@ class PretrainedCfg:
     std: Optional[tuple] = None
     notes: Optional[str] = None
     metrics: Dict[str, float] = field(default_factory=dict)
+    published: bool = True
+    recipe: Optional[str] = None
+
+    @property
+    def has_source(self) -> bool:
+        """A source is named (fetchable or not)."""
+        return bool(self.url or self.hf_hub_id or self.file)
 
     @property
     def has_weights(self) -> bool:
-        return bool(self.url or self.hf_hub_id or self.file)
+        """Weights that can be fetched: a source is named and they are published."""
+        return self.has_source and self.published
+
+    @property
+    def is_folder(self) -> bool:
+        """The source is a published zoo folder (``config.json`` + ``model.safetensors`` on the Hugging Face Hub)."""
+        return bool(self.hf_hub_id and not self.filename and not self.url and not self.file)
 
     def source_string(self) -> Optional[str]:
         """The source as one string `zoo.hub.resolve` understands without ``filename=`` for hf-hub ids (the file is
@@ -76,7 +96,8 @@ class ModelEntry:
 
     @property
     def default_tag(self) -> Optional[str]:
-        return next(iter(self.cfgs), None)
+        """The first tag, unpublished ones excepted (a model whose only tags are unpublished has no default)."""
+        return next((t for t, c in self.cfgs.items() if c.published), None)
 
 
 _REGISTRY: Dict[str, ModelEntry] = {}
@@ -106,8 +127,14 @@ def register_model(fn: Optional[Callable] = None, *, name: Optional[str] = None,
         bad = sorted(set(timm_cfg or {}) - set(TIMM_CFG_FIELDS))
         if bad:
             raise ValueError(f"{model_name}: timm_cfg keys {bad} are not timm pretrained-cfg fields")
-        _REGISTRY[model_name] = ModelEntry(model_name, f, dom, dict(cfgs or {}), filter_fn, paper,
-                                           dict(timm_cfg or {}))
+        all_cfgs = dict(cfgs or {})
+        if plugin is not None:                      # the tags of the plugin's recipes (`zoo.publish.recipe_cfgs`)
+            from .publish import recipe_cfgs
+            for tag, cfg in recipe_cfgs().get(model_name, {}).items():
+                if tag in all_cfgs:
+                    raise ValueError(f"{model_name}: the tag {tag!r} of recipe {cfg.recipe} is also a declared tag")
+                all_cfgs[tag] = cfg
+        _REGISTRY[model_name] = ModelEntry(model_name, f, dom, all_cfgs, filter_fn, paper, dict(timm_cfg or {}))
         if timm if timm is not None else (plugin is not None and plugin.timm):
             _register_with_timm(model_name)
         return f
@@ -148,7 +175,8 @@ def _cfg_dict(entry: ModelEntry, tag: Optional[str]) -> Dict[str, Any]:
         own = {"url": cfg.url, "hf_hub_id": cfg.hf_hub_id, "file": cfg.file, "license": cfg.license,
                "num_classes": cfg.num_classes, "input_size": tuple(cfg.input_size) if cfg.input_size else None,
                "mean": tuple(cfg.mean) if cfg.mean else None, "std": tuple(cfg.std) if cfg.std else None,
-               "notes": cfg.notes, "sha256": cfg.sha256, "metrics": dict(cfg.metrics) or None}
+               "notes": cfg.notes, "sha256": cfg.sha256, "metrics": dict(cfg.metrics) or None,
+               "recipe": cfg.recipe, "published": None if cfg.published else False}
         if cfg.hf_hub_id and cfg.filename:
             own["hf_hub_filename"] = cfg.filename
         if cfg.source and re.match(r"https?://", cfg.source):
@@ -163,8 +191,10 @@ def _cfg_dict(entry: ModelEntry, tag: Optional[str]) -> Dict[str, Any]:
 
 
 def _timm_default_cfgs(entry: ModelEntry) -> Dict[str, Dict[str, Any]]:
-    """``{"name.tag": cfg}`` (``{"name": cfg}`` without tags) of timm's fields, for ``generate_default_cfgs``."""
-    tags = list(entry.cfgs) or [None]
+    """``{"name.tag": cfg}`` (``{"name": cfg}`` without tags) of timm's fields, for ``generate_default_cfgs``.
+    Unpublished tags are not given to timm: nothing can be fetched for them (``timm.create_model("name.tag")`` still
+    reaches zoo's entrypoint, which says so)."""
+    tags = [t for t, c in entry.cfgs.items() if c.published] or [None]
     return {f"{entry.name}.{t}" if t else entry.name:
             {f: v for f, v in _cfg_dict(entry, t).items() if f in TIMM_CFG_FIELDS and f not in ("architecture", "tag")}
             for t in tags}
@@ -178,6 +208,21 @@ def _timm_tag(pretrained_cfg: Any) -> Optional[str]:
     if isinstance(pretrained_cfg, Mapping):
         return pretrained_cfg.get("tag")
     return getattr(pretrained_cfg, "tag", None)
+
+
+def _timm_folder(pretrained_cfg: Any) -> Optional[str]:
+    """``"local-dir:DIR"`` / ``"hf-hub:org/name[@rev]"`` when timm read ``pretrained_cfg`` from a published folder's
+    ``config.json`` (``timm.create_model("local-dir:DIR")``: timm's ``source`` field says which), else None."""
+    if pretrained_cfg is None or isinstance(pretrained_cfg, str):
+        return None
+    fields = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else {
+        k: getattr(pretrained_cfg, k, None) for k in ("source", "file", "hf_hub_id")}
+    source = fields.get("source")
+    if source == "local-dir" and fields.get("file"):
+        return f"local-dir:{fields['file']}"
+    if source == "hf-hub" and fields.get("hf_hub_id"):
+        return f"hf-hub:{fields['hf_hub_id']}"
+    return None
 
 
 #: the ``timm.create_model`` keywords that go with ``features_only=True`` (to `_feature_net`, not to the builder)
@@ -223,11 +268,17 @@ def _register_with_timm(model_name: str) -> None:
 
     def entry(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kw):
         overlay = dict(pretrained_cfg_overlay or {})
-        tag = _timm_tag(pretrained_cfg)
-        if pretrained and overlay.get("file"):              # timm's way to load a local file
-            kw.setdefault("pretrained_file", overlay["file"])
-            pretrained = False
-        model = create(f"{model_name}.{tag}" if tag else model_name, pretrained=pretrained, **kw)
+        kw.pop("pretrained_model_args", None)               # timm's copy of config.json's model_args (already in kw)
+        folder = _timm_folder(pretrained_cfg)
+        if folder is not None:                              # timm.create_model("local-dir:DIR" / "hf-hub:org/name")
+            from .publish import load
+            model = load(folder, pretrained=bool(pretrained), architecture=model_name, **kw)
+        else:
+            tag = _timm_tag(pretrained_cfg)
+            if pretrained and overlay.get("file"):          # timm's way to load a local file
+                kw.setdefault("pretrained_file", overlay["file"])
+                pretrained = False
+            model = create(f"{model_name}.{tag}" if tag else model_name, pretrained=pretrained, **kw)
         if overlay:                                         # a features_only extractor keeps the model as .model
             for m in (model, model.model) if kw.get("features_only") else (model,):
                 m.pretrained_cfg = m.default_cfg = {**m.pretrained_cfg, **overlay}
@@ -396,14 +447,34 @@ def _device_dtype(name: str, device: Any, dtype: Any):
     return dev, dtype
 
 
-def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] = None, device: Any = None,
-           dtype: Optional[torch.dtype] = None, **kwargs) -> nn.Module:
-    """Build a registered model.
+class _PretrainedDefault:
+    """The default of ``create(pretrained=)``: False for a registered name, True for a published folder."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "False (True for a local-dir: / hf-hub: folder)"
+
+
+_PRETRAINED_DEFAULT = _PretrainedDefault()
+#: the name prefixes of a published folder (`zoo.publish`): ``create("local-dir:DIR")``, ``create("hf-hub:org/name")``
+FOLDER_PREFIXES = ("local-dir:", "hf-hub:")
+
+
+def create(name: str, pretrained: bool = _PRETRAINED_DEFAULT, pretrained_file: Optional[str] = None,
+           device: Any = None, dtype: Optional[torch.dtype] = None, **kwargs) -> nn.Module:
+    """Build a registered model, or the model of a published folder.
 
     Args:
-        name: model name, optionally with a pretrained tag (``vit_irpe_small.in1k``).
+        name: model name, optionally with a pretrained tag (``vit_irpe_small.in1k``); or a folder written by
+            ``zoo export`` (``local-dir:DIR``) or pushed by ``zoo push`` (``hf-hub:org/name[@revision]``): the model
+            is rebuilt from its ``config.json`` (architecture and ``model_args``; ``kwargs`` given here win, e.g.
+            ``drop_rate``; an architecture-changing one such as ``num_classes`` goes through the family's checkpoint
+            filter like ``pretrained_file`` does) and its ``model.safetensors`` is loaded (see `zoo.publish.load`).
         pretrained: load the tag's released weights (downloaded once, verified, cached; ``ZOO_OFFLINE=1`` uses
-            the cache only).
+            the cache only). A tag registered ahead of its upload (``published=False``) raises a WeightsError
+            that says how to produce the weights. For a folder the default is True (False: the architecture only).
         pretrained_file: load weights from a local file or any source ``zoo.hub.resolve`` accepts, through the
             family's checkpoint filter (foreign formats, resampled position tables, dropped mismatched heads).
         device: build the model there (``"meta"``: shapes only, no memory; weights cannot be loaded into it);
@@ -416,6 +487,15 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
             ``output_fmt``) returns timm's feature extractor over the model's ``forward_intermediates`` (a model
             with that method; timm installed), as ``timm.create_model`` does.
     """
+    if isinstance(name, str) and name.startswith(FOLDER_PREFIXES):
+        from .publish import load
+        if pretrained_file is not None:
+            raise ConfigError(f"pretrained_file for {name}: a published folder brings its own weights "
+                              f"(pretrained=False builds the architecture only)")
+        return load(name, pretrained=True if pretrained is _PRETRAINED_DEFAULT else pretrained, device=device,
+                    dtype=dtype, **kwargs)
+    if pretrained is _PRETRAINED_DEFAULT:
+        pretrained = False
     entry = _entry(name)
     dev, dtype = _device_dtype(entry.name, device, dtype)
     features_only = kwargs.pop("features_only", False)
@@ -433,6 +513,13 @@ def create(name: str, pretrained: bool = False, pretrained_file: Optional[str] =
     if dev is not None and dev.type == "meta" and (pretrained or pretrained_file is not None):
         raise ConfigError(f"cannot load weights into {entry.name} on the meta device (it holds no values): build it "
                           f"on a real device, or drop pretrained / pretrained_file")
+    if pretrained and pretrained_file is None and cfg is not None and not cfg.published:
+        from .publish import unpublished_message
+        raise WeightsError(unpublished_message(f"{entry.name}.{tag}", cfg))
+    if pretrained and pretrained_file is None and cfg is not None and cfg.is_folder:
+        from .publish import load_tag                 # rebuilt from the folder's config.json
+        return load_tag(entry.name, tag or entry.default_tag, cfg, device=device, dtype=dtype,
+                        features_only=features_only, **feature_kw, **kwargs)
     if dev is None:
         model = _build(entry, kwargs)
     else:
@@ -511,9 +598,11 @@ def _encoding_hint(model: nn.Module, missing: List[str]) -> str:
             f"zoo.load_checkpoint(model, state_dict, strict=False) to keep its fresh initialisation")
 
 
-def list_models(pattern: str = "*", pretrained: bool = False, domain: Optional[str] = None) -> List[str]:
+def list_models(pattern: str = "*", pretrained: bool = False, domain: Optional[str] = None,
+                unpublished: bool = False) -> List[str]:
     """Registered model names matching a shell-style ``pattern``; with ``pretrained=True``, ``name.tag`` entries
-    that have released weights."""
+    that have released weights (``unpublished=True``: also the tags registered ahead of their upload, whose
+    weights cannot be fetched yet; ``zoo list --pretrained`` marks them)."""
     _load_plugins()
     out = []
     for name in sorted(_REGISTRY):
@@ -522,7 +611,8 @@ def list_models(pattern: str = "*", pretrained: bool = False, domain: Optional[s
             continue
         if pretrained:
             out += [f"{name}.{t}" for t, c in e.cfgs.items()
-                    if c.has_weights and (fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(f"{name}.{t}", pattern))]
+                    if (c.has_weights or (unpublished and c.has_source and not c.published))
+                    and (fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(f"{name}.{t}", pattern))]
         elif fnmatch.fnmatch(name, pattern):
             out.append(name)
     return out

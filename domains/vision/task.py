@@ -56,6 +56,7 @@ class ImageClassificationTask(Task):
     def __init__(self) -> None:
         self.cfg = None
         self.classes = []
+        self.mean_std = None
         self.train_x = self.train_y = self.eval_x = self.eval_y = None
 
     # ---- data -------------------------------------------------------------------------------------------------
@@ -83,6 +84,11 @@ class ImageClassificationTask(Task):
             raise ConfigError(f"data.eval_limit={d.eval_limit} leaves no evaluation samples")
         side = self.train_x.shape[-1]
         self.augment = augment_settings(name, side) if d.augment else None
+        # what the model sees: pixels in [0, 1], standardised when the dataset normalises (timm's mean / std)
+        chans = int(self.train_x.shape[1])
+        norm = bool(getattr(train, "normalize", False))
+        self.mean_std = (((float(train.mean),) * chans, (float(train.std),) * chans) if norm else
+                         ((0.0,) * chans, (1.0,) * chans)) if hasattr(train, "normalize") else None
         return (self.train_x, self.train_y), (self.eval_x, self.eval_y)
 
     def model_kwargs(self, cfg) -> Dict[str, Any]:
@@ -147,4 +153,5 @@ class ImageClassificationTask(Task):
         return {"dataset": self.dataset_name, "train_samples": self.num_train_samples(),
                 "eval_samples": int(self.eval_y.shape[0]), "eval_split": self.cfg.data.eval_split,
                 "classes": len(self.classes), "input": list(self.train_x.shape[1:]),
-                "augment": self.augment}
+                "augment": self.augment,
+                **({"mean": list(self.mean_std[0]), "std": list(self.mean_std[1])} if self.mean_std else {})}

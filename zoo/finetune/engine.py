@@ -56,7 +56,7 @@ from .tasks import Task, get_task
 
 __all__ = ["finetune", "run_from_cli", "param_groups", "lr_lambda", "read_checkpoint", "save_checkpoint",
            "read_run", "TrainingDivergedError", "RunOutputError", "RESUME_MUTABLE_KEYS", "CHECKPOINT_FORMAT",
-           "RUN_OUTPUTS"]
+           "RUN_OUTPUTS", "code_provenance"]
 
 CHECKPOINT_FORMAT = "zoo.finetune/1"
 # config keys that may differ between a checkpoint and the run resuming it (they do not change the trajectory);
@@ -435,9 +435,12 @@ def _check_output_dir(out_dir: Path) -> None:
 
 # ---- the loop -------------------------------------------------------------------------------------------------
 
-def finetune(cfg: Any, resume: bool = False, resume_command: Optional[str] = None) -> Dict[str, Any]:
+def finetune(cfg: Any, resume: bool = False, resume_command: Optional[str] = None,
+             recipe: Optional[str] = None) -> Dict[str, Any]:
     """Fine-tune ``cfg.model`` on ``cfg.data`` as ``cfg.task`` says; returns the run summary (also written to
     ``output.dir/summary.json``). ``cfg`` is a config from :func:`load_config`, a dict or a ``FinetuneCfg``.
+    ``recipe``: the config file the run comes from (``zoo finetune`` passes it), recorded in the summary with the
+    commit of the code (`code_provenance`), which ``zoo export`` publishes.
 
     With ``resume=True`` the run continues from ``output.dir/last.pt`` exactly where it stopped. Ctrl-C saves
     ``last.pt`` and returns a summary with ``"interrupted": True``."""
@@ -463,7 +466,7 @@ def finetune(cfg: Any, resume: bool = False, resume_command: Optional[str] = Non
         if t_cfg.num_threads:
             torch.set_num_threads(t_cfg.num_threads)
         try:
-            return _run(cfg, resume, ckpt, device, resume_command, t_start, info)
+            return _run(cfg, resume, ckpt, device, resume_command, t_start, info, recipe)
         finally:
             torch.set_num_threads(threads_before)     # a library call leaves the process as it found it
     finally:
@@ -532,13 +535,29 @@ def _weights_finite(model: nn.Module, info: "dist.DistInfo") -> bool:
     return bool(ok)
 
 
+def code_provenance(recipe: Optional[str] = None) -> Dict[str, Any]:
+    """``{"recipe", "commit", "dirty"}``: the recipe as its results row names it (`zoo.results.recipe_key`, None
+    when not given), ``git rev-parse HEAD`` of the zoo checkout and whether its tree has uncommitted changes (both
+    None outside a git checkout, e.g. an installed zoo)."""
+    from ..results import _git, recipe_key, source_root
+
+    root = source_root()
+    head = _git(root, "rev-parse", "HEAD") if root is not None else None
+    commit = head.stdout.strip() if head is not None and head.returncode == 0 else None
+    status = _git(root, "status", "--porcelain") if commit else None
+    dirty = bool(status.stdout.strip()) if status is not None and status.returncode == 0 else None
+    return {"recipe": recipe_key(recipe, root) if recipe else None, "commit": commit, "dirty": dirty}
+
+
 def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: torch.device,
-         resume_command: str, t_start: float, info: "dist.DistInfo" = dist.DistInfo()) -> Dict[str, Any]:
+         resume_command: str, t_start: float, info: "dist.DistInfo" = dist.DistInfo(),
+         recipe: Optional[str] = None) -> Dict[str, Any]:
     t_cfg, o_cfg = cfg.train, cfg.optim
     out_dir = Path(cfg.output.dir).expanduser()
     ckpt_path, metrics_path = out_dir / "last.pt", out_dir / "metrics.jsonl"
     summary_path, weights_path = out_dir / "summary.json", out_dir / "model.safetensors"
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    provenance = code_provenance(recipe)            # the code this run trains with (recorded in the summary)
     task_cls = get_task(cfg.task)
     autocast, amp_name = _autocast(t_cfg.amp, device)
 
@@ -864,6 +883,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                 "batch_size": t_cfg.batch_size, "per_rank_batch": math.ceil(t_cfg.batch_size / info.world_size),
                 "output_dir": str(out_dir), "checkpoint": str(ckpt_path),
                 "weights": None if interrupted else str(weights_path), "artifacts": artifacts,
+                **provenance,
             }
             if interrupted:
                 summary["resume_command"] = resume_command
@@ -917,7 +937,7 @@ def run_from_cli(config_path: str, overrides: Iterable[str] = (), resume: bool =
     cfg = load_config(config_path, overrides)
     command = " ".join([*_launcher(), "finetune", shlex.quote(str(config_path)), *map(shlex.quote, overrides),
                         "--resume"])
-    return finetune(cfg, resume=resume, resume_command=command)
+    return finetune(cfg, resume=resume, resume_command=command, recipe=str(config_path))
 
 
 def _launcher() -> List[str]:
