@@ -28,7 +28,8 @@ from .config import PARALLEL_MODES
 
 __all__ = ["DistInfo", "DistributedRunError", "env_info", "setup", "teardown", "collective", "wrap_model", "unwrap",
            "batch_rows", "shard_rows", "rank_slice", "model_state", "optimizer_state", "load_optimizer_state",
-           "all_reduce_sum", "all_gather_objects", "grad_sync", "PARALLEL_MODES", "SHARDED_LISTS"]
+           "all_reduce_sum", "all_gather_objects", "grad_sync", "PARALLEL_MODES", "SHARDED_LISTS",
+           "training_state_bytes", "TRAINING_BYTES_PER_PARAM"]
 
 # ModuleLists whose entries FSDP2 shards one by one (then the root takes the rest)
 SHARDED_LISTS = ("blocks", "layers", "layer", "block")
@@ -351,3 +352,21 @@ def shard_rows(x: Any, lo: int, hi: int, rows: int) -> Any:
         parts = [shard_rows(v, lo, hi, rows) for v in x]
         return type(x)(*parts) if hasattr(x, "_fields") else tuple(parts)
     return x
+
+
+# ---- memory --------------------------------------------------------------------------------------------------
+
+# bytes a parameter costs in training: float32 weight + gradient + AdamW's two moments (bf16 / fp16 autocast keeps
+# the float32 weights and computes a low-precision copy on the fly; only the activations shrink)
+TRAINING_BYTES_PER_PARAM = 4 + 4 + 8
+
+
+def training_state_bytes(num_params: int, world_size: int = 1, parallel: str = "ddp") -> int:
+    """Bytes of weights, gradients and AdamW state each rank holds while training a model of ``num_params``:
+    all of them under DDP (every rank a full replica), a ``1 / world_size`` share under FSDP2 (plus, in flight,
+    the gathered weights and gradients of the block being computed, not counted here). Activations come on top
+    and grow with the per-rank batch."""
+    if parallel not in PARALLEL_MODES:
+        raise ConfigError(f"parallel must be one of {', '.join(PARALLEL_MODES)}, got {parallel!r}")
+    total = TRAINING_BYTES_PER_PARAM * int(num_params)
+    return total if parallel == "ddp" else -(-total // int(world_size))
