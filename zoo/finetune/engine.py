@@ -389,7 +389,8 @@ def _for_training(model: nn.Module, compile: bool, name: str):
         try:
             yield
         except torch._dynamo.exc.TorchDynamoException as e:
-            first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+            first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]    # "backend=... raised:" + cause
             raise ConfigError(f"train.compile=true: torch.compile failed on model {name!r}: {first}; set "
                               f"train.compile=false to train it uncompiled") from e
     return compiled, failures
