@@ -148,3 +148,18 @@ def test_the_scaler_state_of_a_disabled_scaling_is_none_and_loading_none_keeps_a
     on = scaling.LossScaling(CPU, enabled=True)
     on.load_state_dict(None)                    # a checkpoint of a bf16 run resumed with fp16: a fresh scale
     assert on.state_dict() == {"scaler": torch.amp.GradScaler("cpu").state_dict(), "skipped": 0, "in_a_row": 0}
+
+
+def test_fp16_with_ema_and_prefetch_resumes_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr(scaling, "INIT_SCALE", 2.0 ** 20)     # a few skipped steps on the way
+    ref_out, out = tmp_path / "ref", tmp_path / "run"
+    ref = finetune(digits_cfg(ref_out, steps=8, amp="fp16", ema_decay=0.9, eval_every=3))
+    on_loss_call(monkeypatch, call=5, action=lambda m: os.kill(os.getpid(), signal.SIGINT))
+    finetune(digits_cfg(out, steps=8, amp="fp16", ema_decay=0.9, eval_every=3, prefetch=2))
+    monkeypatch.undo()
+    monkeypatch.setattr(scaling, "INIT_SCALE", 2.0 ** 20)
+    got = finetune(digits_cfg(out, steps=8, amp="fp16", ema_decay=0.9, eval_every=3, prefetch=2), resume=True)
+    assert strip(metric_rows(out)) == strip(metric_rows(ref_out))
+    assert 0 < ref["skipped_steps"] == got["skipped_steps"] and got["final_raw"] == ref["final_raw"]
+    a, b = (torch.load(d / "last.pt", weights_only=True) for d in (ref_out, out))
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])

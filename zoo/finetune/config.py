@@ -118,7 +118,7 @@ class TrainCfg:
     ema_decay: Optional[float] = None          # keep an EMA of the weights (e.g. 0.999), evaluated beside them;
                                                # its metrics define best/final and model.safetensors
     ema_warmup: bool = True                    # decay ramps up as 1 - (1 + t)^(-2/3) (timm's ModelEmaV3 warmup)
-    compile: bool = False                      # torch.compile the model for the training steps
+    compile: bool = False                      # torch.compile the model for the training steps (eval: eager)
     prefetch: int = 0                          # micro-batches prepared ahead in a background thread (0 = none)
     label_smoothing: float = 0.0
     num_threads: Optional[int] = None          # torch.set_num_threads

@@ -8,7 +8,8 @@ Everything a run writes lives in ``output.dir``:
     metrics.jsonl        one JSON object per line: {"event": "train"|"eval", "step", "epoch", ...}
     last.pt              checkpoint (model, optimizer, scheduler, position in the epoch, RNG states, config; the
                          EMA weights and the fp16 loss scale when those are on)
-    model.safetensors    final weights (the EMA's with train.ema_decay), loadable with zoo.create(name, pretrained_file=...)
+    model.safetensors    final weights (the EMA's with train.ema_decay), loadable with
+                         zoo.create(name, pretrained_file=...)
     summary.json         final and best metrics, steps, wall time, params, throughput
     (task artifacts)     what the weights need besides themselves, e.g. tokenizer.json (Task.save_artifacts)
 
@@ -737,7 +738,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                 lr = optimizer.param_groups[0]["lr"]
                 in_update = True
                 scaling.step(optimizer, scheduler, grad_norm, step + 1)   # fp16: skipped if gradients overflowed
-                if ema is not None:
+                if ema is not None:               # after every step, one skipped by fp16's scale too (as timm)
                     ema.update(model, step + 1)
                 step += 1
                 batch_pos += k
@@ -855,8 +856,11 @@ def _print_summary(s: Dict[str, Any], say) -> None:
              f"({s['epochs']} epochs), {s['params']:,} params, {s['wall_time_s']:.1f} s wall, "
              f"{s['samples_per_s']:.0f} samples/s on {s['device']}"]
     if s["final"]:
-        lines.append("  final (step {}): {}".format(s["final_step"], ", ".join(
+        lines.append("  final (step {}{}): {}".format(s["final_step"], ", EMA" if s.get("final_raw") else "", ", ".join(
             f"{k} {v:.4f}" for k, v in s["final"].items())))
+    if s.get("final_raw"):
+        lines.append("  final (step {}, raw): {}".format(s["final_step"], ", ".join(
+            f"{k} {v:.4f}" for k, v in s["final_raw"].items())))
     if s["best"]:
         lines.append("  best  (step {}): {}".format(s["best"]["step"], ", ".join(
             f"{k} {v:.4f}" for k, v in s["best"].items() if k != "step")))
