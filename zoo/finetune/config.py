@@ -29,7 +29,7 @@ __all__ = ["ModelCfg", "DataCfg", "OptimCfg", "TrainCfg", "OutputCfg", "Finetune
            "build_config", "saved_config", "valid_keys", "data_schema", "invalid_value", "check_at_least",
            "check_one_of", "FREE_FORM_KEYS", "AMP_MODES", "PARALLEL_MODES"]
 
-AMP_MODES = ("auto", "off", "bf16")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
 PARALLEL_MODES = ("ddp", "fsdp")             # under torchrun: DistributedDataParallel or FSDP2 fully_shard
 # mappings whose keys are not checked against the schema (passed through to user code)
 FREE_FORM_KEYS = ("model.kwargs",)
@@ -114,7 +114,13 @@ class TrainCfg:
     seed: int = 0
     device: str = "auto"                       # auto = cuda if available else cpu
     amp: str = "auto"                          # auto = bf16 autocast where the device has native bf16 (CUDA,
-                                               # AVX512-BF16 / AMX CPUs), else off; "off" | "bf16"
+                                               # AVX512-BF16 / AMX CPUs), else off; "off" | "bf16" | "fp16"
+                                               # (fp16 autocast + a dynamic loss scale: torch.amp.GradScaler)
+    ema_decay: Optional[float] = None          # keep an EMA of the weights (e.g. 0.999), evaluated beside them;
+                                               # its metrics define best/final and model.safetensors
+    ema_warmup: bool = True                    # decay ramps up as 1 - (1 + t)^(-2/3) (timm's ModelEmaV3 warmup)
+    compile: bool = False                      # torch.compile the model for the training steps (eval: eager)
+    prefetch: int = 0                          # micro-batches prepared ahead in a background thread (0 = none)
     label_smoothing: float = 0.0
     num_threads: Optional[int] = None          # torch.set_num_threads
     progress: bool = True                      # tqdm progress bar
@@ -338,6 +344,10 @@ def _validate(cfg: DictConfig, schema: type, where: str) -> None:
         raise bad("train.parallel", t.parallel, f"one of {', '.join(PARALLEL_MODES)}")
     if t.dist_timeout_s <= 0:
         raise bad("train.dist_timeout_s", t.dist_timeout_s, "must be > 0 (seconds)")
+    if t.ema_decay is not None and not (0.0 < t.ema_decay < 1.0):
+        raise bad("train.ema_decay", t.ema_decay, "must be in (0, 1), e.g. 0.999, or null for no EMA")
+    if t.prefetch < 0:
+        raise bad("train.prefetch", t.prefetch, "must be >= 0 (0 = prepare batches in the training loop)")
     if not (0.0 <= t.label_smoothing < 1.0):
         raise bad("train.label_smoothing", t.label_smoothing, "must be in [0, 1)")
     if o.lr <= 0:

@@ -6,8 +6,10 @@ Everything a run writes lives in ``output.dir``:
 
     config.yaml          the resolved config
     metrics.jsonl        one JSON object per line: {"event": "train"|"eval", "step", "epoch", ...}
-    last.pt              checkpoint (model, optimizer, scheduler, position in the epoch, RNG states, config)
-    model.safetensors    final weights, loadable with zoo.create(name, pretrained_file=...)
+    last.pt              checkpoint (model, optimizer, scheduler, position in the epoch, RNG states, config; the
+                         EMA weights and the fp16 loss scale when those are on)
+    model.safetensors    final weights (the EMA's with train.ema_decay), loadable with
+                         zoo.create(name, pretrained_file=...)
     summary.json         final and best metrics, steps, wall time, params, throughput
     (task artifacts)     what the weights need besides themselves, e.g. tokenizer.json (Task.save_artifacts)
 
@@ -26,6 +28,11 @@ A fresh run refuses an ``output.dir`` that holds any output of another run unles
 the data under path-valued ``data.*`` keys is fingerprinted (file names and sizes) so that ``--resume`` refuses
 other data. The loss is checked for NaN/inf at every step, and the weights before every checkpoint: a diverged run
 never writes a checkpoint.
+
+Speed and precision (``train.*``): ``amp`` (bf16 autocast, or fp16 autocast with a dynamic loss scale, `scaling`),
+``ema_decay`` (an EMA of the weights evaluated beside them; its metrics define best/final, `ema`), ``compile``
+(torch.compile for the training steps) and ``prefetch`` (micro-batches prepared in a background thread, pinned and
+copied asynchronously to a CUDA device, `batches`). Exact resume holds with each of them.
 """
 from __future__ import annotations
 
@@ -51,7 +58,10 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, ZooError
 from ..io import atomic_write, atomic_write_text, remove_stale_temp_files
 from . import distributed as dist
+from .batches import device_batches
 from .config import build_config, data_schema, load_config, saved_config
+from .ema import WeightEma
+from .scaling import MAX_SKIPPED_IN_A_ROW, LossScaling
 from .tasks import Task, get_task
 
 __all__ = ["finetune", "run_from_cli", "param_groups", "lr_lambda", "read_checkpoint", "save_checkpoint",
@@ -61,10 +71,13 @@ __all__ = ["finetune", "run_from_cli", "param_groups", "lr_lambda", "read_checkp
 CHECKPOINT_FORMAT = "zoo.finetune/1"
 # config keys that may differ between a checkpoint and the run resuming it (they do not change the trajectory);
 # the data keys among them are the task's (``data_schema.resume_mutable``)
+# train.amp may change (a resume on another device), though it changes the numbers: fp16's loss scale is kept in the
+# checkpoint and restored when the resumed run uses fp16 too. train.ema_decay / ema_warmup may not (another EMA).
 RESUME_MUTABLE_KEYS = frozenset({
     "train.epochs", "train.steps", "train.eval_every", "train.eval_batch_size", "train.device", "train.amp",
-    "train.num_threads", "train.progress", "train.log_every", "train.save_every", "output.dir", "output.overwrite",
-    "train.parallel", "train.dist_timeout_s", "train.find_unused_parameters",
+    "train.num_threads", "train.progress", "train.log_every", "train.save_every", "train.compile",
+    "train.prefetch", "output.dir", "output.overwrite", "train.parallel", "train.dist_timeout_s",
+    "train.find_unused_parameters",
 })
 
 
@@ -151,6 +164,7 @@ def _resolve_device(name: str) -> torch.device:
 
 
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_CPU_FP16_FLAGS = ("avx512_fp16", "amx_fp16")
 
 
 def _cpu_flags() -> Optional[set]:
@@ -180,11 +194,19 @@ def bf16_native(device: torch.device) -> bool:
 
 
 def _autocast(amp: str, device: torch.device):
-    """A factory of autocast contexts and the precision it gives ("bf16" or None).  "auto": bf16 where the device
-    computes it natively (`bf16_native`), else none; "bf16": bf16 on any device (a warning where it is emulated);
-    "off": none."""
+    """A factory of autocast contexts and the precision it gives ("bf16", "fp16" or None).  "auto": bf16 where the
+    device computes it natively (`bf16_native`), else none; "bf16": bf16 on any device (a warning where it is
+    emulated); "fp16": fp16 on any device (a warning on a CPU without AVX512-FP16 / AMX-FP16; the engine adds a
+    loss scale, `LossScaling`); "off": none."""
     if amp == "off" or (amp == "auto" and not bf16_native(device)):
         return nullcontext, None
+    if amp == "fp16":
+        flags = _cpu_flags() if device.type == "cpu" else None
+        if device.type == "cpu" and not (flags and any(f in flags for f in _CPU_FP16_FLAGS)):
+            warnings.warn("train.amp=fp16 on a cpu without native fp16 (no AVX512-FP16 / AMX-FP16): fp16 is "
+                          "emulated there, slower than float32; train.amp=auto uses bf16 where it is native",
+                          UserWarning, stacklevel=2)
+        return (lambda: torch.autocast(device_type=device.type, dtype=torch.float16)), "fp16"
     if amp == "bf16" and not bf16_native(device):
         warnings.warn(f"train.amp=bf16 on a {device.type} without native bf16 (no AVX512-BF16 / AMX-BF16): bf16 is "
                       f"emulated there, many times slower than float32; train.amp=auto uses bf16 only where it is "
@@ -358,6 +380,29 @@ class _GracefulInterrupt:
 
 class _Stop(Exception):
     pass
+
+
+# ---- compiled training steps ----------------------------------------------------------------------------------
+
+def _for_training(model: nn.Module, compile: bool, name: str):
+    """``(the module the training steps call, a context that turns a compilation failure into a ConfigError)``.
+    With ``compile``: ``torch.compile(model)``, a wrapper that shares ``model``'s parameters and buffers, so the
+    state dict (checkpoints, model.safetensors) keeps its keys; it compiles at the first step (forward and
+    backward), again when the batch shape changes (then with dynamic shapes)."""
+    if not compile:
+        return model, nullcontext
+    compiled = torch.compile(model)
+
+    @contextmanager
+    def failures():
+        try:
+            yield
+        except torch._dynamo.exc.TorchDynamoException as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+            first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]    # "backend=... raised:" + cause
+            raise ConfigError(f"train.compile=true: torch.compile failed on model {name!r}: {first}; set "
+                              f"train.compile=false to train it uncompiled") from e
+    return compiled, failures
 
 
 # ---- the data behind a run ------------------------------------------------------------------------------------
@@ -560,6 +605,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     provenance = code_provenance(recipe)            # the code this run trains with (recorded in the summary)
     task_cls = get_task(cfg.task)
     autocast, amp_name = _autocast(t_cfg.amp, device)
+    scaling = LossScaling(device, enabled=amp_name == "fp16")
 
     _seed_everything(t_cfg.seed)
     task: Task = task_cls()
@@ -589,11 +635,19 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     main = info.is_main                   # rank 0 alone writes and prints
     if ckpt is not None:
         zoo.load_checkpoint(model, ckpt["model"], source=str(ckpt_path))
+    if info.enabled and t_cfg.parallel == "fsdp":
+        for key, on in (("train.ema_decay", t_cfg.ema_decay is not None), ("train.amp=fp16", amp_name == "fp16")):
+            if on:      # the EMA copies the whole model; the fp16 scale needs every rank's overflow check
+                raise ConfigError(f"{key} is not supported with train.parallel=fsdp yet: use train.parallel=ddp "
+                                  f"(or train.amp=bf16 for fp16)")
+    ema = WeightEma(model, t_cfg.ema_decay, t_cfg.ema_warmup) if t_cfg.ema_decay is not None else None
     train_model = model
     if info.enabled:                      # every rank built the same weights from the same seed
         train_model = dist.wrap_model(model, info, t_cfg.parallel, device, t_cfg.find_unused_parameters)
         if info.rank:
             torch.manual_seed(_rank_seed(t_cfg.seed, info.rank))
+    # compiled after wrapping (DDP / FSDP2 hooks stay outside the graph); the same parameters as ``model``
+    step_model, compile_failures = _for_training(train_model, t_cfg.compile, cfg.model.name)
     optimizer = torch.optim.AdamW(param_groups(model, o_cfg.weight_decay), lr=o_cfg.lr,
                                   betas=tuple(o_cfg.betas), eps=o_cfg.eps)
 
@@ -607,6 +661,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     step, epoch, batch_pos = 0, 0, 0
     best: Dict[str, Any] = {}
     last_eval: Dict[str, Any] = {}
+    last_eval_raw: Dict[str, Any] = {}    # with an EMA: the raw weights' metrics (last_eval is the EMA's)
     elapsed_before, train_time_before, samples_before = 0.0, 0.0, 0
     saved_step: Optional[int] = None      # the step of the checkpoint on disk (the last good one)
     window: Dict[str, Any] = {}
@@ -622,6 +677,12 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
         elapsed_before, train_time_before = ckpt.get("elapsed_s", 0.0), ckpt.get("train_time_s", 0.0)
         samples_before = ckpt.get("samples", 0)
         window = dict(ckpt.get("log_window") or {})
+        last_eval_raw = dict(ckpt.get("last_eval_raw") or {})
+        scaling.load_state_dict(ckpt.get("loss_scaling"))
+        if ema is not None:
+            if not ckpt.get("ema"):
+                raise CheckpointError(f"{ckpt_path} holds no EMA weights though train.ema_decay is set")
+            ema.load_state_dict(ckpt["ema"])
         rngs = ckpt.get("rng_ranks") or [ckpt["rng"]]
         if len(rngs) == info.world_size:          # each rank continues its own streams
             _set_rng_state(rngs[info.rank])
@@ -688,8 +749,14 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     def check_finite(weights: bool) -> None:
         """Raise TrainingDivergedError when a step's loss was NaN/inf (or, with ``weights``, a weight is)."""
         bad_step = int(first_bad.item())              # the one device sync, at log steps, evals and saves
+        stuck = scaling.stuck_step()
         if bad_step >= 0:
             what = f"the training loss is not finite (nan or inf) at step {bad_step}"
+            if amp_name == "fp16":
+                what += " (float16 overflows above 65504: train.amp=bf16 or off may not)"
+        elif stuck is not None:
+            what = (f"the gradients were not finite at {MAX_SKIPPED_IN_A_ROW} steps in a row up to step {stuck}, "
+                    f"each skipped by the fp16 loss scale (now {scaling.scaler.get_scale():.3g})")
         elif weights and not _weights_finite(model, info):
             what = f"the weights are not finite (nan or inf) after step {step}, though the loss was: the " \
                    f"gradients overflowed"
@@ -714,9 +781,11 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
             return
         state = {"format": CHECKPOINT_FORMAT, "model": model_sd, "optimizer": optim_sd,
                  "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_pos,
-                 "rng": rngs[0], "rng_ranks": rngs, "world_size": info.world_size, "config": resolved, "model_kwargs": _plain(model_kwargs), "best": best,
+                 "rng": rngs[0], "rng_ranks": rngs, "world_size": info.world_size, "config": resolved,
+                 "model_kwargs": _plain(model_kwargs), "best": best,
                  "last_eval": last_eval, "elapsed_s": elapsed(), "train_time_s": train_time, "samples": samples,
-                 "data_fingerprint": data_fingerprint,
+                 "data_fingerprint": data_fingerprint, "loss_scaling": scaling.state_dict(),
+                 "ema": ema.state_dict() if ema is not None else None, "last_eval_raw": last_eval_raw,
                  # the logging window so far: the resumed run logs the same means as an uninterrupted one
                  "log_window": {"loss_sum": loss_sum.item(), "steps": loss_steps, "samples": log_samples,
                                 "time_s": log_time}}
@@ -725,21 +794,28 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
         saved_step = step
 
     def run_eval() -> Dict[str, float]:
-        nonlocal best, last_eval
+        nonlocal best, last_eval, last_eval_raw
         check_finite(weights=True)
         t0 = time.perf_counter()
         with autocast(), dist.collective(info, f"the evaluation at step {step}"):
             # every rank evaluates the whole split (FSDP2 needs every rank in each forward)
             metrics = task.evaluate(dist.unwrap(train_model), batch_size=t_cfg.eval_batch_size)
+            # with an EMA, its metrics are the run's (best, final, the weights written); the raw ones are logged
+            raw = task.evaluate(ema.module, batch_size=t_cfg.eval_batch_size) if ema is not None else None
         train_model.train()
         metrics = {k: float(v) for k, v in metrics.items()}
+        if raw is not None:
+            metrics, raw = {k: float(v) for k, v in raw.items()}, metrics
+            last_eval_raw = {"step": step, **raw}
         last_eval = {"step": step, **metrics}
         key, mode = task.main_metric, task.main_mode
         if key in metrics and (not best or (metrics[key] > best[key] if mode == "max" else metrics[key] < best[key])):
             best = {"step": step, **metrics}
-        log("eval", **{f"eval_{k}": v for k, v in metrics.items()}, eval_time_s=round(time.perf_counter() - t0, 3))
+        log("eval", **{f"eval_{k}": v for k, v in metrics.items()},
+            **{f"eval_raw_{k}": v for k, v in (raw or {}).items()}, eval_time_s=round(time.perf_counter() - t0, 3))
         say(f"step {step}/{total_steps} epoch {step / steps_per_epoch:.2f}: "
-            + ", ".join(f"eval {k} {v:.4f}" for k, v in metrics.items()))
+            + ", ".join(f"eval {'ema ' if raw is not None else ''}{k} {v:.4f}" for k, v in metrics.items())
+            + "".join(f", raw {k} {v:.4f}" for k, v in (raw or {}).items()))
         return metrics
 
     samples, train_time = samples_before, train_time_before
@@ -755,6 +831,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     batches = None
     weigh = accum > 1 or info.enabled        # gradients as sums over terms, divided by the global count
     stop_all = False                         # the all-reduced stop flag (under torchrun)
+
     def say_any_rank(msg: str) -> None:             # a signal may reach any rank: it says so on its own
         say(msg) if main else print(f"rank {info.rank}: {msg}", flush=True)
 
@@ -762,7 +839,8 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
         try:
             while step < total_steps:
                 if batches is None:
-                    batches = task.train_batches(epoch, _epoch_generator(t_cfg.seed, epoch), start=batch_pos)
+                    batches = device_batches(task.train_batches(epoch, _epoch_generator(t_cfg.seed, epoch),
+                                                                start=batch_pos), device, t_cfg.prefetch)
                 t0 = time.perf_counter()
                 k = min(accum, nb - batch_pos)
                 optimizer.zero_grad(set_to_none=True)
@@ -774,13 +852,13 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                     step_samples += task.batch_samples(batch)
                     if info.enabled:
                         batch, has_rows = task.shard(batch, info.rank, info.world_size)
-                    with dist.grad_sync(train_model, sync=j == k - 1), \
+                    with dist.grad_sync(train_model, sync=j == k - 1), compile_failures(), \
                             dist.collective(info, f"step {step + 1}"):      # inner micro-batches: no all-reduce
                         with autocast():
-                            loss, n = task.loss(train_model, batch)
+                            loss, n = task.loss(step_model, batch)
                         if not has_rows:
                             n = n * 0                   # a rank without rows: weight 0, still in the all-reduce
-                        (loss * n if weigh else loss).backward()
+                        scaling.backward(loss * n if weigh else loss)
                     step_loss += loss.detach().double() * n
                     step_n += n
                 if info.enabled:                        # one all-reduce: loss, terms, and whether any rank stops
@@ -796,18 +874,18 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                                 p.grad.mul_(scale)
                             else:
                                 p.grad.div_(scale)
-                grad_norm = None
-                if clip is not None:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                grad_norm = scaling.clip(optimizer, model.parameters(), clip)
                 lr = optimizer.param_groups[0]["lr"]
                 in_update = True
-                optimizer.step()
-                scheduler.step()
+                scaling.step(optimizer, scheduler, grad_norm, step + 1)   # fp16: skipped if gradients overflowed
+                if ema is not None:               # after every step, one skipped by fp16's scale too (as timm)
+                    ema.update(model, step + 1)
                 step += 1
                 batch_pos += k
                 samples += step_samples
                 epoch_end = batch_pos >= nb
                 if epoch_end:
+                    batches.close()
                     epoch, batch_pos, batches = epoch + 1, 0, None
                 in_update = False
                 rng_boundary = _rng_state()
@@ -824,9 +902,9 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                     check_finite(weights=False)
                     mean_loss = loss_sum.item() / loss_steps
                     fields = {"loss": mean_loss, "lr": lr, "samples_per_s": round(log_samples / max(log_time, 1e-9), 2)}
-                    if grad_norm is not None:
-                        fields["grad_norm"] = float(grad_norm)
-                    log("train", **fields)
+                    if grad_norm is not None:     # fp16: not finite at a skipped step
+                        fields["grad_norm"] = float(grad_norm) if math.isfinite(grad_norm) else None
+                    log("train", **fields, **scaling.log_fields())
                     if bar is not None:
                         bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ep=f"{step / steps_per_epoch:.2f}")
                     loss_sum.zero_()
@@ -845,6 +923,8 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
             # no partial log line: the window's sums go into the checkpoint and the resumed run logs the window
             interrupted = True
         finally:
+            if batches is not None:
+                batches.close()                  # stops the prefetch thread
             if bar is not None:
                 bar.close()
             if metrics_file is not None:
@@ -862,8 +942,11 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
             else:
                 save(rng_boundary)
                 from ..hub import save_state_dict
-                with dist.collective(info, "gathering the final weights"):
-                    final = dist.model_state(train_model) if info.enabled else model.state_dict()
+                if ema is not None:                  # the EMA's weights (the same on every rank)
+                    final = ema.weights_like(model)
+                else:
+                    with dist.collective(info, "gathering the final weights"):
+                        final = dist.model_state(train_model) if info.enabled else model.state_dict()
                 if main:
                     with _writing(weights_path, "the weights"):
                         save_state_dict({k: v.detach().cpu() for k, v in final.items()}, weights_path)
@@ -875,6 +958,7 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                 "epochs": round(step / steps_per_epoch, 4), "steps_per_epoch": steps_per_epoch,
                 "final": {k: v for k, v in last_eval.items() if k != "step"},
                 "final_step": last_eval.get("step"), "best": best, "main_metric": task.main_metric,
+                "ema_decay": t_cfg.ema_decay,
                 "params": n_params, "trainable_params": n_trainable, "wall_time_s": round(wall, 3),
                 "train_time_s": round(train_time, 3),
                 "samples_per_s": round((samples - samples_before) / max(train_time - train_time_before, 1e-9), 2),
@@ -885,6 +969,10 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
                 "weights": None if interrupted else str(weights_path), "artifacts": artifacts,
                 **provenance,
             }
+            if ema is not None:                  # the raw weights' metrics beside the EMA's "final"
+                summary["final_raw"] = {k: v for k, v in last_eval_raw.items() if k != "step"}
+            if amp_name == "fp16":
+                summary["skipped_steps"] = int(scaling.skipped.item())
             if interrupted:
                 summary["resume_command"] = resume_command
             if main:
@@ -919,8 +1007,11 @@ def _print_summary(s: Dict[str, Any], say) -> None:
              f"{s['samples_per_s']:.0f} samples/s on {s['device']}"
              + (f" x {s['world_size']} ranks ({s['parallel']})" if s.get("world_size", 1) > 1 else "")]
     if s["final"]:
-        lines.append("  final (step {}): {}".format(s["final_step"], ", ".join(
+        lines.append("  final (step {}{}): {}".format(s["final_step"], ", EMA" if s.get("final_raw") else "", ", ".join(
             f"{k} {v:.4f}" for k, v in s["final"].items())))
+    if s.get("final_raw"):
+        lines.append("  final (step {}, raw): {}".format(s["final_step"], ", ".join(
+            f"{k} {v:.4f}" for k, v in s["final_raw"].items())))
     if s["best"]:
         lines.append("  best  (step {}): {}".format(s["best"]["step"], ", ".join(
             f"{k} {v:.4f}" for k, v in s["best"].items() if k != "step")))
