@@ -24,7 +24,7 @@ TINY = {"dim": 32, "depth": 1, "num_heads": 2}
 
 def lm_cfg(src, out, model="code_lm_rope_tiny", **train):
     """A causal_lm fine-tune config on the source tree ``src``: 32-token windows, a 300-token BPE, ``TINY``."""
-    t = {"steps": 6, "batch_size": 8, "log_every": 1, "progress": False, "seed": 1, "num_threads": 1,
+    t = {"steps": 6, "batch_size": 8, "log_every": 1, "progress": False, "seed": 1, "num_threads": 1, "amp": "off",
          "eval_batch_size": 64}
     t.update(train)
     return {"task": "causal_lm", "model": {"name": model, "kwargs": dict(TINY)},

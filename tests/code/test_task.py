@@ -18,7 +18,7 @@ from zoo.finetune.engine import _epoch_generator  # noqa: E402
 from code_test_helpers import TINY, built_task, copy_small_tree, lm_cfg  # noqa: E402
 from domains.code import task as code_task  # noqa: E402
 from domains.code.data import CodeWindows, collate_windows, tokenize_files  # noqa: E402
-from domains.code.task import gather_windows, load_run, stream_tensors  # noqa: E402
+from domains.code.task import IGNORE_INDEX, _labels, gather_windows, load_run, stream_tensors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,10 @@ def test_every_encoding_trains_on_the_task_batches(src, model):
     batch = next(task.train_batches(0, _epoch_generator(0, 0)))
     loss, n = task.loss(m, batch)
     loss.backward()
-    assert n == 8 and math.isfinite(loss.item()) and loss.item() == pytest.approx(math.log(300), abs=1.0)
+    # the loss is the mean over the predicted tokens, and n counts them (every position but padding)
+    predicted = int((_labels(batch, task.tokenizer.pad_id) != IGNORE_INDEX).sum())
+    assert int(n) == predicted and 0 < predicted <= 8 * 32
+    assert math.isfinite(loss.item()) and loss.item() == pytest.approx(math.log(300), abs=1.0)
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
 
 

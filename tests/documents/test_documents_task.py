@@ -73,7 +73,7 @@ def test_word_labelling_overfits_a_batch(manuals_dir):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert n == 4
+    assert int(n) == int(batch["labels"].ne(-100).sum())          # the labelled words the mean is over
     assert losses[-1] < 0.3 * losses[0], losses
 
 

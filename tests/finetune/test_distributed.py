@@ -168,3 +168,27 @@ def test_zoo_bench_ddp_reports_the_ratio_of_the_same_run(tmp_path):
     run = result["runs"][0]
     assert run["ratio"] == pytest.approx(run["ranks_samples_per_s"] / run["one_process_samples_per_s"], rel=1e-2)
     assert result["max_rel_loss_diff"] <= RTOL                   # both runs computed the same three steps
+
+
+def test_the_readme_memory_table_is_the_formula_over_the_registry():
+    import re
+
+    from zoo.finetune.distributed import training_state_bytes
+    from zoo.registry import count_params
+
+    text = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| ([\d.]+)M \| ([\d,.]+) MiB \| ([\d,.]+) MiB \|$", text, flags=re.M)
+    assert len(rows) >= 4
+
+    def shown(cell, value):                      # the cell is the value rounded to the digits it shows
+        cell = cell.replace(",", "")
+        decimals = len(cell.split(".")[1]) if "." in cell else 0
+        return abs(float(cell) - value) <= 0.5 * 10 ** -decimals + 1e-9
+
+    for name, params, ddp, fsdp in rows:
+        n = count_params(name)
+        assert shown(params, n / 1e6), name
+        assert shown(ddp, training_state_bytes(n) / 2 ** 20), name
+        assert shown(fsdp, training_state_bytes(n, 8, "fsdp") / 2 ** 20), name
+    # 16 bytes a parameter: float32 weight and gradient, AdamW's two moments
+    assert training_state_bytes(1000) == 16000 and training_state_bytes(1000, 3, "fsdp") == 5334
