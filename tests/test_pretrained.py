@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import importlib.util
 import socket
 import threading
 import urllib.parse
@@ -26,6 +25,7 @@ import torch
 import zoo
 from zoo import hub, registry
 from zoo.errors import ChecksumError
+from support.modules import load_test_module
 
 HERE = Path(__file__).parent
 TAGS = zoo.list_models(pretrained=True)
@@ -34,11 +34,7 @@ DEPTH, IMG = 2, 48                                     # a 3x3 grid of 16-pixel 
 
 def _load_test_module(rel: str):
     """A helper module of another test file (the official-format builders and references written there)."""
-    path = HERE / rel
-    spec = importlib.util.spec_from_file_location(f"_pretrained_ref_{path.stem}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_test_module(HERE / rel, "_pretrained_ref")
 
 
 def _images(seed=3):

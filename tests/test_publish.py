@@ -7,7 +7,6 @@ Each run is two or three steps of a one-block model on a small slice of the real
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -23,6 +22,7 @@ import zoo
 from zoo import publish, registry
 from zoo.errors import CheckpointError, ConfigError, WeightsError
 from zoo.finetune import finetune
+from support.modules import load_test_module
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).parent
@@ -33,11 +33,7 @@ TRAIN = {"steps": 2, "progress": False, "log_every": 1, "num_threads": 1, "seed"
 
 def _helper(rel: str):
     """A helper module of another test folder (the real-data fixtures written there)."""
-    path = HERE / rel
-    spec = importlib.util.spec_from_file_location(f"_publish_{path.stem}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_test_module(HERE / rel, "_publish")
 
 
 # ---- one tiny real run per domain, and its export ---------------------------------------------------------------------

@@ -5,7 +5,6 @@ loss by the number of terms it averages (`Task.loss` returns it), and the engine
 global count. For every task, on real data, the shards for 2, 3 and 8 ranks (uneven, and with ranks left empty)
 must give the whole batch's loss and gradients: sum_r n_r * loss_r / sum_r n_r == loss, same for the gradients.
 """
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,10 @@ import zoo
 from zoo.finetune import build_config, get_task, list_tasks
 from zoo.finetune.engine import _epoch_generator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "code"))
-from code_test_helpers import TINY as CODE_TINY  # noqa: E402
-from code_test_helpers import copy_small_tree  # noqa: E402
+from support.modules import load_test_module
+
+_code = load_test_module(Path(__file__).resolve().parents[1] / "code" / "code_test_helpers.py", "_shards")
+CODE_TINY, copy_small_tree = _code.TINY, _code.copy_small_tree
 
 MANUALS = Path("/usr/share/doc/r-doc-pdf/manual")
 DOC_TINY = {"dim": 32, "depth": 1, "num_heads": 2, "mlp_hidden": 64, "drop": 0.0, "attn_drop": 0.0}
