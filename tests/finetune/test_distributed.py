@@ -29,9 +29,10 @@ pytestmark = pytest.mark.debian_data("dataset-fashion-mnist")
 
 
 def config(out, **train):
-    """256 train / 128 test images; micro-batch 16 (8 per rank) x accumulation 2; 4 steps; augmentation on."""
+    """256 train / 128 test images; micro-batch 16 (8 per rank) x accumulation 2; 4 steps; augmentation on; an EMA
+    of the weights (its weights are model.safetensors; last.pt holds the raw ones)."""
     t = {"steps": 4, "batch_size": 16, "accumulation": 2, "log_every": 1, "progress": False, "seed": 3,
-         "num_threads": 1, "amp": "off", "dist_timeout_s": 60}
+         "num_threads": 1, "amp": "off", "dist_timeout_s": 60, "ema_decay": 0.9}
     t.update(train)
     return {"task": "image_classification", "model": MODEL,
             "data": {"name": "fashion_mnist", "train_limit": 256, "eval_limit": 128, "augment": True},
@@ -72,11 +73,12 @@ def reference(tmp_path_factory):
     """The one-process run: 4 steps of 2 micro-batches of 16."""
     out = tmp_path_factory.mktemp("one") / "run"
     summary = finetune(config(out))
-    return summary, losses(out), load_file(out / "model.safetensors")
+    raw = torch.load(out / "last.pt", weights_only=True)["model"]
+    return summary, losses(out), load_file(out / "model.safetensors"), raw
 
 
 def test_two_ddp_ranks_give_the_one_process_run_and_identical_replicas(tmp_path, reference):
-    ref_summary, ref_losses, ref_weights = reference
+    ref_summary, ref_losses, ref_weights, _ = reference
     out = tmp_path / "run"
     r = torchrun(write_config(tmp_path / "c.yaml", config(out)), ZOO_TEST_DUMP="1")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -84,33 +86,35 @@ def test_two_ddp_ranks_give_the_one_process_run_and_identical_replicas(tmp_path,
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["world_size"], summary["parallel"], summary["per_rank_batch"]) == (2, "ddp", 8)
     assert summary["final"]["accuracy"] == pytest.approx(ref_summary["final"]["accuracy"], abs=1 / 128)
-    weights = load_file(out / "model.safetensors")
+    weights = load_file(out / "model.safetensors")               # the EMA's, the same on every rank
     assert weights.keys() == ref_weights.keys()
     for k, v in weights.items():
         torch.testing.assert_close(v, ref_weights[k], rtol=RTOL, atol=RTOL)
     # every rank holds a full replica: bit-identical after training (one all-reduced gradient per step)
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert all(torch.equal(r0[k], r1[k]) for k in r0) and set(r0) == set(weights)
+    assert not all(torch.equal(r0[k], weights[k]) for k in r0)  # the raw weights are not the EMA's
     # rank 0 alone writes: one metrics line per step, one summary
     assert len([ln for ln in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in ln]) == 4
 
 
 def test_fsdp2_gives_the_one_process_run(tmp_path, reference):
-    ref_summary, ref_losses, ref_weights = reference
+    _, ref_losses, _, ref_raw = reference
     out = tmp_path / "run"
-    r = torchrun(write_config(tmp_path / "c.yaml", config(out, parallel="fsdp")))
+    cfg_path = write_config(tmp_path / "c.yaml", config(out, parallel="fsdp", ema_decay=None))
+    r = torchrun(cfg_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_close_losses(losses(out), ref_losses, [1, 2, 3, 4])
     weights = load_file(out / "model.safetensors")              # gathered from the shards on rank 0
-    for k, v in weights.items():
-        torch.testing.assert_close(v, ref_weights[k], rtol=RTOL, atol=RTOL)
+    for k, v in weights.items():                                # no EMA here: the raw weights
+        torch.testing.assert_close(v, ref_raw[k], rtol=RTOL, atol=RTOL)
     ckpt = torch.load(out / "last.pt", weights_only=True)        # the optimizer in the one-process form
     assert sorted(ckpt["optimizer"]["state"]) == list(range(len(weights)))
     assert json.loads((out / "summary.json").read_text())["parallel"] == "fsdp"
 
 
 def test_ctrl_c_on_one_rank_stops_both_and_one_process_resumes_exactly(tmp_path, reference):
-    _, ref_losses, ref_weights = reference
+    _, ref_losses, ref_weights, _ = reference
     out = tmp_path / "run"
     cfg_path = write_config(tmp_path / "c.yaml", config(out))
     # Ctrl-C reaches rank 1 only, during its 3rd micro-batch (step 2): both ranks stop after step 2
@@ -192,3 +196,11 @@ def test_the_readme_memory_table_is_the_formula_over_the_registry():
         assert shown(fsdp, training_state_bytes(n, 8, "fsdp") / 2 ** 20), name
     # 16 bytes a parameter: float32 weight and gradient, AdamW's two moments
     assert training_state_bytes(1000) == 16000 and training_state_bytes(1000, 3, "fsdp") == 5334
+
+
+def test_fsdp2_refuses_what_it_cannot_shard_yet_on_every_rank(tmp_path):
+    out = tmp_path / "run"
+    r = torchrun(write_config(tmp_path / "c.yaml", config(out, parallel="fsdp")))     # with the EMA
+    assert r.returncode != 0
+    assert r.stderr.count("zoo: error: train.ema_decay is not supported with train.parallel=fsdp yet") == 2
+    assert not (out / "last.pt").exists()
