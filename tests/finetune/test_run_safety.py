@@ -17,7 +17,7 @@ import yaml
 
 from zoo.errors import ConfigError, ZooError
 from zoo.finetune import build_config, finetune
-from zoo.finetune import engine
+from zoo.finetune import engine, runstate
 from zoo.finetune.engine import TrainingDivergedError
 
 from support.engine import on_loss_call
@@ -240,7 +240,7 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_checkpoint(tmp_
         f = real_open(path, mode, *a, **kw)
         return FullDisk(f) if "w" in mode and Path(path).name.startswith(".last.pt.") else f
 
-    monkeypatch.setattr(engine, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(runstate, "open", full_disk_open, raising=False)
     with pytest.raises(ZooError) as e:
         finetune(digits_cfg(out, steps=4), resume=True)
     assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC
