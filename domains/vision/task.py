@@ -138,16 +138,26 @@ class ImageClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int = 512) -> Dict[str, float]:
+        return self.eval_metrics(self.eval_sums(model, batch_size, 0, 1))
+
+    @torch.no_grad()
+    def eval_sums(self, model: nn.Module, batch_size: int, rank: int, world_size: int) -> Dict[str, Tensor]:
+        from zoo.finetune.distributed import rank_slice
+
         model.eval()
-        n = int(self.eval_y.shape[0])
+        lo, hi = rank_slice(int(self.eval_y.shape[0]), rank, world_size)
         correct = torch.zeros((), dtype=torch.long, device=self.eval_y.device)
         total_loss = torch.zeros((), dtype=torch.float64, device=self.eval_y.device)
-        for i in range(0, n, batch_size):
-            x, y = self.eval_x[i:i + batch_size], self.eval_y[i:i + batch_size]
+        for i in range(lo, hi, batch_size):
+            x, y = self.eval_x[i:min(i + batch_size, hi)], self.eval_y[i:min(i + batch_size, hi)]
             logits = model(x).float()
             total_loss += F.cross_entropy(logits, y, reduction="sum").double()
             correct += (logits.argmax(-1) == y).sum()
-        return {"accuracy": correct.item() / n, "loss": total_loss.item() / n}
+        return {"correct": correct, "loss_sum": total_loss, "count": torch.tensor(hi - lo, device=correct.device)}
+
+    def eval_metrics(self, sums: Dict[str, Tensor]) -> Dict[str, float]:
+        n = max(int(sums["count"]), 1)
+        return {"accuracy": int(sums["correct"]) / n, "loss": float(sums["loss_sum"]) / n}
 
     def describe(self) -> Dict[str, Any]:
         return {"dataset": self.dataset_name, "train_samples": self.num_train_samples(),

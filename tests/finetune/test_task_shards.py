@@ -114,3 +114,10 @@ def test_shards_of_every_task_give_the_whole_batch(task_name, sources):
         assert total / terms == pytest.approx(float(whole), rel=1e-5)
         for g, r in zip(_grads(model), ref):
             torch.testing.assert_close(g / terms, r, rtol=1e-4, atol=1e-6)
+    # a task that evaluates in shards (Task.eval_sums) gives the whole split's metrics from the summed shares
+    if task.eval_sums(model, 8, 0, 1) is not None:
+        whole = task.evaluate(model, batch_size=8)
+        for world in (2, 3):
+            parts = [task.eval_sums(model, 8, rank, world) for rank in range(world)]
+            summed = {k: sum(p[k].double() for p in parts) for k in parts[0]}
+            assert task.eval_metrics(summed) == pytest.approx(whole, rel=1e-6)

@@ -543,15 +543,26 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
             save_checkpoint(ckpt_path, state)
         saved_step = step
 
+    def evaluate(m: nn.Module) -> Dict[str, float]:
+        """The task's metrics of ``m``; under torchrun each rank evaluates its share where the task can
+        (`Task.eval_sums`, all-reduced), else the whole split (an FSDP2 model needs every rank in each forward)."""
+        if info.enabled and (t_cfg.parallel == "ddp" or m is not train_model):   # FSDP2: the same forwards
+            sums = task.eval_sums(m, t_cfg.eval_batch_size, info.rank, info.world_size)
+            if sums is not None:
+                keys = sorted(sums)
+                packed = torch.stack([sums[k].double().to(device) for k in keys])
+                dist.all_reduce_sum(packed)
+                return task.eval_metrics({k: packed[i] for i, k in enumerate(keys)})
+        return task.evaluate(m, batch_size=t_cfg.eval_batch_size)
+
     def run_eval() -> Dict[str, float]:
         nonlocal best, last_eval, last_eval_raw
         check_finite(weights=True)
         t0 = time.perf_counter()
         with autocast(), dist.collective(info, f"the evaluation at step {step}"):
-            # every rank evaluates the whole split (FSDP2 needs every rank in each forward)
-            metrics = task.evaluate(dist.unwrap(train_model), batch_size=t_cfg.eval_batch_size)
+            metrics = evaluate(dist.unwrap(train_model))
             # with an EMA, its metrics are the run's (best, final, the weights written); the raw ones are logged
-            raw = task.evaluate(ema.module, batch_size=t_cfg.eval_batch_size) if ema is not None else None
+            raw = evaluate(ema.module) if ema is not None else None
         train_model.train()
         metrics = {k: float(v) for k, v in metrics.items()}
         if raw is not None:

@@ -117,6 +117,17 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, batch_size: int = 512) -> Dict[str, float]:
         """Metrics over the whole eval split: batched, no grad, ``model.eval()``."""
 
+    def eval_sums(self, model: nn.Module, batch_size: int, rank: int,
+                  world_size: int) -> Optional[Dict[str, Tensor]]:
+        """Additive sums (0-dim tensors) over rank ``rank``'s contiguous share of the eval split, from which
+        `eval_metrics` computes the metrics: under torchrun each rank evaluates its share and the sums are
+        all-reduced. None (the default): the task evaluates only as a whole, and every rank evaluates all of it."""
+        return None
+
+    def eval_metrics(self, sums: Dict[str, Tensor]) -> Dict[str, float]:
+        """The metrics from the (all-reduced) `eval_sums`."""
+        raise NotImplementedError(f"task {self.name} defines eval_sums but not eval_metrics")
+
     def save_artifacts(self, run_dir: Path) -> List[str]:
         """Write what the trained weights need besides themselves (a tokenizer, a label map) into ``run_dir``, each
         file atomically; returns the file names. Called once per run, after ``build_data``. Default: nothing."""
