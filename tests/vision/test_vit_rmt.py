@@ -20,7 +20,8 @@ def test_registered_and_geometry():
     from zoo.registry import _REGISTRY
     for name, dim, heads in [("vit_rmt_tiny", 192, 3), ("vit_rmt_small", 384, 6)]:
         e = _REGISTRY[name]
-        assert e.paper == "https://arxiv.org/abs/2309.11523" and e.cfgs == {}
+        assert e.paper == "https://arxiv.org/abs/2309.11523"
+        assert all(c.recipe and not c.published for c in e.cfgs.values())     # only our recipe's, unpublished
         assert name in timm.list_models("vit_rmt_*")
         m = zoo.create(name, depth=1)
         assert isinstance(m, VisionTransformer)
