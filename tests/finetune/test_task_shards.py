@@ -121,3 +121,15 @@ def test_shards_of_every_task_give_the_whole_batch(task_name, sources):
             parts = [task.eval_sums(model, 8, rank, world) for rank in range(world)]
             summed = {k: sum(p[k].double() for p in parts) for k in parts[0]}
             assert task.eval_metrics(summed) == pytest.approx(whole, rel=1e-6)
+
+
+def test_a_task_defines_both_eval_sums_and_eval_metrics_or_neither():
+    from zoo.finetune.tasks import Task, register_task
+
+    class HalfSharded(Task):
+        def eval_sums(self, model, batch_size, rank, world_size):
+            return {}
+
+    with pytest.raises(TypeError, match="defines both"):
+        register_task("half_sharded_eval")(HalfSharded)
+    assert "half_sharded_eval" not in list_tasks()

@@ -280,6 +280,11 @@ def finetune(cfg: Any, resume: bool = False, resume_command: Optional[str] = Non
         resume_command = f"zoo finetune <config> output.dir={shlex.quote(str(out_dir))} --resume"
 
     info = dist.env_info()
+    if info.enabled and t_cfg.parallel == "fsdp":       # before any data is read, the same on every rank
+        for key, on in (("train.ema_decay", t_cfg.ema_decay is not None), ("train.amp=fp16", t_cfg.amp == "fp16")):
+            if on:      # the EMA copies the whole model; the fp16 scale needs every rank's overflow check
+                raise ConfigError(f"{key} is not supported with train.parallel=fsdp yet: use train.parallel=ddp "
+                                  f"(or train.amp=bf16 for fp16)")
     created = False
     if info.enabled:
         device, created = dist.setup(info, t_cfg.device, t_cfg.dist_timeout_s)
@@ -385,11 +390,6 @@ def _run(cfg: DictConfig, resume: bool, ckpt: Optional[Dict[str, Any]], device: 
     main = info.is_main                   # rank 0 alone writes and prints
     if ckpt is not None:
         zoo.load_checkpoint(model, ckpt["model"], source=str(ckpt_path))
-    if info.enabled and t_cfg.parallel == "fsdp":
-        for key, on in (("train.ema_decay", t_cfg.ema_decay is not None), ("train.amp=fp16", amp_name == "fp16")):
-            if on:      # the EMA copies the whole model; the fp16 scale needs every rank's overflow check
-                raise ConfigError(f"{key} is not supported with train.parallel=fsdp yet: use train.parallel=ddp "
-                                  f"(or train.amp=bf16 for fp16)")
     ema = WeightEma(model, t_cfg.ema_decay, t_cfg.ema_warmup) if t_cfg.ema_decay is not None else None
     train_model = model
     if info.enabled:                      # every rank built the same weights from the same seed

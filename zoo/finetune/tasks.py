@@ -125,8 +125,9 @@ class Task(ABC):
         return None
 
     def eval_metrics(self, sums: Dict[str, Tensor]) -> Dict[str, float]:
-        """The metrics from the (all-reduced) `eval_sums`."""
-        raise NotImplementedError(f"task {self.name} defines eval_sums but not eval_metrics")
+        """The metrics from the (all-reduced) `eval_sums`. A task overrides both or neither (`register_task`
+        checks); the base form, reached only by a task without shares, reads the sums as the metrics."""
+        return {k: float(v) for k, v in sums.items()}
 
     def save_artifacts(self, run_dir: Path) -> List[str]:
         """Write what the trained weights need besides themselves (a tokenizer, a label map) into ``run_dir``, each
@@ -153,6 +154,9 @@ def register_task(name: str):
     def deco(cls: Type[Task]) -> Type[Task]:
         if name in _TASKS and _TASKS[name] is not cls:
             raise ValueError(f"task {name!r} is already registered by {_TASKS[name].__module__}")
+        if (cls.eval_sums is Task.eval_sums) != (cls.eval_metrics is Task.eval_metrics):
+            raise TypeError(f"task {name!r} ({cls.__qualname__}) overrides one of eval_sums / eval_metrics: a task "
+                            f"that evaluates in shares defines both (the sums, and the metrics from them)")
         cls.name = name
         _TASKS[name] = cls
         return cls
