@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, UnknownModelError, WeightsError, ZooError
-from .registry import FOLDER_PREFIXES, PretrainedCfg, TIMM_CFG_FIELDS, _cfg_dict, _entry, _feature_net
+from .registry import FOLDER_PREFIXES, PretrainedCfg, _cfg_dict, _entry, _feature_net
 from .registry import _FEATURE_KWARGS, create, load_checkpoint
 
 __all__ = ["HUB_ORG", "CONFIG_FILE", "WEIGHTS_FILE", "CARD_FILE", "RECIPE_FILE", "FORMAT", "recipe_tag",
@@ -121,19 +121,15 @@ def read_finished_run(run_dir: PathLike) -> Dict[str, Any]:
     run = Path(run_dir)
     if not run.is_dir():
         raise ConfigError(f"RUN_DIR {run} is not a folder" + (" (it does not exist)" if not run.exists() else ""))
+    from .finetune.runstate import read_summary
+
     path = run / "summary.json"
-    if not path.is_file():
-        raise CheckpointError(f"{run} is not a finished run: {path} (the run summary) is missing")
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable run summary ({e})") from None
-    missing = [k for k in ("model", "model_kwargs", "task", "final", "main_metric")
-               if not isinstance(summary, dict) or k not in summary]
+    summary = read_summary(run)
+    missing = [k for k in ("task", "final", "main_metric") if k not in summary]
     if missing:
         raise CheckpointError(f"{path}: not a run summary of zoo finetune (no {', '.join(missing)})")
-    if not isinstance(summary["model_kwargs"], dict) or not isinstance(summary["final"], dict):
-        raise CheckpointError(f"{path}: model_kwargs and final must be mappings")
+    if not isinstance(summary["final"], dict):
+        raise CheckpointError(f"{path}: final must be a mapping")
     if summary.get("interrupted"):
         raise CheckpointError(f"{run} is not a finished run: {path} says it was interrupted at step "
                               f"{summary.get('steps')}/{summary.get('total_steps')}; finish it with "

@@ -22,7 +22,7 @@ from ..io import atomic_write
 from .config import data_schema, saved_config
 
 __all__ = ["CHECKPOINT_FORMAT", "RESUME_MUTABLE_KEYS", "RUN_OUTPUTS", "RunOutputError", "save_checkpoint",
-           "read_checkpoint", "read_run"]
+           "read_checkpoint", "read_run", "read_summary"]
 
 
 CHECKPOINT_FORMAT = "zoo.finetune/1"
@@ -156,16 +156,28 @@ def read_run(run_dir: Union[str, Path], task: str, extra_files: Sequence[Tuple[P
     ``model.safetensors`` must be there, and every ``(path, what)`` of ``extra_files`` (e.g. the tokenizer); a
     missing file or an unreadable summary raises CheckpointError."""
     run_dir = Path(run_dir)
-    summary_path, weights = run_dir / "summary.json", run_dir / "model.safetensors"
-    for path, what in ((summary_path, "the run summary"), (weights, "the weights"), *extra_files):
+    summary, weights = read_summary(run_dir, task), run_dir / "model.safetensors"
+    for path, what in ((weights, "the weights"), *extra_files):
         if not path.is_file():
             raise CheckpointError(f"{run_dir} is not a finished {task} run: {path.name} ({what}) is missing")
+    return summary["model"], dict(summary["model_kwargs"]), weights
+
+
+def read_summary(run_dir: Union[str, Path], task: Optional[str] = None) -> Dict[str, Any]:
+    """The ``summary.json`` of a run folder (of ``task`` when given), with its ``model`` and ``model_kwargs``;
+    CheckpointError naming the file when it is missing or unreadable."""
+    run_dir = Path(run_dir)
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        kind = f"finished {task} run" if task else "finished run"
+        raise CheckpointError(f"{run_dir} is not a {kind}: {path.name} (the run summary) is missing")
     try:
-        summary = json.loads(summary_path.read_text())
-        name, kwargs = summary["model"], dict(summary["model_kwargs"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{summary_path}: unreadable run summary ({e})") from None
-    return name, kwargs, weights
+        summary = json.loads(path.read_text())
+        if not isinstance(summary["model"], str) or not isinstance(summary["model_kwargs"], dict):
+            raise TypeError("model must be a name and model_kwargs a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable run summary ({e})") from None
+    return summary
 
 
 def _config_diff(saved: Dict[str, Any], now: Dict[str, Any], task: str) -> List[str]:
