@@ -19,6 +19,13 @@ from zoo.pe.randomized import RandomizedPE
 from zoo.pe.shaw import ShawRPE
 from zoo.pe.t5 import T5RelativeBias
 
+
+@pytest.fixture(autouse=True)
+def direct_form(monkeypatch):
+    """These tests are about the query-chunked path: the fused Toeplitz kernel (tests/nn/test_toeplitz.py), which
+    takes Toeplitz biases over token indices first, is switched off."""
+    monkeypatch.setattr(Attention, "fused_bias", False)
+
 H, D = 4, 8
 
 

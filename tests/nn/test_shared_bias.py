@@ -18,14 +18,18 @@ MODELS = ["dna_lm_alibi_tiny", "dna_lm_kerple_tiny", "dna_lm_fire_tiny", "dna_lm
 
 
 def _count_bias_calls(pe):
+    """Count the builds of the bias: ``bias`` or, on the fused Toeplitz path, ``bias_table``."""
     calls = []
-    orig = pe.bias
+    for hook in ("bias", "bias_table"):
+        orig = getattr(pe, hook, None)
+        if orig is None:
+            continue
 
-    def counted(*a, **kw):
-        calls.append(1)
-        return orig(*a, **kw)
+        def counted(*a, _orig=orig, **kw):
+            calls.append(1)
+            return _orig(*a, **kw)
 
-    pe.bias = counted
+        setattr(pe, hook, counted)
     return calls
 
 

@@ -22,6 +22,12 @@ in backward; encodings with ``bias_rows`` (ALiBi, KERPLE, FIRE, T5, BiPE-ALiBi) 
 
     for each block of queries q_c [b, h, c, d]:  pe.bias_rows(q_c, k, pos, scale, start) + mask rows -> softmax @ v
 
+Toeplitz biases (`zoo.nn.toeplitz`): an encoding with ``bias_table`` (ALiBi, T5, KERPLE, FIRE, Sandwich) over token
+positions, self-attention without padding, window or dropout, runs the fused CPU kernel with the bias read from an
+O(n) table (`fused_bias`, on by default; other devices and inputs take the paths above)::
+
+    table [h, 2n - 1] = pe.bias_table(n)  --> flash kernel, mask = strided view of the table (keys reversed)
+
 Masks and temperature (`zoo.nn.masks`, `zoo.nn.temperature`): ``mask`` (an `AttentionMask`: sliding window, sinks,
 block-causal) and ``Positions.doc_ids`` (packed documents: block-diagonal) are rules over absolute token indices, so
 the same rule renders a full forward, a chunk of query rows and KV-cache decoding; ``temperature`` multiplies the
@@ -221,9 +227,12 @@ class Attention(nn.Module):
             the KV cache then holds un-rotated keys, rotated again at every step).
 
     ``max_bias_bytes`` (attribute, 256 MiB by default; None disables automatic chunking) is the automatic threshold.
+    ``fused_bias`` (attribute, True by default): run Toeplitz biases through `zoo.nn.toeplitz` where it applies;
+    False = the direct form (bias tensor + SDPA or query chunks).
     """
 
     max_bias_bytes: Optional[int] = DEFAULT_MAX_BIAS_BYTES
+    fused_bias: bool = True
 
     def __prepare_scriptable__(self):
         refuse_torchscript(self)
@@ -523,6 +532,10 @@ class Attention(nn.Module):
             causal = False                                                       # the rule carries causality
         needs_weights = pe is not None and pe.needs_weights
         has_bias = pe is not None and pe.has_bias
+        if has_bias and rule is None and not cross and not needs_weights and self.fused_bias and pe.has_bias_table:
+            out = self._attend_toeplitz(q, k, v, pos, causal, pre_scaled)
+            if out is not None:
+                return out
         chunk = self._query_chunk(q, k) if (has_bias or rule is not None) and not needs_weights else None
         if chunk is not None and (not has_bias or pe.has_bias_rows):
             return self._attend_chunked(q, k, v, pos, causal, chunk, None, rule, pre_scaled)   # no whole bias
@@ -564,6 +577,24 @@ class Attention(nn.Module):
         if extra is not None:
             out = out + extra.to(out.dtype)
         return out
+
+    def _attend_toeplitz(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions], causal: bool,
+                         pre_scaled: bool) -> Optional[Tensor]:
+        """The fused Toeplitz path (`zoo.nn.toeplitz`), or None where it does not apply: keys other than the queries
+        (a KV cache), padding, attention dropout, positions other than consecutive token indices, a device without
+        the kernel, or an encoding whose bias is not Toeplitz at this length."""
+        from . import toeplitz
+        n = q.shape[-2]
+        if k.shape[-2] != n or (self.training and self.attn_drop.p > 0) or not toeplitz.available(q)[0]:
+            return None
+        if pos is not None and (pos.mask is not None or not _consecutive(pos.ids, n)):
+            return None
+        table = self.pe.shared_bias_table(n, pos, q.device)                      # [h|1, 2n - 1]
+        if table is None:
+            return None
+        if not pre_scaled:
+            q = self._scaled(q, 0)
+        return toeplitz.toeplitz_attention(q, k, v, table, self.scale, causal)
 
     def _biased_gemm_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """``softmax(q k^T * scale + mask) @ v`` on ``[b, h, n, d]`` with the mask added inside the GEMM."""
@@ -628,6 +659,20 @@ def _with_rule(mask: Optional[Tensor], rule_mask: Optional[Tensor]) -> Optional[
     if mask is None:
         return rule_mask
     return (mask + rule_mask).clamp_min(torch.finfo(mask.dtype).min)
+
+
+def _consecutive(ids: Optional[Tensor], n: int) -> bool:
+    """Whether ``ids`` (``[n]`` / ``[b, n]`` or None) are consecutive integers, the same in every row (a Toeplitz
+    bias over token indices applies): None, or ``ids[..., t] = ids[..., 0] + t``."""
+    if ids is None:
+        return True
+    if ids.is_floating_point() or ids.shape[-1] != n or ids.ndim not in (1, 2):
+        return False
+    if ids.ndim == 2:
+        if ids.shape[0] > 1 and ids.stride(0) != 0 and not bool((ids == ids[:1]).all()):
+            return False
+        ids = ids[0]
+    return n < 2 or bool((ids[1:] - ids[:-1] == 1).all())
 
 
 def _chunkable() -> tuple:

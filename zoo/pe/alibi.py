@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..positions import Positions
 from .base import PositionalEncoding
-from .relative import query_key_positions
+from .relative import check_table_length, query_key_positions, toeplitz_offsets
 from .registry import register_pe
 
 __all__ = ["alibi_slopes", "alibi_bias", "ALiBi", "InterpolatedALiBi", "alibi_interpolation_scale",
@@ -141,6 +141,12 @@ class ALiBi(PositionalEncoding):
         b = _bias_from_rel(pj - pi, self.slopes(q.device), self.causal)          # [b?, h, c, nk]
         return b if b.ndim == 4 else b[None]
 
+    def bias_table(self, n: int, device=None) -> Tensor:
+        """``[h, 2n - 1]`` float32: the bias at key - query offset ``o - n + 1`` (`PositionalEncoding.bias_table`)."""
+        check_table_length(n, type(self).__name__)
+        rel = toeplitz_offsets(n, device)[None]                                  # [1, 2n - 1]
+        return _bias_from_rel(rel, self.slopes(device), self.causal)[:, 0]       # [h, 2n - 1]
+
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
         # q [b, h, nq, d], k [b, h, nk, d]
         self._check(q, k)
@@ -218,6 +224,11 @@ class InterpolatedALiBi(ALiBi):
         b = super().bias_rows(q, k, pos, scale, start)
         s = self.interpolation_scale(k.shape[-2])                                # from all keys, as `bias`
         return b if s == 1.0 else b / s
+
+    def bias_table(self, n: int, device=None) -> Tensor:
+        t = super().bias_table(n, device)
+        s = self.interpolation_scale(n)
+        return t if s == 1.0 else t / s
 
 
 # the training length comes from the model (``max_len``); the scale follows the key count of each call, so a KV cache

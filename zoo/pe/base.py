@@ -11,6 +11,12 @@ A `PositionalEncoding` overrides only the hooks it uses; which ones it overrides
                                 equals bias(q_all, k, pos, scale)[..., start - (nk - nq_all) + i, :] for the c
                                 queries q at key indices start .. start + c - 1. The base class does not define
                                 it: encodings without it get the full bias once, sliced per chunk
+    bias_table(n, device)    -> [h|1, 2n - 1] float32, or None: the bias as a function of the key - query offset
+                                alone, ``bias[h, i, j] = table[h, j - i + n - 1]`` for n queries and keys at token
+                                positions 0..n-1 (optional; ALiBi, T5, KERPLE, FIRE, Sandwich).  The attention then
+                                runs the fused Toeplitz kernel (`zoo.nn.toeplitz`): no ``[n, n]`` bias is built.
+                                Contract: equals ``bias(q, k, None, scale)[0, :, i, j]``; None where the bias is not
+                                Toeplitz for this ``n`` (e.g. causal FIRE beyond its threshold)
     value(attn, pos)         -> [b, h, nq, d]  added to the attention output, computed from the post-softmax
                                                weights (iRPE on values); forces the slow attention path
 
@@ -197,6 +203,20 @@ class PositionalEncoding(nn.Module):
         the parent's bias."""
         rows_cls, bias_cls = _defined_in(type(self), "bias_rows"), _defined_in(type(self), "bias")
         return rows_cls is not None and bias_cls is not None and issubclass(rows_cls, bias_cls)
+
+    @property
+    def has_bias_table(self) -> bool:
+        """True when `bias_table` is implemented by the class that also defines `bias` (or a subclass of it), as
+        `has_bias_rows`."""
+        table_cls, bias_cls = _defined_in(type(self), "bias_table"), _defined_in(type(self), "bias")
+        return table_cls is not None and bias_cls is not None and issubclass(table_cls, bias_cls)
+
+    def shared_bias_table(self, n: int, pos: Optional[Positions], device) -> Optional[Tensor]:
+        """`bias_table`, built once per ``shared`` scope (keyed like `shared_bias`)."""
+        if not self.bias_from_positions_only:
+            return self.bias_table(n, device)
+        extra = ("table", n, torch.device(device), torch.is_grad_enabled())
+        return self._forward_memo.get(pos, lambda: self.bias_table(n, device), extra)
 
     @property
     def needs_weights(self) -> bool:

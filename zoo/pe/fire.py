@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..positions import Positions
 from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
-from .relative import query_key_positions
+from .relative import check_table_length, query_key_positions, toeplitz_offsets
 
 __all__ = ["fire_inputs", "FIRE"]
 
@@ -56,6 +56,11 @@ def fire_inputs(pi: Tensor, pj: Tensor, c: Tensor, L: Tensor, causal: bool = Tru
     else:
         dist = (pi - pj).abs()
         ctx = pj.amax(dim=-1, keepdim=True) - first                              # [.., 1, 1]
+    return _psi_ratio(dist, ctx, c, L, eps)
+
+
+def _psi_ratio(dist: Tensor, ctx: Tensor, c: Tensor, L: Tensor, eps: float) -> Tensor:
+    """``log(|c| dist + 1) / (log(|c| max(ctx, L) + 1) + eps)`` in float32."""
     c = c.to(torch.float32).abs()
     norm = torch.maximum(ctx, L.to(torch.float32))
     return torch.log1p(c * dist) / (torch.log1p(c * norm) + eps)
@@ -133,3 +138,22 @@ class FIRE(PositionalEncoding):
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
         # q [b, h, nq, d], k [b, h, nk, d]
         return self.bias_rows(q, k, pos, scale, k.shape[-2] - q.shape[-2])
+
+    def bias_table(self, n: int, device=None) -> Optional[Tensor]:
+        """``[h, 2n - 1]`` float32 at key - query offset ``o - n + 1`` (`PositionalEncoding.bias_table`), or None.
+
+        Bidirectional: the normaliser ``psi(max(L, n - 1))`` is the same for every query, so the bias depends on
+        ``|i - j|`` alone.  Causal: ``psi(max(L, i))`` is the same for every query only while ``n - 1 <= L``;
+        beyond the threshold the bias is not Toeplitz and this returns None."""
+        check_table_length(n, "FIRE")
+        L = self.threshold
+        if self.causal and n - 1 > float(L.detach()):
+            return None
+        rel = toeplitz_offsets(n, device)                                        # j - i
+        with no_autocast(torch.device("cpu" if device is None else device)):
+            rel = rel.to(torch.float32)
+            dist = (-rel).clamp(min=0) if self.causal else rel.abs()             # i - j (causal) or |i - j|
+            # causal: every query's ctx = i <= n - 1 <= L, so max(ctx, L) = L; bidirectional: ctx = n - 1
+            ctx = torch.full((), 0.0 if self.causal else float(n - 1), device=rel.device)
+            x = _psi_ratio(dist, ctx, self.c, L, self.eps)                       # [2n - 1]
+            return self.mlp_f32(x[:, None]).t()                                  # [h, 2n - 1]

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..positions import Positions
 from .base import PositionalEncoding, no_autocast
 from .registry import register_pe
-from .relative import query_key_positions
+from .relative import check_table_length, query_key_positions, toeplitz_offsets
 
 __all__ = ["kerple_log_bias", "kerple_power_bias", "kerple_distance", "KerpleLog", "KerplePower"]
 
@@ -115,6 +115,15 @@ class _Kerple(PositionalEncoding, ABC):
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
         # q [b, h, nq, d], k [b, h, nk, d]
         return self.bias_rows(q, k, pos, scale, k.shape[-2] - q.shape[-2])
+
+    def bias_table(self, n: int, device=None) -> Tensor:
+        """``[h, 2n - 1]`` float32: the bias at key - query offset ``o - n + 1`` (`PositionalEncoding.bias_table`)."""
+        check_table_length(n, type(self).__name__)
+        rel = toeplitz_offsets(n, device)                                        # j - i
+        with no_autocast(torch.device("cpu" if device is None else device)):
+            dist = kerple_distance(torch.zeros_like(rel), rel, self.causal)      # i - j, clamped or |.|
+            p, a = self.effective_params()                                       # [h, 1, 1]
+            return self._kernel(dist[None, None], p, a)[:, 0]                    # [h, 2n - 1]
 
 
 @register_pe("kerple_log", positions="1d", paper="Chi et al., KERPLE: Kernelized Relative Positional Embedding for "

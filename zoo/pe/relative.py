@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..positions import Positions
 
-__all__ = ["query_key_positions"]
+__all__ = ["query_key_positions", "toeplitz_offsets", "check_table_length"]
 
 
 def query_key_positions(pos: Optional[Positions], nq: int, nk: int, device=None,
@@ -41,3 +41,15 @@ def query_key_positions(pos: Optional[Positions], nq: int, nk: int, device=None,
             ids = ids[0]                                                         # expanded batch: one row
         j = ids.to(device)
     return j[..., start:start + nq, None], j[..., None, :]                       # [b?, nq, 1], [b?, 1, nk]
+
+
+def check_table_length(n: int, by: str) -> None:
+    """``n`` (queries = keys of a `PositionalEncoding.bias_table`) must be a positive int."""
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"{by}.bias_table: n must be a positive int (tokens), got {n!r}")
+
+
+def toeplitz_offsets(n: int, device=None) -> Tensor:
+    """The key - query offsets ``j - i`` of a `PositionalEncoding.bias_table`: long ``[2n - 1]``, ``-(n - 1) .. n -
+    1`` (entry ``o`` is the offset ``o - n + 1``)."""
+    return torch.arange(-(n - 1), n, device=device)

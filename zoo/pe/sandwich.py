@@ -21,7 +21,7 @@ from torch import Tensor
 from ..positions import Positions
 from .base import PositionalEncoding
 from .registry import register_pe
-from .relative import query_key_positions
+from .relative import check_table_length, query_key_positions, toeplitz_offsets
 
 __all__ = ["Sandwich"]
 
@@ -56,15 +56,25 @@ class Sandwich(PositionalEncoding):
             raise ValueError(f"q has {q.shape[1]} heads but Sandwich was built with num_heads={self.num_heads}")
         pi, pj = query_key_positions(pos, q.shape[-2], k.shape[-2], q.device, by="Sandwich", start=start)
         rel = (pj - pi).float()                                                  # [b?, c, nk]
-        d = self.head_dim
-        t = torch.arange(1, d // 2 + 1, device=q.device, dtype=torch.float32)
-        w = 10000.0 ** (-2.0 * t / d)                                            # [d/2]
-        inner = torch.cos(rel[..., None] * w).sum(-1) - d / 2                    # [b?, c, nk]
-        heads = torch.arange(1, self.num_heads + 1, device=q.device, dtype=torch.float32)
-        compress = (heads * 8.0 / self.num_heads)[:, None, None]                # [h, 1, 1]
-        b = inner.unsqueeze(-3) / compress                                       # [b?, h, c, nk]
+        b = self._from_rel(rel, q.device)                                        # [h, b?, c, nk]
+        b = b.movedim(0, -3) if b.ndim == 4 else b                               # [b?, h, c, nk]
         return b if b.ndim == 4 else b[None]
 
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
         # q [b, h, nq, d], k [b, h, nk, d]
         return self.bias_rows(q, k, pos, scale, k.shape[-2] - q.shape[-2])
+
+    def bias_table(self, n: int, device=None) -> Tensor:
+        """``[h, 2n - 1]`` float32: the bias at key - query offset ``o - n + 1`` (`PositionalEncoding.bias_table`)."""
+        check_table_length(n, "Sandwich")
+        return self._from_rel(toeplitz_offsets(n, device).float(), device)
+
+    def _from_rel(self, rel: Tensor, device) -> Tensor:
+        """``rel = pos_k - pos_q`` float ``[...]`` -> bias ``[h, ...]``."""
+        d = self.head_dim
+        t = torch.arange(1, d // 2 + 1, device=device, dtype=torch.float32)
+        w = 10000.0 ** (-2.0 * t / d)                                            # [d/2]
+        inner = torch.cos(rel[..., None] * w).sum(-1) - d / 2                    # [...]
+        heads = torch.arange(1, self.num_heads + 1, device=device, dtype=torch.float32)
+        compress = (heads * 8.0 / self.num_heads).view(-1, *([1] * rel.ndim))   # [h, 1..]
+        return inner.unsqueeze(0) / compress

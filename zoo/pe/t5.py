@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..positions import Positions
 from .base import PositionalEncoding
 from .registry import register_pe
-from .relative import query_key_positions
+from .relative import check_table_length, query_key_positions, toeplitz_offsets
 
 __all__ = ["t5_bucket", "T5RelativeBias", "T5RelativeBiasUnscaledQK"]
 
@@ -155,6 +155,12 @@ class T5RelativeBias(PositionalEncoding):
         self._check(q)
         pi, pj = query_key_positions(pos, q.shape[-2], k.shape[-2], q.device, by="T5RelativeBias", start=start)
         return self._lookup(t5_bucket(pj - pi, self.bidirectional, self.num_buckets, self.max_distance))
+
+    def bias_table(self, n: int, device=None) -> Tensor:
+        """``[h, 2n - 1]`` float32: the bias at key - query offset ``o - n + 1`` (`PositionalEncoding.bias_table`)."""
+        check_table_length(n, "T5RelativeBias")
+        ids = t5_bucket(toeplitz_offsets(n, device), self.bidirectional, self.num_buckets, self.max_distance)
+        return F.embedding(ids, self.relative_attention_bias.weight.float()).t()  # [h, 2n - 1]
 
     def _check(self, q: Tensor) -> None:
         if q.shape[1] != self.num_heads:
