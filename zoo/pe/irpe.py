@@ -25,7 +25,10 @@ Tables are zero-initialised (so a fresh iRPE is plain attention) and named ``loo
 ``blocks.i.attn.rpe_k.lookup_table_weight`` becomes ``blocks.i.attn.pe.rpe_k.lookup_table_weight``.
 
 `IRPE` on queries/keys is a logit bias, so attention keeps its fused SDPA path; only iRPE on values reads the
-attention weights (`IRPE(rpe_on="...v")` is an `IRPEWithValue`, which alone overrides ``value``).
+attention weights (`IRPE(rpe_on="...v")` is an `IRPEWithValue`, which alone overrides ``value``). Long inputs attend
+in query chunks: ``bias_rows`` builds a block's rows from the ``[2h-1, 2w-1]`` table of offset buckets, never the
+``[n, n]`` ids or bias. ``flex_attention`` runs the whole attention through FlexAttention (contextual product iRPE on
+queries/keys; buckets computed in the kernel, `zoo.nn.flex`), or returns None where it does not apply.
 """
 from __future__ import annotations
 
@@ -433,6 +436,40 @@ class IRPE(PositionalEncoding):
             t = self._logit_block(self.rpe_q, k, h, w, skip, keys, rows, scale).transpose(-2, -1)   # [b, h, c, n]
             out = t if out is None else out + t
         return out
+
+    # ---- FlexAttention (zoo.nn.flex) ------------------------------------------------------------------------------
+    def flex_attention(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions],
+                       scale: float) -> Optional[Tensor]:
+        """The whole attention ``softmax(q k^T * scale + bias(q, k, pos, scale)) @ v`` ``[b, h, n, d]`` through
+        FlexAttention (`zoo.nn.flex.irpe_flex_attention`: buckets computed in the kernel, no ``[n, n]`` tensor), or
+        None where that does not apply and the caller keeps its SDPA paths.
+
+        Applies to contextual product iRPE on queries and/or keys of an unmasked, non-causal self-attention
+        (``q, k, v [b, h, n, d]``; ``pos`` without padding mask, documents or causality) on a device where
+        `zoo.nn.flex.flex_available` says yes: CUDA, and the CPU for inference only (nothing needs a gradient).
+        None for: iRPE on values, bias mode, the euclidean / quant / cross methods, a gradient on the CPU, and
+        inside torch.compile / export tracing. Grid errors raise as in `bias`."""
+        from ..nn.flex import flex_available, irpe_flex_attention
+
+        if self.mode != "contextual" or self.method != "product" or "v" in self.rpe_on:
+            return None
+        if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3] or torch.compiler.is_compiling():
+            return None
+        if pos is not None and (pos.mask is not None or pos.doc_ids is not None or pos.causal):
+            return None
+        tables = [t for t in (self.rpe_k, self.rpe_q) if t is not None]
+        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                            or any(t.lookup_table_weight.requires_grad for t in tables))
+        if not flex_available(q.device, grad)[0]:
+            return None
+        h, w, skip = self.grid(q.shape[-2], pos)
+
+        def lut(table: Optional[IRPETable], x: Tensor) -> Optional[Tensor]:
+            if table is None:
+                return None
+            return torch.matmul(x, table.lookup_table_weight * scale)               # [b, h, n, nb]
+        return irpe_flex_attention(q, k, v, lut(self.rpe_k, q), (h, w), skip, self.ratio, scale,
+                                   lut_q=lut(self.rpe_q, k))
 
 class IRPEWithValue(IRPE):
     """`IRPE` with an encoding on values: overrides ``value``, so attention takes its weights-reading path."""
