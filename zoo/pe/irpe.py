@@ -25,7 +25,10 @@ Tables are zero-initialised (so a fresh iRPE is plain attention) and named ``loo
 ``blocks.i.attn.rpe_k.lookup_table_weight`` becomes ``blocks.i.attn.pe.rpe_k.lookup_table_weight``.
 
 `IRPE` on queries/keys is a logit bias, so attention keeps its fused SDPA path; only iRPE on values reads the
-attention weights (`IRPE(rpe_on="...v")` is an `IRPEWithValue`, which alone overrides ``value``).
+attention weights (`IRPE(rpe_on="...v")` is an `IRPEWithValue`, which alone overrides ``value``). Long inputs attend
+in query chunks: ``bias_rows`` builds a block's rows from the ``[2h-1, 2w-1]`` table of offset buckets, never the
+``[n, n]`` ids or bias. ``flex_attention`` runs the whole attention through FlexAttention (contextual product iRPE on
+queries/keys; buckets computed in the kernel, `zoo.nn.flex`), or returns None where it does not apply.
 """
 from __future__ import annotations
 
@@ -99,28 +102,32 @@ def _bucket_ids(method: str, height: int, width: int, skip: int, ratio: float,
     return _bucket_ids_cached.__wrapped__(method, height, width, skip, ratio, device)
 
 
+def _bucket_of_offsets(method: str, dr: Tensor, dc: Tensor, ratio: float) -> Tensor:
+    """Bucket (without the prefix bucket) of integer grid offsets ``dr, dc`` (query - key), elementwise, long."""
+    alpha, beta, gamma = 1.0 * ratio, 2.0 * ratio, 8.0 * ratio
+    b = int(beta)
+    g = functools.partial(piecewise_index, alpha=alpha, beta=beta, gamma=gamma)
+    if method == "product":
+        return (g(dr) + b) * (2 * b + 1) + (g(dc) + b)
+    if method == "euclidean":
+        return g((dr * dr + dc * dc).float().sqrt().round()) + b
+    if method == "quant":
+        return g(dr * dr + dc * dc) + b
+    if method == "cross_rows":
+        return g(dr) + b
+    return g(dc) + b                                                            # cross_cols
+
+
 @functools.lru_cache(maxsize=32)
 def _bucket_ids_cached(method: str, height: int, width: int, skip: int, ratio: float,
                        device: torch.device) -> Tuple[Tensor, int]:
-    alpha, beta, gamma = 1.0 * ratio, 2.0 * ratio, 8.0 * ratio
-    b = int(beta)
     # cached tensors must be ordinary tensors even when first asked for under torch.inference_mode()
     with torch.inference_mode(False), torch.no_grad():
         rows = torch.arange(height, device=device).repeat_interleave(width)     # [L]   row-major grid
         cols = torch.arange(width, device=device).repeat(height)                # [L]
         dr = rows[:, None] - rows[None, :]                                      # [L, L] query - key
         dc = cols[:, None] - cols[None, :]                                      # [L, L]
-        g = functools.partial(piecewise_index, alpha=alpha, beta=beta, gamma=gamma)
-        if method == "product":
-            ids = (g(dr) + b) * (2 * b + 1) + (g(dc) + b)
-        elif method == "euclidean":
-            ids = g((dr * dr + dc * dc).float().sqrt().round()) + b
-        elif method == "quant":
-            ids = g(dr * dr + dc * dc) + b
-        elif method == "cross_rows":
-            ids = g(dr) + b
-        else:  # cross_cols
-            ids = g(dc) + b
+        ids = _bucket_of_offsets(method, dr, dc, ratio)
         num_buckets = irpe_num_buckets(method, ratio, 0)
         if skip > 0:
             n = skip + height * width
@@ -171,6 +178,41 @@ def _flat_index_cached(method: str, height: int, width: int, skip: int, ratio: f
     return ids, flat
 
 
+def _offset_buckets(method: str, height: int, width: int, ratio: float, device: torch.device) -> Tensor:
+    """`_offset_buckets_cached`, cached unless tensors are being traced."""
+    if _ordinary_tensors():
+        return _offset_buckets_cached(method, height, width, ratio, device)
+    return _offset_buckets_cached.__wrapped__(method, height, width, ratio, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _offset_buckets_cached(method: str, height: int, width: int, ratio: float, device: torch.device) -> Tensor:
+    """``[(2h-1) * (2w-1)]`` long: the bucket of the offset ``(dr, dc)`` (query - key) at ``(dr + h - 1) * (2w - 1)
+    + dc + w - 1``. Every pair of grid tokens has one of these offsets, so this small table replaces ``[n, n]`` ids."""
+    with torch.inference_mode(False), torch.no_grad():
+        dr = torch.arange(-(height - 1), height, device=device)[:, None].expand(-1, 2 * width - 1)  # [2h-1, 2w-1]
+        dc = torch.arange(-(width - 1), width, device=device)[None, :].expand(2 * height - 1, -1)   # [2h-1, 2w-1]
+        return _bucket_of_offsets(method, dr, dc, ratio).reshape(-1).contiguous()
+
+
+def _bucket_block(method: str, height: int, width: int, skip: int, ratio: float, q_index: Tensor,
+                  k_index: Tensor) -> Tensor:
+    """Bucket ids ``[len(q_index), len(k_index)]`` of the pairs (query ``q_index[i]``, key ``k_index[j]``) of a
+    row-major ``height x width`` grid after ``skip`` prefix tokens: the block of `irpe_bucket_ids` at those rows and
+    columns, built from the ``[2h-1, 2w-1]`` offset table without the ``[n, n]`` ids (query chunks of long inputs)."""
+    table = _offset_buckets(method, height, width, ratio, q_index.device)
+    qg, kg = (q_index - skip).clamp_min(0), (k_index - skip).clamp_min(0)       # grid index (prefix: any)
+    qr, qc = torch.div(qg, width, rounding_mode="floor"), qg % width            # [c]   row, column
+    kr, kc = torch.div(kg, width, rounding_mode="floor"), kg % width            # [m]
+    off = (qr[:, None] - kr[None, :] + (height - 1)) * (2 * width - 1) \
+        + (qc[:, None] - kc[None, :] + (width - 1))                              # [c, m]
+    ids = table[off]                                                             # [c, m]
+    if skip > 0:
+        prefix = (q_index < skip)[:, None] | (k_index < skip)[None, :]           # [c, m]
+        ids = ids.masked_fill(prefix, irpe_num_buckets(method, ratio, 0))        # the prefix bucket, last one
+    return ids
+
+
 # ---- tables -----------------------------------------------------------------------------------------------------
 
 class IRPETable(nn.Module):
@@ -203,18 +245,19 @@ class IRPETable(nn.Module):
         return (f"head_dim={self.head_dim}, num_heads={self.num_heads}, num_buckets={self.num_buckets}, "
                 f"mode={self.mode}, transposed={self.transposed}")
 
-    def logits(self, x: Tensor, ids: Tensor, flat: Tensor, scale: float = 1.0) -> Tensor:
-        """Logit term ``[b|1, h|1, n, n]`` for ``x * scale`` (``x [b, h, n, d]``) and bucket ``ids [n, n]``."""
-        n = ids.shape[0]
+    def logits(self, x: Tensor, ids: Tensor, flat: Optional[Tensor] = None, scale: float = 1.0) -> Tensor:
+        """Logit term ``[b|1, h|1, n, m]`` for ``x * scale`` (``x [b, h, n, d]``) and bucket ``ids [n, m]``: row
+        ``i`` pairs token ``i`` of ``x`` with ``m`` others (all ``n`` tokens, or a block of them)."""
+        n, m = ids.shape
         if self.mode == "bias":
-            return self.lookup_table_bias[:, ids.reshape(-1)].view(1, self.num_heads, n, n)
+            return self.lookup_table_bias[:, ids.reshape(-1)].view(1, self.num_heads, n, m)
         b, h = x.shape[0], x.shape[1]
         # (x * scale) @ W computed as x @ (W * scale): the scale touches the small table, not the [b, h, n, d] input
         w = self.lookup_table_weight if scale == 1.0 else self.lookup_table_weight * scale
         lut = torch.matmul(x, w)                                                  # [b, h, n, nb]
         # gather along the bucket axis: out[b, h, i, j] = lut[b, h, i, ids[i, j]]; its backward is a scatter-add
         # within each query row, which keeps memory access local
-        return torch.gather(lut, 3, ids.expand(b, h, n, n))                       # [b, h, n, n]
+        return torch.gather(lut, 3, ids.expand(b, h, n, m))                       # [b, h, n, m]
 
     def values(self, attn: Tensor, flat: Tensor) -> Tensor:
         """Output term ``[b, h, n, d]`` from attention weights ``attn [b, h, n, n]``.
@@ -351,6 +394,82 @@ class IRPE(PositionalEncoding):
             out = t if out is None else out + t
         return out
 
+
+    # ---- query chunks of long inputs (zoo.nn.chunked) -----------------------------------------------------------
+    @property
+    def bias_floats_per_pair(self) -> int:
+        """float32 values per (query, key) pair that `bias_rows` holds: each term's ``[b, h, c, nk]`` rows (``[1,
+        h|1, c, nk]`` in bias mode), their sum, and the long bucket ids of the block with their temporaries."""
+        heads = self.num_heads if self.mode == "contextual" or not self.shared_head else 1
+        terms = sum(where in self.rpe_on for where in "qk") * (2 if self.method == "cross" else 1)
+        return terms * heads + (heads if terms > 1 else 0) + 8
+
+    def _logit_block(self, table: nn.Module, x: Tensor, h: int, w: int, skip: int, q_index: Tensor,
+                     k_index: Tensor, scale: float) -> Tensor:
+        """Logit term ``[b|1, h|1, len(q_index), len(k_index)]`` of ``table`` for ``x`` = the tokens at
+        ``q_index`` (``[b, h, len(q_index), d]``)."""
+        if isinstance(table, IRPECrossTable):
+            ids_r = _bucket_block("cross_rows", h, w, skip, self.ratio, q_index, k_index)
+            ids_c = _bucket_block("cross_cols", h, w, skip, self.ratio, q_index, k_index)
+            return table.rp_rows.logits(x, ids_r, None, scale) + table.rp_cols.logits(x, ids_c, None, scale)
+        ids = _bucket_block(self.method, h, w, skip, self.ratio, q_index, k_index)  # [len(q), len(k)]
+        return table.logits(x, ids, None, scale)
+
+    def bias_rows(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float, start: int) -> Optional[Tensor]:
+        """Rows ``start .. start + c - 1`` of `bias`: ``[b|1, h|1, c, n]`` for the ``c`` queries ``q [b, h, c, d]``
+        at those token indices and all ``n`` keys ``k [b, h, n, d]``, built from the ``[2h-1, 2w-1]`` offset
+        buckets (never the ``[n, n]`` ids, never more than ``[b, h, c, n]``).
+
+            rpe_k: rows[b, h, i, j] = (q_i * scale) . W_k[:, bucket(i, j)]      lut (q_c @ W_k)  [b, h, c, nb]
+            rpe_q: rows[b, h, i, j] = (k_j * scale) . W_q[:, bucket(j, i)]      lut (k @ W_q)    [b, h, n, nb],
+                   gathered at the ``[n, c]`` block of ids, then transposed (a strided view)."""
+        n, c = k.shape[-2], q.shape[-2]
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0 or start + c > n:
+            raise ValueError(f"IRPE: a block of {c} queries starting at key {start!r} does not fit in {n} keys")
+        h, w, skip = self.grid(n, pos)
+        rows = torch.arange(start, start + c, device=q.device)                  # [c] token index of each query
+        keys = torch.arange(n, device=q.device)                                 # [n]
+        out = None
+        if self.rpe_k is not None:
+            out = self._logit_block(self.rpe_k, q, h, w, skip, rows, keys, scale)        # [b, h, c, n]
+        if self.rpe_q is not None:
+            t = self._logit_block(self.rpe_q, k, h, w, skip, keys, rows, scale).transpose(-2, -1)   # [b, h, c, n]
+            out = t if out is None else out + t
+        return out
+
+    # ---- FlexAttention (zoo.nn.flex) ------------------------------------------------------------------------------
+    def flex_attention(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions],
+                       scale: float) -> Optional[Tensor]:
+        """The whole attention ``softmax(q k^T * scale + bias(q, k, pos, scale)) @ v`` ``[b, h, n, d]`` through
+        FlexAttention (`zoo.nn.flex.irpe_flex_attention`: buckets computed in the kernel, no ``[n, n]`` tensor), or
+        None where that does not apply and the caller keeps its SDPA paths.
+
+        Applies to contextual product iRPE on queries and/or keys of an unmasked, non-causal self-attention
+        (``q, k, v [b, h, n, d]``; ``pos`` without padding mask, documents or causality) on a device where
+        `zoo.nn.flex.flex_available` says yes: CUDA, and the CPU for inference only (nothing needs a gradient).
+        None for: iRPE on values, bias mode, the euclidean / quant / cross methods, a gradient on the CPU, and
+        inside torch.compile / export tracing. Grid errors raise as in `bias`."""
+        from ..nn.flex import flex_available, irpe_flex_attention
+
+        if self.mode != "contextual" or self.method != "product" or "v" in self.rpe_on:
+            return None
+        if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3] or torch.compiler.is_compiling():
+            return None
+        if pos is not None and (pos.mask is not None or pos.doc_ids is not None or pos.causal):
+            return None
+        tables = [t for t in (self.rpe_k, self.rpe_q) if t is not None]
+        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                            or any(t.lookup_table_weight.requires_grad for t in tables))
+        if not flex_available(q.device, grad)[0]:
+            return None
+        h, w, skip = self.grid(q.shape[-2], pos)
+
+        def lut(table: Optional[IRPETable], x: Tensor) -> Optional[Tensor]:
+            if table is None:
+                return None
+            return torch.matmul(x, table.lookup_table_weight * scale)               # [b, h, n, nb]
+        return irpe_flex_attention(q, k, v, lut(self.rpe_k, q), (h, w), skip, self.ratio, scale,
+                                   lut_q=lut(self.rpe_q, k))
 
 class IRPEWithValue(IRPE):
     """`IRPE` with an encoding on values: overrides ``value``, so attention takes its weights-reading path."""
