@@ -28,6 +28,11 @@ O(n) table (`fused_bias`, on by default; other devices and inputs take the paths
 
     table [h, 2n - 1] = pe.bias_table(n)  --> flash kernel, mask = strided view of the table (keys reversed)
 
+FlexAttention (`zoo.nn.flex`, attribute ``flex``): on CUDA a Toeplitz table or contextual iRPE (``pe.flex_attention``,
+buckets computed in the kernel) runs as a FlexAttention ``score_mod``, forward and backward, with no ``[n, n]`` bias.
+On the CPU it is forward-only in torch 2.14 and measured slower than the query-chunked SDPA path, so it runs there
+only when asked for (``flex=True``).
+
 Masks and temperature (`zoo.nn.masks`, `zoo.nn.temperature`): ``mask`` (an `AttentionMask`: sliding window, sinks,
 block-causal) and ``Positions.doc_ids`` (packed documents: block-diagonal) are rules over absolute token indices, so
 the same rule renders a full forward, a chunk of query rows and KV-cache decoding; ``temperature`` multiplies the
@@ -229,10 +234,13 @@ class Attention(nn.Module):
     ``max_bias_bytes`` (attribute, 256 MiB by default; None disables automatic chunking) is the automatic threshold.
     ``fused_bias`` (attribute, True by default): run Toeplitz biases through `zoo.nn.toeplitz` where it applies;
     False = the direct form (bias tensor + SDPA or query chunks).
+    ``flex`` (attribute): None = FlexAttention on CUDA where the encoding has a FlexAttention form; True = wherever
+    it can run (CPU inference included), a ConfigError saying why where it cannot; False = never.
     """
 
     max_bias_bytes: Optional[int] = DEFAULT_MAX_BIAS_BYTES
     fused_bias: bool = True
+    flex: Optional[bool] = None
 
     def __prepare_scriptable__(self):
         refuse_torchscript(self)
@@ -532,8 +540,10 @@ class Attention(nn.Module):
             causal = False                                                       # the rule carries causality
         needs_weights = pe is not None and pe.needs_weights
         has_bias = pe is not None and pe.has_bias
-        if has_bias and rule is None and not cross and not needs_weights and self.fused_bias and pe.has_bias_table:
-            out = self._attend_toeplitz(q, k, v, pos, causal, pre_scaled)
+        if has_bias and rule is None and not cross and not needs_weights:
+            out = self._attend_flex(q, k, v, pos, causal, pre_scaled) if self._wants_flex(q) else None
+            if out is None and self.fused_bias and pe.has_bias_table:
+                out = self._attend_toeplitz(q, k, v, pos, causal, pre_scaled)
             if out is not None:
                 return out
         chunk = self._query_chunk(q, k) if (has_bias or rule is not None) and not needs_weights else None
@@ -576,6 +586,37 @@ class Attention(nn.Module):
         extra = pe.value(attn, pos)
         if extra is not None:
             out = out + extra.to(out.dtype)
+        return out
+
+    def _wants_flex(self, q: Tensor) -> bool:
+        if self.flex is None:
+            return q.device.type == "cuda"
+        return bool(self.flex)
+
+    def _attend_flex(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions], causal: bool,
+                     pre_scaled: bool) -> Optional[Tensor]:
+        """FlexAttention for a Toeplitz table or the encoding's own ``flex_attention`` (contextual iRPE), or None
+        (automatic choice) / a ConfigError (``flex=True``) where it does not apply."""
+        from . import flex
+        pe, forced = self.pe, self.flex is True
+        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                            or any(p.requires_grad for p in pe.parameters()))
+        ok, why = flex.flex_available(q.device, grad)
+        if ok and (self.temperature is not None and not pre_scaled):
+            ok, why = False, "a temperature scales the queries after the bias reads them"
+        out = None
+        if ok and hasattr(pe, "flex_attention"):
+            out = pe.flex_attention(q, k, v, pos, self.scale)
+        elif ok and pe.has_bias_table:
+            n = q.shape[-2]
+            if k.shape[-2] == n and (pos is None or (pos.mask is None and _consecutive(pos.ids, n))) and not (
+                    self.training and self.attn_drop.p > 0):
+                table = pe.shared_bias_table(n, pos, q.device)
+                if table is not None:
+                    out = flex.toeplitz_flex_attention(q, k, v, table, self.scale, causal)
+        if out is None and forced:
+            raise ConfigError(f"Attention(flex=True): FlexAttention cannot run {type(pe).__name__} here: "
+                              f"{why or 'no FlexAttention form for these inputs (a KV cache, padding, dropout, a mask, or positions other than token indices)'}")
         return out
 
     def _attend_toeplitz(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions], causal: bool,
