@@ -153,10 +153,10 @@ def ratio_figure(result: Dict[str, Any]):
         ax.grid(True, axis="y", alpha=0.3)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="upper center", ncol=len(modes), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, 0.93))
+               bbox_to_anchor=(0.5, 0.94))
     fig.suptitle(f"{_title(result)}: {result['input']}, vs {result['baseline']} "
                  f"({result['device']})", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     return fig
 
 
