@@ -295,7 +295,8 @@ def run_extrapolation(args) -> int:
 
 
 def run_long(args) -> int:
-    """``zoo bench long``: the generic long-sequence suite (`zoo.bench.long`) over the DNA encoder's encodings."""
+    """``zoo bench long`` (``--domain genomics``, the default variant): the generic long-sequence suite
+    (`zoo.bench.long`) over the DNA encoder's encodings, NoPE the baseline."""
     from zoo.bench.long import run_from_cli
 
     from .models import NUM_SPECIAL
@@ -313,9 +314,9 @@ def _register() -> None:
                    defaults={"steps": DEFAULT_STEPS, "lengths": ",".join(map(str, DEFAULT_LENGTHS)),
                              "train_len": DEFAULT_TRAIN_LEN, "eval_tokens": DEFAULT_EVAL_TOKENS},
                    help="DNA LMs trained at --train-len bases, perplexity per base at every length")
-    register_bench("long", run_long, options=LONG_OPTIONS,
-                   defaults={"long_model": "dna_{pe}_tiny", "long_pes": LONG_PES},
-                   help="forward+backward of dna_<pe>_tiny at --tokens per encoding vs NoPE")
+    register_bench("long", run_long, variant="genomics", default=True, options=LONG_OPTIONS,
+                   defaults={"long_model": "dna_{pe}_tiny", "long_pes": LONG_PES, "long_variant": "genomics"},
+                   help="forward and forward+backward of dna_<pe>_tiny at --tokens per encoding vs NoPE")
 
 
 _register()

@@ -1,6 +1,7 @@
 """`zoo bench extrapolation --domain genomics` end to end at a tiny scale (structure and bookkeeping, not quality)."""
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -184,15 +185,29 @@ def test_extrapolation_bench_bad_arguments(fasta, tmp_path, capsys):
     assert "known: code, genomics" in capsys.readouterr().err
 
 
-def test_long_bench_builds_the_dna_encoder_per_encoding(tmp_path):
-    # `zoo bench long` is the generic suite of zoo.bench.long; the genomics plugin gives it the model and token ids
+def test_long_bench_builds_the_dna_encoder_per_encoding_and_mode(tmp_path, capsys):
+    # `zoo bench long` (default variant: genomics) is the generic suite of zoo.bench.long; the genomics plugin gives
+    # it the model and token ids.  One subprocess per (encoding, mode), NoPE the baseline of each mode.
     out = tmp_path / "long.json"
-    assert main(["bench", "long", "--tokens", "256", "--depth", "1", "--models", "alibi,nope", "--json", str(out),
-                 "--quiet"]) == 0
+    assert main(["bench", "long", "--tokens", "256", "--depth", "1", "--models", "alibi,nope", "--repeats", "2",
+                 "--json", str(out), "--out", str(tmp_path / "report"), "--quiet"]) == 0
     rows = json.loads(out.read_text())
-    assert [r["model"] for r in rows] == ["dna_nope_tiny", "dna_alibi_tiny"]          # NoPE first: the baseline
-    assert all(r["depth"] == 1 and r["tokens"] == 256 for r in rows)
-    assert rows[0]["time_vs_nope"] == 1.0 and rows[0]["peak_rss_vs_nope"] == 1.0
+    assert [(r["model"], r["mode"]) for r in rows] == [("dna_nope_tiny", "fwd"), ("dna_alibi_tiny", "fwd"),
+                                                       ("dna_nope_tiny", "fwdbwd"), ("dna_alibi_tiny", "fwdbwd")]
+    for r in rows:
+        assert r["depth"] == 1 and r["tokens"] == 256 and r["repeats"] == len(r["times"]) == 2
+        assert r["seconds"] == pytest.approx(statistics.median(r["times"]), abs=1e-4)
+        base = next(b for b in rows if b["mode"] == r["mode"] and b["label"] == "nope")
+        assert r["time_ratio"] == round(r["seconds"] / base["seconds"], 4)
+        assert r["peak_ratio"] == round(r["peak_mib"] / base["peak_mib"], 4)
+        assert r["peak_mib"] == r["peak_rss_mib"] > 0 and r["memory"] == "rss" and r["device"] == "cpu"
+        assert r["torch_threads"] >= 1 and r["cpu"] and len(r["load_avg"]) == 3 and "commit" in r
+    assert rows[0]["time_ratio"] == rows[2]["time_ratio"] == 1.0 and rows[0]["peak_ratio"] == 1.0
+    report = json.loads((tmp_path / "report" / "long.json").read_text())
+    assert report["rows"] == rows and report["variant"] == "genomics" and report["baseline"] == "nope"
+    assert (tmp_path / "report" / "long.png").read_bytes()[:8] == PNG_SIGNATURE
+    printed = capsys.readouterr().out
+    assert "zoo bench long --domain genomics" in printed and "machine: " in printed and "load average" in printed
 
 
 @pytest.mark.debian_data("microbiomeutil-data")

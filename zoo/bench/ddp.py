@@ -93,7 +93,8 @@ OPTIONS = [
     (("--nproc",), dict(type=int, default=None, help="zoo bench ddp: ranks (default 2)")),
     (("--steps",), dict(type=int, default=None, help="training steps per run")),
     (("--parallel",), dict(default=None, choices=("ddp", "fsdp"), help="zoo bench ddp: ddp or fsdp")),
-    (("--repeats",), dict(type=int, default=None, help="zoo bench ddp: pairs of runs (default 2)")),
+    (("--repeats",), dict(type=int, default=None, help="zoo bench ddp: pairs of runs (default 2); zoo bench "
+                                                       "long: timed steps per measurement, median (default 1)")),
     (("--set",), dict(action="append", default=None, metavar="KEY=VALUE",
                       help="zoo bench ddp: a config override for both runs (repeatable)")),
 ]
