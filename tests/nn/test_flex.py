@@ -197,3 +197,60 @@ def test_irpe_forward_backward_on_cuda():
     g0 = torch.autograd.grad((want * w).sum(), [q, k, v, lut, lut_q])
     for a, b_ in zip(g1, g0):
         torch.testing.assert_close(a, b_, atol=1e-3, rtol=1e-3)
+
+
+# ---- the attention's choice ------------------------------------------------------------------------------------
+
+def _count(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    return calls
+
+
+@needs_cpu_flex
+def test_attention_uses_flex_on_the_cpu_only_when_asked(monkeypatch):
+    import zoo.nn.flex as flex
+    import zoo.pe as pe
+    calls = _count(monkeypatch, flex, "toeplitz_flex_attention")
+    torch.manual_seed(0)
+    attn = Attention(32, 4, pe=pe.create("kerple_log", num_heads=4, causal=True), causal=True).eval()
+    x = torch.randn(2, 24, 32)
+    with torch.no_grad():
+        auto = attn(x)                                                           # CPU, automatic: not flex
+        assert calls == []
+        attn.flex = True
+        forced = attn(x)
+    assert calls == [1]
+    attn.flex, attn.fused_bias = False, False
+    with torch.no_grad():
+        direct = attn(x)
+    torch.testing.assert_close(forced, direct, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(auto, direct, atol=2e-6, rtol=1e-5)
+
+
+@needs_cpu_flex
+def test_attention_flex_for_contextual_irpe_equals_sdpa(monkeypatch):
+    torch.manual_seed(0)
+    enc = IRPE(8, 4, rpe_on="k")
+    with torch.no_grad():
+        enc.rpe_k.lookup_table_weight.normal_()
+    attn = Attention(32, 4, pe=enc).eval()
+    x = torch.randn(2, 37, 32)                                                   # 6 x 6 grid + 1 prefix token
+    pos = Positions.grid_2d(6, 6, num_prefix=1)
+    with torch.no_grad():
+        want = attn(x, pos)
+        attn.flex = True
+        got = attn(x, pos)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_attention_flex_true_says_why_it_cannot_run():
+    import zoo.pe as pe
+    attn = Attention(32, 4, pe=pe.create("alibi", num_heads=4))
+    attn.flex = True
+    x = torch.randn(1, 8, 32, requires_grad=True)
+    with pytest.raises(ConfigError, match="flex=True.*backward"):
+        attn(x)                                                                  # CPU with a gradient
+    with torch.no_grad(), pytest.raises(ConfigError, match="flex=True.*KV cache, padding"):
+        attn(x, Positions(mask=torch.ones(1, 8, dtype=torch.bool)))
