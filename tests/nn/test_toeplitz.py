@@ -200,3 +200,17 @@ def test_causal_fire_beyond_its_threshold_is_not_toeplitz():
     attn = Attention(H * D, H, pe=fire, causal=True)
     assert _fused_calls(attn, torch.randn(1, 9, H * D)) == 1
     assert _fused_calls(attn, torch.randn(1, 12, H * D)) == 0
+
+
+def test_kernel_path_reports_the_forward_choice():
+    alibi = Attention(H * D, H, pe=pe.create("alibi", num_heads=H))
+    assert alibi.kernel_path(16) == "toeplitz" and _fused_calls(alibi, torch.randn(1, 16, H * D)) == 1
+    alibi.fused_bias = False
+    assert alibi.kernel_path(16) == "bias"
+    assert alibi.kernel_path(16384).startswith("chunks of ")                     # 4 x 16k^2 floats > 256 MiB
+    assert Attention(H * D, H).kernel_path(16) == "sdpa"
+    assert Attention(H * D, H, pe=pe.create("rope", head_dim=D)).kernel_path(16) == "sdpa"
+    fire = Attention(H * D, H, pe=pe.create("fire", num_heads=H, causal=True, init_L=8.0), causal=True)
+    assert fire.kernel_path(9) == "toeplitz" and fire.kernel_path(12) == "bias"
+    irpe_v = Attention(H * D, H, pe=pe.create("irpe", head_dim=D, num_heads=H, rpe_on="kv"))
+    assert irpe_v.kernel_path(17) == "weights"

@@ -20,9 +20,9 @@ Every step is float32 on ``--device``.  ``seconds`` is the median of the timed s
 the worker's ``ru_maxrss`` (its whole life: import, build, warm-up, steps), ``step_rss_mib`` the growth of that peak
 during the timed steps over the resident size before them; on CUDA ``peak_mib`` / ``step_mib`` are
 ``torch.cuda.max_memory_allocated`` over the timed steps and its growth over the memory allocated before them (on
-the CPU they equal the RSS pair).  Bias encodings go through the query-chunked attention (`zoo.nn.chunked`) whenever
-their ``[b, h, n, n]`` bias would exceed ``Attention.max_bias_bytes``; ``chunk`` is the number of query rows per
-chunk (``-`` = unchunked path).
+the CPU they equal the RSS pair).  ``path`` is the attention's kernel (`zoo.nn.Attention.kernel_path`): ``sdpa``,
+``toeplitz`` (a Toeplitz bias read from an O(n) table in the fused kernel), ``flex``, ``chunks of R`` (query chunks of
+R rows: the bias is built R rows at a time), ``bias`` (one whole bias) or ``weights``.
 
 Peak RSS and the C allocator.  ``peak_rss`` is what the OS sees, so it includes blocks glibc keeps after a free.  (A
 small tensor kept alive per chunk once pinned each chunk's freed temporaries and the RSS grew by one ``[h, n, n]``
@@ -168,12 +168,8 @@ def measure_one(pe: str, model: str, token_range: Sequence[int], tokens: int = 1
 
     row = timed_steps(net, ids(tokens), ids(min(tokens, 2048) if warmup_tokens is None else warmup_tokens), loss,
                       mode, repeats, device)
-    a = attns[0]
-    h, has_bias = a.num_heads, a.pe is not None and a.pe.has_bias
-    q = torch.empty(batch, h, tokens, 0)                                           # shapes only
-    chunk = a._query_chunk(q, q) if has_bias and not a.pe.needs_weights else None
-    return dict(pe=pe, model=name, tokens=tokens, batch=batch, depth=len(net.blocks),
-                chunk=chunk if chunk is not None else "-", **row)
+    path = attns[0].kernel_path(tokens, batch, device, grad=mode == "fwdbwd")
+    return dict(pe=pe, model=name, tokens=tokens, batch=batch, depth=len(net.blocks), path=path, **row)
 
 
 # ---- parent side: one subprocess per job, ratios, report -----------------------------------------------------------

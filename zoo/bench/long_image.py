@@ -53,9 +53,21 @@ def measure_image(spec: str, img_size: int = 1024, batch: int = 1, depth: Option
     row = timed_steps(net, (x, target), (x, target), loss, mode, repeats, device)
     blocks = getattr(net, "blocks", None)
     grid = getattr(net, "grid_size", None) or getattr(getattr(net, "patch_embed", None), "grid_size", None)
+    patches = int(grid[0] * grid[1]) if grid is not None else None
     return dict(model=spec, img_size=img_size, batch=batch, depth=len(blocks) if blocks is not None else None,
-                patches=int(grid[0] * grid[1]) if grid is not None else None,
+                patches=patches, path=_attention_path(net, patches, batch, device, mode),
                 params=sum(p.numel() for p in net.parameters()), **row)
+
+
+def _attention_path(net, patches: Optional[int], batch: int, device: str, mode: str) -> str:
+    """The first zoo attention's kernel (`zoo.nn.Attention.kernel_path`) over the image's tokens; ``"timm"`` for a
+    model without one."""
+    from ..nn import Attention
+    attn = next((m for m in net.modules() if isinstance(m, Attention)), None)
+    if attn is None or patches is None:
+        return "timm"
+    prefix = int(getattr(net, "num_prefix_tokens", 0) or 0)
+    return attn.kernel_path(patches + prefix, batch, device, grad=mode == "fwdbwd")
 
 
 def image_long_bench(baseline: str, models: Sequence[str], img_size: int = 1024, batch: int = 1,

@@ -85,14 +85,14 @@ def _cell(v: Any, decimals: int = 2) -> str:
 
 def format_table(rows: Sequence[Dict[str, Any]], label: str = "model") -> str:
     """Markdown: one line per row, ratios as ``1.23x``; a failed row shows its error in the last column."""
-    chunked = any("chunk" in r for r in rows)
-    cols = [label, "mode", "input", "depth"] + (["chunk"] if chunked else []) + [
+    with_path = any("path" in r for r in rows)
+    cols = [label, "mode", "input", "depth"] + (["attention"] if with_path else []) + [
         "seconds", "time / base", "peak MiB", "peak / base", "step MiB", "step / base"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         head = [f"`{r.get('label')}`", r.get("mode", "-"), _cell(r.get("input")), _cell(r.get("depth"))]
-        if chunked:
-            head.append(_cell(r.get("chunk")))
+        if with_path:
+            head.append(_cell(r.get("path")))
         if "error" in r:
             lines.append("| " + " | ".join(head + ["-"] * 5 + [f"error: {r['error']}"]) + " |")
             continue

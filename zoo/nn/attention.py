@@ -588,10 +588,31 @@ class Attention(nn.Module):
             out = out + extra.to(out.dtype)
         return out
 
+    def kernel_path(self, n: int, batch: int = 1, device="cpu", grad: bool = False) -> str:
+        """Which path a self-attention over ``n`` tokens at token positions (no padding, no KV cache, no mask rule)
+        takes here: ``"sdpa"`` (fused, no bias), ``"toeplitz"`` (`zoo.nn.toeplitz`), ``"flex"``, ``"chunks of R"``
+        (query chunks of R rows, `zoo.nn.chunked`), ``"bias"`` (one whole bias + SDPA) or ``"weights"`` (the encoding
+        reads the attention weights).  For reports; the forward decides the same way."""
+        from . import flex, toeplitz
+        pe, dev = self.pe, torch.device(device)
+        if pe is None or not pe.has_bias and not pe.needs_weights:
+            return "sdpa" if self.mask is None else "bias"
+        if pe.needs_weights:
+            return "weights"
+        if self.mask is None and self.temperature is None:
+            wants_flex = self.flex is True or (self.flex is None and dev.type == "cuda")
+            if wants_flex and flex.flex_available(dev, grad)[0] and (hasattr(pe, "flex_attention") or (
+                    pe.has_bias_table and pe.bias_table(n, "cpu") is not None)):
+                return "flex"
+            if self.fused_bias and pe.has_bias_table and dev.type == "cpu" and pe.bias_table(n, "cpu") is not None \
+                    and not (self.training and self.attn_drop.p > 0):
+                return "toeplitz"
+        q = torch.empty(batch, self.num_heads, n, 0, device="meta")
+        chunk = self._query_chunk(q, q)
+        return "bias" if chunk is None else f"chunks of {chunk}"
+
     def _wants_flex(self, q: Tensor) -> bool:
-        if self.flex is None:
-            return q.device.type == "cuda"
-        return bool(self.flex)
+        return self.flex is True or (self.flex is None and q.device.type == "cuda")
 
     def _attend_flex(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions], causal: bool,
                      pre_scaled: bool) -> Optional[Tensor]:
