@@ -202,14 +202,22 @@ def _bucket_block(method: str, height: int, width: int, skip: int, ratio: float,
     columns, built from the ``[2h-1, 2w-1]`` offset table without the ``[n, n]`` ids (query chunks of long inputs)."""
     table = _offset_buckets(method, height, width, ratio, q_index.device)
     qg, kg = (q_index - skip).clamp_min(0), (k_index - skip).clamp_min(0)       # grid index (prefix: any)
-    qr, qc = torch.div(qg, width, rounding_mode="floor"), qg % width            # [c]   row, column
-    kr, kc = torch.div(kg, width, rounding_mode="floor"), kg % width            # [m]
-    off = (qr[:, None] - kr[None, :] + (height - 1)) * (2 * width - 1) \
-        + (qc[:, None] - kc[None, :] + (width - 1))                              # [c, m]
-    ids = table[off]                                                             # [c, m]
+    span = 2 * width - 1
+    # offset index (qr - kr + h - 1) * span + (qc - kc + w - 1) = a[i] - b[j]: one pass over the block
+    a = torch.div(qg, width, rounding_mode="floor") * span + qg % width + (height - 1) * span + (width - 1)
+    b = torch.div(kg, width, rounding_mode="floor") * span + kg % width
+    ids = table[a[:, None] - b[None, :]]                                         # [c, m]
     if skip > 0:
-        prefix = (q_index < skip)[:, None] | (k_index < skip)[None, :]           # [c, m]
-        ids = ids.masked_fill(prefix, irpe_num_buckets(method, ratio, 0))        # the prefix bucket, last one
+        prefix = irpe_num_buckets(method, ratio, 0)                              # the prefix bucket, last one
+        for dim, index in ((1, k_index), (0, q_index)):
+            first = index < skip
+            count = int(first.sum())
+            if count == 0:
+                continue
+            if bool(first[:count].all()):                                        # sorted indices: a slice
+                ids.narrow(dim, 0, count).fill_(prefix)
+            else:
+                ids.index_fill_(dim, first.nonzero().flatten(), prefix)
     return ids
 
 
