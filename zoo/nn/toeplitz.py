@@ -129,7 +129,8 @@ def _math_backward(grad_out: Tensor, q: Tensor, kr: Tensor, vr: Tensor, out: Ten
 
         S  = mask - lse  (+)=  scale * q_c k^T            one GEMM into the buffer (baddbmm)
         P  = exp(S)                                       (0 where the bias is -inf)
-        dS = P * (dO_c v^T - D)                           written into a skewed buffer: row a shifted by a
+        dS = P * (dO_c v^T - D)                           (-D the GEMM's input), written into a skewed buffer:
+                                                          row a shifted by a
         dq_c = scale * dS k,  dk += scale * dS^T q_c,  dv += P^T dO_c
         dt[s + ks + t] += sum of the skewed buffer's column t   (every (a, c') with a + c' = t)
     """
@@ -158,12 +159,12 @@ def _math_backward(grad_out: Tensor, q: Tensor, kr: Tensor, vr: Tensor, out: Ten
                             skew.as_strided((bh, c, m), (c * (m + c), m + c + 1, 1)))
         p, dp, skew, ds = bufs[(c, m)]
         k_m, v_m = kf[:, ks:], vf[:, ks:]
-        p.view(b, h, c, m).copy_(hankel_mask(rev, (s, e), (ks, n)).expand(b, h, c, m))
-        p.sub_(lse[:, s:e])
+        torch.sub(hankel_mask(rev, (s, e), (ks, n)).expand(b, h, c, m), lse[:, s:e].view(b, h, c, 1),
+                  out=p.view(b, h, c, m))
         torch.baddbmm(p, qf[:, s:e], k_m.transpose(1, 2), alpha=scale, out=p)
         p.exp_()
-        torch.bmm(go[:, s:e], v_m.transpose(1, 2), out=dp)
-        torch.mul(dp.sub_(delta[:, s:e]), p, out=ds)                             # dS, skewed rows
+        torch.baddbmm(delta[:, s:e].expand(bh, c, m), go[:, s:e], v_m.transpose(1, 2), beta=-1, out=dp)
+        torch.mul(dp, p, out=ds)                                                 # dS, skewed rows
         torch.bmm(ds, k_m, out=dq[:, s:e]).mul_(scale)
         dk[:, ks:].baddbmm_(ds.transpose(1, 2), qf[:, s:e], alpha=scale)
         dv[:, ks:].baddbmm_(p.transpose(1, 2), go[:, s:e])
