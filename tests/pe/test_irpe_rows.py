@@ -143,3 +143,25 @@ def test_vit_irpe_small_chunked_equals_unchunked_logits_and_gradients(monkeypatc
     assert g0.keys() == g1.keys() and any("lookup_table" in n for n in g0)
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("skip", [0, 1, 2])
+@pytest.mark.parametrize("shared", [True, False])
+def test_inference_rows_by_axes_equal_the_full_bias(monkeypatch, skip, shared):
+    """Without a gradient, contextual product rows are gathered axis by axis (no block of bucket ids): the same
+    rows as the full bias, for blocks anywhere (prefix rows included)."""
+    import zoo.pe.irpe as irpe_mod
+    torch.manual_seed(skip)
+    enc = IRPE(8, 4, rpe_on="k", skip=1 if skip else 0, shared_head=shared)
+    with torch.no_grad():
+        enc.rpe_k.lookup_table_weight.normal_()
+    h, w = 5, 7
+    n = skip + h * w
+    pos = Positions.grid_2d(h, w, num_prefix=skip)
+    q, k = torch.randn(2, 4, n, 8), torch.randn(2, 4, n, 8)
+    full = enc.bias(q, k, pos, 0.3)
+    monkeypatch.setattr(irpe_mod, "_bucket_block", lambda *a, **kw: pytest.fail("bucket ids built"))
+    for start, c in ((0, n), (0, 3), (1, 5), (n - 4, 4)):
+        with torch.no_grad():
+            rows = enc.bias_rows(q[:, :, start:start + c], k, pos, 0.3, start)
+        torch.testing.assert_close(rows, full[:, :, start:start + c], atol=1e-6, rtol=1e-6)

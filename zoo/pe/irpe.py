@@ -420,8 +420,54 @@ class IRPE(PositionalEncoding):
             ids_r = _bucket_block("cross_rows", h, w, skip, self.ratio, q_index, k_index)
             ids_c = _bucket_block("cross_cols", h, w, skip, self.ratio, q_index, k_index)
             return table.rp_rows.logits(x, ids_r, None, scale) + table.rp_cols.logits(x, ids_c, None, scale)
+        if self._rows_by_axes(table, x, k_index, h, w, skip):
+            return self._product_rows(table, x, h, w, skip, q_index, scale)
         ids = _bucket_block(self.method, h, w, skip, self.ratio, q_index, k_index)  # [len(q), len(k)]
         return table.logits(x, ids, None, scale)
+
+    def _rows_by_axes(self, table: nn.Module, x: Tensor, k_index: Tensor, h: int, w: int, skip: int) -> bool:
+        """Whether `_product_rows` applies: contextual product buckets of a block of queries against every key
+        (``k_index`` = all ``skip + h * w`` tokens in order), nothing needing a gradient (it writes into its
+        output)."""
+        if self.method != "product" or getattr(table, "mode", None) != "contextual":
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or table.lookup_table_weight.requires_grad):
+            return False
+        n = skip + h * w
+        return k_index.numel() == n and bool((k_index == torch.arange(n, device=k_index.device)).all())
+
+    def _product_rows(self, table: "IRPETable", x: Tensor, h: int, w: int, skip: int, q_index: Tensor,
+                      scale: float) -> Tensor:
+        """Contextual product logits ``[b, H, c, n]`` of the queries at ``q_index`` (``x [b, H, c, d]``) against
+        all ``n = skip + h * w`` keys, gathered axis by axis: the product bucket is ``R(dr) * K + C(dc)``, so with
+        ``L_i = lut_i`` seen as ``[K, K]`` (``K = 2 int(beta) + 1``)::
+
+            T[i, r, :]        = L_i[R(r_i - r), :]                 [b, H, c, h, K]   (small)
+            out[i, (r, col)]  = T[i, r, C(c_i - col)]              one gather into the output, index [c, 1, w]
+
+        which never builds the ``[c, n]`` bucket ids of the block (`_bucket_block`)."""
+        alpha, beta, gamma = 1.0 * self.ratio, 2.0 * self.ratio, 8.0 * self.ratio
+        big = int(beta)
+        k = 2 * big + 1
+        g = functools.partial(piecewise_index, alpha=alpha, beta=beta, gamma=gamma)
+        wts = table.lookup_table_weight if scale == 1.0 else table.lookup_table_weight * scale
+        lut = torch.matmul(x, wts)                                               # [b, H, c, nb]
+        b, heads, c, nb = lut.shape
+        qg = (q_index - skip).clamp_min(0)
+        rows = g(torch.div(qg, w, rounding_mode="floor")[:, None] - torch.arange(h, device=x.device)) + big  # [c, h]
+        cols = g((qg % w)[:, None] - torch.arange(w, device=x.device)) + big                              # [c, w]
+        grid = lut[..., : k * k].unflatten(-1, (k, k))                            # [b, H, c, K, K]
+        per_row = torch.gather(grid, 3, rows[None, None, :, :, None].expand(b, heads, c, h, k))   # [b, H, c, h, K]
+        out = lut.new_empty(b, heads, c, skip + h * w)
+        torch.gather(per_row, 4, cols[None, None, :, None, :].expand(b, heads, c, h, w),
+                     out=out[..., skip:].unflatten(-1, (h, w)))
+        if skip > 0:
+            prefix = irpe_num_buckets(self.method, self.ratio, 0)                # the prefix bucket, last one
+            out[..., :skip] = lut[..., prefix:prefix + 1]
+            first = q_index < skip
+            if bool(first.any()):
+                out[..., first, :] = lut[..., first, prefix:prefix + 1]
+        return out
 
     def bias_rows(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float, start: int) -> Optional[Tensor]:
         """Rows ``start .. start + c - 1`` of `bias`: ``[b|1, h|1, c, n]`` for the ``c`` queries ``q [b, h, c, d]``
