@@ -110,6 +110,39 @@ class ManhattanDecay(PositionalEncoding):
         """float32 ``[num_heads]``: ``γ_h``."""
         return self._log_decay.exp()
 
+    @property
+    def bias_floats_per_pair(self) -> int:
+        return self.num_heads                                                    # the rows themselves
+
+    def bias_rows(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float, start: int) -> Tensor:
+        """Rows ``start .. start + c - 1`` of `bias` ``[1, h, c, n]`` for the ``c`` queries ``q [b, h, c, d]``,
+        one broadcast sum per block: ``log γ_h * |row_i - row| [c, h_grid, 1] + log γ_h * |col_i - col| [c, 1,
+        w_grid]`` written into the grid columns (the prefix rows and columns stay 0)."""
+        if pos is None or pos.grid_size is None:
+            raise ValueError("ManhattanDecay needs Positions with grid_size (h, w) and num_prefix")
+        if q.shape[1] != self.num_heads:
+            raise ValueError(f"q has {q.shape[1]} heads but ManhattanDecay was built with num_heads={self.num_heads}")
+        c, nk = q.shape[-2], k.shape[-2]
+        gh, gw = (int(v) for v in pos.grid_size)
+        npre = int(pos.num_prefix)
+        if nk != npre + gh * gw:
+            raise ValueError(f"ManhattanDecay: grid {gh}x{gw} plus {npre} prefix token(s) is {npre + gh * gw} "
+                             f"tokens, but k has {nk}")
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0 or start + c > nk:
+            raise ValueError(f"ManhattanDecay: a block of {c} queries starting at key {start!r} does not fit in "
+                             f"{nk} keys")
+        dev = q.device
+        ld = self._log_decay.to(dev)[:, None, None, None]                        # [h, 1, 1, 1]
+        idx = torch.arange(start, start + c, device=dev)
+        g = (idx - npre).clamp_min(0)
+        rows = (torch.div(g, gw, rounding_mode="floor")[:, None] - torch.arange(gh, device=dev)).abs()   # [c, gh]
+        cols = ((g % gw)[:, None] - torch.arange(gw, device=dev)).abs()                                 # [c, gw]
+        out = torch.zeros(1, self.num_heads, c, nk, device=dev)
+        torch.add(ld * rows[:, :, None].float(), ld * cols[:, None, :].float(),
+                  out=out[0, :, :, npre:].unflatten(-1, (gh, gw)))               # [h, c, gh, gw]
+        out[:, :, idx < npre] = 0.0                                              # prefix queries: no decay
+        return out
+
     def bias(self, q: Tensor, k: Tensor, pos: Optional[Positions], scale: float) -> Tensor:
         # q [b, h, nq, d], k [b, h, nk, d]
         if pos is None or pos.grid_size is None:
