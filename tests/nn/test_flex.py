@@ -254,3 +254,29 @@ def test_attention_flex_true_says_why_it_cannot_run():
         attn(x)                                                                  # CPU with a gradient
     with torch.no_grad(), pytest.raises(ConfigError, match="flex=True.*KV cache, padding"):
         attn(x, Positions(mask=torch.ones(1, 8, dtype=torch.bool)))
+
+
+def test_automatic_flex_that_fails_falls_back_with_a_warning(monkeypatch):
+    """The automatic choice (CUDA) must not break a model when FlexAttention fails to compile: it warns, falls back
+    to the bias path and leaves that layer off FlexAttention; flex=True raises instead."""
+    import zoo.nn.fused as fused
+    import zoo.pe as pe
+
+    def broken(*a, **kw):
+        raise RuntimeError("backend compiler failed")
+    monkeypatch.setattr(fused.flex, "toeplitz_flex_attention", broken)
+    monkeypatch.setattr(fused.flex, "flex_available", lambda device, grad=False: (True, ""))
+    monkeypatch.setattr(fused, "_wants_flex", lambda attn, q: attn.flex is not False)
+    torch.manual_seed(0)
+    attn = Attention(32, 4, pe=pe.create("alibi", num_heads=4))
+    x = torch.randn(1, 8, 32)
+    attn.fused_bias, attn.flex = False, False
+    want = attn(x)
+    attn.flex = None                                                             # automatic
+    with pytest.warns(RuntimeWarning, match="FlexAttention failed.*SDPA"):
+        got = attn(x)
+    torch.testing.assert_close(got, want)
+    assert attn.flex is False
+    attn.flex = True
+    with pytest.raises(RuntimeError, match="backend compiler failed"):
+        attn(x)

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..pe.base import refuse_torchscript
 from ..positions import Positions
+from .cache import KVCache, StreamingKVCache  # the decoders' caches (re-exported: zoo.nn.attention.KVCache)
 from .chunked import DEFAULT_MAX_BIAS_BYTES, biased_gemm_attention, plan_chunk_rows, run_query_chunks
 from .masks import AttentionMask
 from .temperature import Temperature
@@ -102,112 +103,6 @@ def build_attn_mask(bias: Optional[Tensor], pos: Optional[Positions], nq: int, n
     if masked and bias is not None or (pos is not None and pos.mask is not None and causal):
         mask = mask.clamp_min(neg)  # two -inf-like terms must not overflow
     return mask
-
-
-class KVCache:
-    """Keys and values of the tokens one attention layer has already seen: ``k``, ``v`` ``[b, h, n_past, d]``.
-
-    Keys are stored *after* the encoding's rotation, so a cached key is never rotated again.  ``append`` returns
-    the concatenation (a new tensor each step: autograd through cached decoding stays valid).  One cache per layer;
-    a model's cache is a list of them (``CodeLM.make_cache``).
-    """
-
-    def __init__(self):
-        self.k: Optional[Tensor] = None
-        self.v: Optional[Tensor] = None
-
-    @property
-    def length(self) -> int:
-        """Number of cached tokens."""
-        return 0 if self.k is None else self.k.shape[-2]
-
-    def __len__(self) -> int:
-        return self.length
-
-    def append(self, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
-        """Add the new ``k``, ``v`` ``[b, h, n_new, d]``; returns all keys and values ``[b, h, n_past + n_new, d]``."""
-        if k.shape != v.shape or k.ndim != 4:
-            raise ValueError(f"k and v must both be [b, h, n, d], got {tuple(k.shape)} and {tuple(v.shape)}")
-        if self.k is not None:
-            if self.k.shape[:2] != k.shape[:2] or self.k.shape[-1] != k.shape[-1]:
-                raise ValueError(f"the cache holds keys {tuple(self.k.shape)} [b, h, n, d] but the new keys are "
-                                 f"{tuple(k.shape)}: batch, heads and head dim must match")
-            k, v = torch.cat([self.k, k.to(self.k.dtype)], dim=-2), torch.cat([self.v, v.to(self.v.dtype)], dim=-2)
-        self.k, self.v = k, v
-        return k, v
-
-    def reset(self) -> None:
-        self.k = self.v = None
-
-    @property
-    def size(self) -> int:
-        """Number of keys held (== `length`; a `StreamingKVCache` holds fewer than it has seen)."""
-        return self.length
-
-    def __repr__(self) -> str:
-        shape = None if self.k is None else tuple(self.k.shape)
-        return f"KVCache(length={self.length}, k={shape})"
-
-
-class StreamingKVCache(KVCache):
-    """A bounded KV cache for endless decoding (StreamingLLM, Xiao et al., "Efficient Streaming Language Models with
-    Attention Sinks", ICLR 2024, arXiv 2309.17453): after every step only the first ``sinks`` tokens and the last
-    ``window`` tokens stay, so memory stays flat however long the generation runs.
-
-    ``length`` counts every token seen (what positions describe); ``size`` the keys held; ``kept`` their absolute
-    token indices ``[size]``.  Keys are held *un-rotated*: a rotary encoding turns them at their index in the cache
-    (``0 .. size - 1``, the new queries last), as the official code does, so distances never exceed the cache; a
-    position-only bias (ALiBi, T5, KERPLE, FIRE) sees the kept tokens at their own positions.  While nothing has been
-    evicted (``length <= sinks + window``) this is exactly the full cache.
-    """
-
-    def __init__(self, window: int, sinks: int = 4):
-        super().__init__()
-        for name, v, low in (("window", window, 1), ("sinks", sinks, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"StreamingKVCache: {name} must be an int >= {low}, got {v!r}")
-        self.window, self.sinks = window, sinks
-        self.seen = 0
-        self.kept: Optional[Tensor] = None                                       # [size] absolute indices
-
-    @property
-    def length(self) -> int:
-        return self.seen
-
-    @property
-    def size(self) -> int:
-        return 0 if self.k is None else self.k.shape[-2]
-
-    def add(self, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Hold the new un-rotated ``k``, ``v`` ``[b, h, n_new, d]``; returns the held keys and values plus the new
-        ones and their absolute indices (``[size + n_new]``).  Call `evict` after the attention."""
-        n = k.shape[-2]
-        idx = torch.arange(self.seen, self.seen + n, device=k.device)
-        if self.k is not None:
-            if self.k.shape[:2] != k.shape[:2] or self.k.shape[-1] != k.shape[-1]:
-                raise ValueError(f"the cache holds keys {tuple(self.k.shape)} [b, h, n, d] but the new keys are "
-                                 f"{tuple(k.shape)}: batch, heads and head dim must match")
-            k, v = torch.cat([self.k, k.to(self.k.dtype)], dim=-2), torch.cat([self.v, v.to(self.v.dtype)], dim=-2)
-            idx = torch.cat([self.kept.to(idx.device), idx])
-        self.k, self.v, self.kept = k, v, idx
-        self.seen += n
-        return k, v, idx
-
-    def evict(self) -> None:
-        """Keep the first ``sinks`` and the last ``window`` held tokens."""
-        size = self.size
-        if size <= self.sinks + self.window:
-            return
-        keep = torch.cat([torch.arange(self.sinks), torch.arange(size - self.window, size)]).to(self.k.device)
-        self.k, self.v = self.k.index_select(-2, keep), self.v.index_select(-2, keep)
-        self.kept = self.kept.index_select(0, keep.to(self.kept.device))
-
-    def reset(self) -> None:
-        super().reset()
-        self.seen, self.kept = 0, None
-
-    def __repr__(self) -> str:
-        return f"StreamingKVCache(sinks={self.sinks}, window={self.window}, seen={self.seen}, size={self.size})"
 
 
 class Attention(nn.Module):
@@ -541,9 +436,8 @@ class Attention(nn.Module):
         needs_weights = pe is not None and pe.needs_weights
         has_bias = pe is not None and pe.has_bias
         if has_bias and rule is None and not cross and not needs_weights:
-            out = self._attend_flex(q, k, v, pos, causal, pre_scaled) if self._wants_flex(q) else None
-            if out is None and self.fused_bias and pe.has_bias_table:
-                out = self._attend_toeplitz(q, k, v, pos, causal, pre_scaled)
+            from .fused import attend_fused
+            out = attend_fused(self, q, k, v, pos, causal, pre_scaled)          # Toeplitz kernel / FlexAttention
             if out is not None:
                 return out
         chunk = self._query_chunk(q, k) if (has_bias or rule is not None) and not needs_weights else None
@@ -592,71 +486,9 @@ class Attention(nn.Module):
         """Which path a self-attention over ``n`` tokens at token positions (no padding, no KV cache, no mask rule)
         takes here: ``"sdpa"`` (fused, no bias), ``"toeplitz"`` (`zoo.nn.toeplitz`), ``"flex"``, ``"chunks of R"``
         (query chunks of R rows, `zoo.nn.chunked`), ``"bias"`` (one whole bias + SDPA) or ``"weights"`` (the encoding
-        reads the attention weights).  For reports; the forward decides the same way."""
-        from . import flex, toeplitz
-        pe, dev = self.pe, torch.device(device)
-        if pe is None or not pe.has_bias and not pe.needs_weights:
-            return "sdpa" if self.mask is None else "bias"
-        if pe.needs_weights:
-            return "weights"
-        if self.mask is None and self.temperature is None:
-            wants_flex = self.flex is True or (self.flex is None and dev.type == "cuda")
-            if wants_flex and flex.flex_available(dev, grad)[0] and (hasattr(pe, "flex_attention") or (
-                    pe.has_bias_table and pe.bias_table(n, "cpu") is not None)):
-                return "flex"
-            if self.fused_bias and pe.has_bias_table and dev.type == "cpu" and pe.bias_table(n, "cpu") is not None \
-                    and not (self.training and self.attn_drop.p > 0):
-                return "toeplitz"
-        q = torch.empty(batch, self.num_heads, n, 0, device="meta")
-        chunk = self._query_chunk(q, q)
-        return "bias" if chunk is None else f"chunks of {chunk}"
-
-    def _wants_flex(self, q: Tensor) -> bool:
-        return self.flex is True or (self.flex is None and q.device.type == "cuda")
-
-    def _attend_flex(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions], causal: bool,
-                     pre_scaled: bool) -> Optional[Tensor]:
-        """FlexAttention for a Toeplitz table or the encoding's own ``flex_attention`` (contextual iRPE), or None
-        (automatic choice) / a ConfigError (``flex=True``) where it does not apply."""
-        from . import flex
-        pe, forced = self.pe, self.flex is True
-        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                            or any(p.requires_grad for p in pe.parameters()))
-        ok, why = flex.flex_available(q.device, grad)
-        if ok and (self.temperature is not None and not pre_scaled):
-            ok, why = False, "a temperature scales the queries after the bias reads them"
-        out = None
-        if ok and hasattr(pe, "flex_attention"):
-            out = pe.flex_attention(q, k, v, pos, self.scale)
-        elif ok and pe.has_bias_table:
-            n = q.shape[-2]
-            if k.shape[-2] == n and (pos is None or (pos.mask is None and _consecutive(pos.ids, n))) and not (
-                    self.training and self.attn_drop.p > 0):
-                table = pe.shared_bias_table(n, pos, q.device)
-                if table is not None:
-                    out = flex.toeplitz_flex_attention(q, k, v, table, self.scale, causal)
-        if out is None and forced:
-            raise ConfigError(f"Attention(flex=True): FlexAttention cannot run {type(pe).__name__} here: "
-                              f"{why or 'no FlexAttention form for these inputs (a KV cache, padding, dropout, a mask, or positions other than token indices)'}")
-        return out
-
-    def _attend_toeplitz(self, q: Tensor, k: Tensor, v: Tensor, pos: Optional[Positions], causal: bool,
-                         pre_scaled: bool) -> Optional[Tensor]:
-        """The fused Toeplitz path (`zoo.nn.toeplitz`), or None where it does not apply: keys other than the queries
-        (a KV cache), padding, attention dropout, positions other than consecutive token indices, a device without
-        the kernel, or an encoding whose bias is not Toeplitz at this length."""
-        from . import toeplitz
-        n = q.shape[-2]
-        if k.shape[-2] != n or (self.training and self.attn_drop.p > 0) or not toeplitz.available(q)[0]:
-            return None
-        if pos is not None and (pos.mask is not None or not _consecutive(pos.ids, n)):
-            return None
-        table = self.pe.shared_bias_table(n, pos, q.device)                      # [h|1, 2n - 1]
-        if table is None:
-            return None
-        if not pre_scaled:
-            q = self._scaled(q, 0)
-        return toeplitz.toeplitz_attention(q, k, v, table, self.scale, causal)
+        reads the attention weights).  For reports; the forward decides the same way (`zoo.nn.fused`)."""
+        from .fused import kernel_path
+        return kernel_path(self, n, batch, device, grad)
 
     def _biased_gemm_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """``softmax(q k^T * scale + mask) @ v`` on ``[b, h, n, d]`` with the mask added inside the GEMM."""
@@ -721,20 +553,6 @@ def _with_rule(mask: Optional[Tensor], rule_mask: Optional[Tensor]) -> Optional[
     if mask is None:
         return rule_mask
     return (mask + rule_mask).clamp_min(torch.finfo(mask.dtype).min)
-
-
-def _consecutive(ids: Optional[Tensor], n: int) -> bool:
-    """Whether ``ids`` (``[n]`` / ``[b, n]`` or None) are consecutive integers, the same in every row (a Toeplitz
-    bias over token indices applies): None, or ``ids[..., t] = ids[..., 0] + t``."""
-    if ids is None:
-        return True
-    if ids.is_floating_point() or ids.shape[-1] != n or ids.ndim not in (1, 2):
-        return False
-    if ids.ndim == 2:
-        if ids.shape[0] > 1 and ids.stride(0) != 0 and not bool((ids == ids[:1]).all()):
-            return False
-        ids = ids[0]
-    return n < 2 or bool((ids[1:] - ids[:-1] == 1).all())
 
 
 def _chunkable() -> tuple:
