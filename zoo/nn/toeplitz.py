@@ -32,6 +32,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["available", "toeplitz_attention", "hankel_mask", "BLOCK_BYTES"]
 
@@ -96,6 +97,7 @@ class _ToeplitzAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         q, k, v, out, lse, rev = ctx.saved_tensors
         kr, vr = k.flip(-2), v.flip(-2)
