@@ -15,6 +15,7 @@ from zoo.nn import Attention
 from zoo.pe.base import PositionalEncoding, overrides
 from zoo.pe.irpe import IRPE, IRPEWithValue, irpe_bucket_ids, irpe_num_buckets, piecewise_index
 from zoo.positions import Positions
+from support.irpe import random_irpe
 
 
 # ---- naive references -------------------------------------------------------------------------------------------
@@ -177,13 +178,6 @@ def test_bucket_ids_cached_and_alias():
 
 # ---- the encoding inside attention -------------------------------------------------------------------------------
 
-def _random_irpe(d, nh, method="product", mode="contextual", ratio=1.9, shared=True, skip=1, rpe_on="k", seed=0):
-    pe = IRPE(d, nh, method=method, mode=mode, ratio=ratio, shared_head=shared, skip=skip, rpe_on=rpe_on)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in pe.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return pe
 
 
 def _tables(pe, method):
@@ -208,7 +202,7 @@ def _qkv(b, nh, n, d, seed=1):
 def test_contextual_product_matches_naive(rpe_on, shared):
     h, w, skip, nh, d = 7, 9, 1, 4, 8
     n = skip + h * w
-    pe = _random_irpe(d, nh, shared=shared, rpe_on=rpe_on)
+    pe = random_irpe(d, nh, shared=shared, rpe_on=rpe_on)
     assert pe.state_dict()[f"rpe_{rpe_on[0]}.lookup_table_weight"].shape[0] == (1 if shared else nh)
     attn = Attention(nh * d, nh, pe=pe)
     q, k, v = _qkv(2, nh, n, d)
@@ -239,7 +233,7 @@ def test_contextual_product_matches_naive(rpe_on, shared):
 def test_other_methods_and_bias_mode_match_naive(method, mode, ratio, rpe_on, shared):
     h, w, skip, nh, d = 5, 6, 2, 4, 8
     n = skip + h * w
-    pe = _random_irpe(d, nh, method=method, mode=mode, ratio=ratio, shared=shared, rpe_on=rpe_on, seed=3)
+    pe = random_irpe(d, nh, method=method, mode=mode, ratio=ratio, shared=shared, rpe_on=rpe_on, seed=3)
     q, k, v = _qkv(2, nh, n, d, seed=4)
     got = Attention(nh * d, nh, pe=pe).attend(q, k, v, Positions.grid_2d(h, w, num_prefix=skip))
     want = ref_attention(q.double(), k.double(), v.double(), h, w, skip, ratio, method=method, mode=mode,
@@ -260,7 +254,7 @@ def test_every_combination_matches_naive(method, mode, rpe_on, shared):
     reaches the logarithmic range of g (|x| >= 2) even on this small grid."""
     h, w, nh, d, ratio = 3, 4, 2, 4, 1.2
     skip = ALL_COMBINATIONS.index((method, mode, rpe_on, shared)) % 3
-    pe = _random_irpe(d, nh, method=method, mode=mode, ratio=ratio, shared=shared, skip=skip, rpe_on=rpe_on, seed=9)
+    pe = random_irpe(d, nh, method=method, mode=mode, ratio=ratio, shared=shared, skip=skip, rpe_on=rpe_on, seed=9)
     assert pe.needs_weights == ("v" in rpe_on)
     q, k, v = _qkv(1, nh, skip + h * w, d, seed=10)
     got = Attention(nh * d, nh, pe=pe).attend(q, k, v, Positions.grid_2d(h, w, num_prefix=skip))
@@ -282,7 +276,7 @@ def test_per_head_tables_on_a_7x9_grid_match_naive(method, mode, rpe_on, table_s
     """Four heads with their own tables on a prefix-free 7x9 grid; a table built with a prefix bucket
     (table_skip=1) also serves it, its last bucket unused."""
     h, w, nh, d, ratio = 7, 9, 4, 8, 1.9
-    pe = _random_irpe(d, nh, method=method, mode=mode, ratio=ratio, shared=False, skip=table_skip, rpe_on=rpe_on,
+    pe = random_irpe(d, nh, method=method, mode=mode, ratio=ratio, shared=False, skip=table_skip, rpe_on=rpe_on,
                       seed=7)
     assert pe.num_buckets == ref_num_buckets(method if method != "cross" else "cross_rows", ratio, table_skip)
     for t in _tables(pe, method).values():
@@ -301,7 +295,7 @@ def test_rpe_q_is_rpe_k_with_roles_swapped():
     """Official: rpe_q(k * s).transpose(2, 3). With the same table, the q-term for (q, k) is the transposed
     k-term for (k, q)."""
     nh, d, h, w = 2, 8, 4, 6
-    on_k = _random_irpe(d, nh, rpe_on="k", shared=False, seed=11)
+    on_k = random_irpe(d, nh, rpe_on="k", shared=False, seed=11)
     on_q = IRPE(d, nh, rpe_on="q", shared_head=False)
     on_q.load_state_dict({"rpe_q.lookup_table_weight": on_k.rpe_k.lookup_table_weight.detach()})
     q, k, _ = _qkv(2, nh, 1 + h * w, d, seed=12)
@@ -313,7 +307,7 @@ def test_full_attention_module_and_table_gradients_match_naive():
     """Through qkv/proj, and the gradient reaching the table through SDPA's attn_mask equals the naive one."""
     h, w, skip, nh, d = 4, 5, 1, 2, 8
     n, c = skip + h * w, nh * d
-    pe = _random_irpe(d, nh, rpe_on="k")
+    pe = random_irpe(d, nh, rpe_on="k")
     attn = Attention(c, nh, pe=pe)
     x = torch.randn(2, n, c, generator=torch.Generator().manual_seed(5))
     out = attn(x, Positions.grid_2d(h, w, num_prefix=skip))
@@ -334,7 +328,7 @@ def test_full_attention_module_and_table_gradients_match_naive():
 def test_grid_defaults_to_square_root_rule_without_positions():
     """Official behaviour without explicit geometry: h = w = floor(sqrt(n)), skip = n - h*w."""
     nh, d = 2, 8
-    pe = _random_irpe(d, nh, rpe_on="qk")
+    pe = random_irpe(d, nh, rpe_on="qk")
     q, k, v = _qkv(1, nh, 1 + 36, d, seed=6)
     got = Attention(nh * d, nh, pe=pe).attend(q, k, v, None)
     want = ref_attention(q.double(), k.double(), v.double(), 6, 6, 1, 1.9, **_tables(pe, "product"))
@@ -358,7 +352,7 @@ def test_bias_is_relative_depends_only_on_bucket():
     """With one shared query vector, the rpe_k logit of (i, j) is a function of bucket(i, j) alone; and two grid
     pairs with the same 2D offset get the same logit."""
     h, w, nh, d = 6, 7, 2, 8
-    pe = _random_irpe(d, nh, rpe_on="k", shared=False)
+    pe = random_irpe(d, nh, rpe_on="k", shared=False)
     n = 1 + h * w
     qrow = torch.randn(1, nh, 1, d)
     q = qrow.expand(1, nh, n, d).contiguous()
@@ -382,7 +376,7 @@ def test_bias_is_relative_depends_only_on_bucket():
 def test_value_path_never_builds_an_LxLxD_tensor(largest_tensor):
     h, w, nh, d = 7, 9, 1, 64
     n = 1 + h * w
-    pe = _random_irpe(d, nh, rpe_on="v")
+    pe = random_irpe(d, nh, rpe_on="v")
     attn = torch.rand(1, nh, n, n).softmax(-1)
     pos = Positions.grid_2d(h, w, num_prefix=1)
     pe.value(attn, pos)  # warm the bucket cache
@@ -402,7 +396,7 @@ def test_contextual_logits_are_matmul_then_gather(method, largest_tensor):
     """q/k contextual: (x @ W) -> [b, h, n, nb], then one gather; no [b, h, n, n, d] tensor."""
     h, w, nh, d = 7, 9, 2, 64
     n = 1 + h * w
-    pe = _random_irpe(d, nh, method=method, rpe_on="qk", shared=False)
+    pe = random_irpe(d, nh, method=method, rpe_on="qk", shared=False)
     q, k, _ = _qkv(2, nh, n, d)
     pos = Positions.grid_2d(h, w, num_prefix=1)
     pe.bias(q, k, pos, 0.125)  # warm the bucket cache
@@ -426,7 +420,7 @@ def test_only_value_encodings_force_the_slow_path():
 
 
 def test_cache_built_under_inference_mode_still_trains():
-    pe = _random_irpe(8, 2, rpe_on="qkv")
+    pe = random_irpe(8, 2, rpe_on="qkv")
     attn = Attention(16, 2, pe=pe)
     x = torch.randn(1, 1 + 3 * 11, 16)
     pos = Positions.grid_2d(3, 11, num_prefix=1)

@@ -7,17 +7,11 @@ import zoo
 from zoo.nn import Attention
 from zoo.pe.irpe import IRPE, _bucket_block, irpe_bucket_ids
 from zoo.positions import Positions
+from support.irpe import random_irpe
 
 METHODS = ["product", "euclidean", "quant", "cross"]
 
 
-def _random_irpe(d, nh, method="product", mode="contextual", ratio=1.9, shared=True, skip=1, rpe_on="k", seed=0):
-    pe = IRPE(d, nh, method=method, mode=mode, ratio=ratio, shared_head=shared, skip=skip, rpe_on=rpe_on)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in pe.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return pe
 
 
 def _leaves(b, nh, n, d, seed=1):
@@ -43,7 +37,7 @@ def test_bucket_block_is_a_block_of_the_full_ids(method, h, w, skip):
 def test_bias_rows_equal_rows_of_the_full_bias_values_and_gradients(method, mode, rpe_on, shared):
     h, w, skip, nh, d = 5, 7, 1, 3, 8
     n = skip + h * w
-    pe = _random_irpe(d, nh, method=method, mode=mode, shared=shared, rpe_on=rpe_on)
+    pe = random_irpe(d, nh, method=method, mode=mode, shared=shared, rpe_on=rpe_on)
     assert pe.has_bias_rows and pe.bias_floats_per_pair > 0
     pos = Positions.grid_2d(h, w, num_prefix=skip)
     q, k, _ = _leaves(2, nh, n, d)
@@ -66,7 +60,7 @@ def test_bias_rows_equal_rows_of_the_full_bias_values_and_gradients(method, mode
 
 
 def test_bias_rows_without_positions_and_on_a_prefix_free_grid():
-    pe = _random_irpe(8, 2, rpe_on="qk", skip=1)
+    pe = random_irpe(8, 2, rpe_on="qk", skip=1)
     for n, pos in [(26, None), (35, Positions.grid_2d(5, 7, num_prefix=0))]:     # 26 = 5x5 + 1 by the sqrt rule
         q, k, _ = _leaves(1, 2, n, 8)
         full = pe.bias(q, k, pos, 1.0)
@@ -74,7 +68,7 @@ def test_bias_rows_without_positions_and_on_a_prefix_free_grid():
 
 
 def test_bias_rows_rejects_blocks_outside_the_keys_and_bad_grids():
-    pe = _random_irpe(8, 2)
+    pe = random_irpe(8, 2)
     q, k, _ = _leaves(1, 2, 36, 8)
     with pytest.raises(ValueError, match="does not fit"):
         pe.bias_rows(q[..., :5, :], k, None, 1.0, 33)
@@ -87,7 +81,7 @@ def test_bias_rows_rejects_blocks_outside_the_keys_and_bad_grids():
 def test_bias_rows_hold_no_n_by_n_tensor(largest_tensor):
     h, w, nh, d, c = 12, 12, 2, 16, 8
     n = 1 + h * w
-    pe = _random_irpe(d, nh, rpe_on="qk")
+    pe = random_irpe(d, nh, rpe_on="qk")
     pos = Positions.grid_2d(h, w, num_prefix=1)
     q, k, _ = [t.detach() for t in _leaves(1, nh, n, d)]
     pe.bias_rows(q[..., :c, :], k, pos, 0.125, 0)                               # warm the offset-table cache
@@ -101,7 +95,7 @@ def test_bias_rows_hold_no_n_by_n_tensor(largest_tensor):
 def test_chunked_attention_equals_unchunked_and_never_builds_the_full_bias(method, rpe_on, monkeypatch):
     h, w, nh, d = 6, 6, 2, 8
     n = 1 + h * w
-    pe = _random_irpe(d, nh, method=method, rpe_on=rpe_on)
+    pe = random_irpe(d, nh, method=method, rpe_on=rpe_on)
     attn = Attention(nh * d, nh, pe=pe)
     pos = Positions.grid_2d(h, w, num_prefix=1)
     outs, grads = [], []
